@@ -1,0 +1,156 @@
+//! Loads the embedded kernel program as fmod_ret on `update_socket_protocol`, attaches it and
+//! pins link and maps under [`crate::state::PIN_DIR`], all or nothing.
+//!
+//! aya parses and relocates (aya-obj) and creates the maps (aya `MapData`); `sys` does the
+//! `BPF_MODIFY_RETURN` load, link and pin that aya cannot.
+use std::{
+    collections::HashMap,
+    ffi::CString,
+    os::fd::{AsFd as _, AsRawFd as _},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{Btf, maps::MapData};
+use aya_obj::{EbpfSectionKind, Object, btf::BtfKind};
+use mptcpify_common::{HOOK_FUNCTION, PROGRAM_NAME};
+
+use crate::{state, sys};
+
+/// The kernel program, built by build.rs.
+static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcpify"));
+
+/// Log level baked into the program at load (aya-log's `AYA_LOG_LEVEL` global); 0 = off, which
+/// keeps logging off the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum LogLevel {
+    #[default]
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn as_global(self) -> u8 {
+        match self {
+            LogLevel::Off => 0,
+            LogLevel::Error => 1,
+            LogLevel::Warn => 2,
+            LogLevel::Info => 3,
+            LogLevel::Debug => 4,
+            LogLevel::Trace => 5,
+        }
+    }
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The BTF id of the hook, or the error a user needs when the kernel cannot have it.
+pub fn hook_btf_id() -> Result<u32> {
+    let btf = Btf::from_sys_fs().map_err(|e| {
+        anyhow!(
+            "this kernel ({}) exposes no BTF (/sys/kernel/btf/vmlinux: {e}); mptcpify needs \
+             Linux >= 6.6 with CONFIG_MPTCP and CONFIG_DEBUG_INFO_BTF",
+            kernel_release()
+        )
+    })?;
+    btf.id_by_type_name_kind(HOOK_FUNCTION, BtfKind::Func).map_err(|_| {
+        anyhow!(
+            "this kernel ({}) has no {HOOK_FUNCTION}() hook in its BTF; mptcpify needs Linux >= 6.6 \
+             with CONFIG_MPTCP and BTF; this is {}",
+            kernel_release(),
+            kernel_release()
+        )
+    })
+}
+
+/// Loads, attaches and pins everything. On any error nothing is left pinned.
+pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
+    let final_dir = Path::new(state::PIN_DIR);
+    if final_dir.exists() {
+        bail!("{} exists already; `mptcpify reset` removes it", final_dir.display());
+    }
+    let btf_id = hook_btf_id()?;
+
+    let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
+    obj.patch_map_data(HashMap::from([("AYA_LOG_LEVEL", (&[log_level.as_global()][..], true))]))
+        .context("setting the log level")?;
+
+    let mut maps = HashMap::new();
+    for (name, map_obj) in obj.maps.drain() {
+        let kind = map_obj.section_kind();
+        let data = map_obj.data().to_vec();
+        let map = MapData::create(map_obj.clone(), &name, None)
+            .with_context(|| format!("creating map {name}"))?;
+        if matches!(kind, EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss)
+            && !data.is_empty()
+        {
+            sys::write_global_data(map.fd().as_fd(), &data)
+                .with_context(|| format!("initialising {name}"))?;
+            if kind == EbpfSectionKind::Rodata {
+                sys::freeze_map(map.fd().as_fd()).with_context(|| format!("freezing {name}"))?;
+            }
+        }
+        maps.insert(name, (map_obj, map));
+    }
+    let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
+    obj.relocate_maps(
+        // aya keeps `MapData::obj` crate-private, hence the parsed definition kept beside it.
+        maps.iter().map(|(name, (def, map))| (name.as_str(), map.fd().as_fd().as_raw_fd(), def)),
+        &text_sections,
+    )
+    .context("relocating map references")?;
+    obj.relocate_calls(&text_sections).context("relocating calls")?;
+
+    let program = obj
+        .programs
+        .get(PROGRAM_NAME)
+        .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the embedded object"))?;
+    let function = &obj.functions[&program.function_key()];
+    let license = CString::new(program.license.as_bytes())?;
+    let prog = sys::load_modify_return(PROGRAM_NAME, &function.instructions, &license, btf_id)
+        .map_err(|e| {
+            let hint = match e.error.raw_os_error() {
+                Some(libc::EPERM) | Some(libc::EACCES) if e.verifier_log.is_empty() => format!(
+                    "this kernel ({}) refuses fmod_ret (BPF_MODIFY_RETURN) tracing programs: {} \
+                     (lockdown, an LSM or a kernel built without BPF trampolines on this hook)",
+                    kernel_release(),
+                    e.error
+                ),
+                _ => format!("the kernel ({}) rejected the program: {}", kernel_release(), e.error),
+            };
+            if e.verifier_log.is_empty() {
+                anyhow!(hint)
+            } else {
+                anyhow!("{hint}\nverifier log:\n{}", e.verifier_log)
+            }
+        })?;
+    let link = sys::attach_modify_return(prog.as_fd()).map_err(|e| {
+        anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release())
+    })?;
+
+    // Pin into a private directory, then rename it into place: other invocations see either
+    // nothing or the complete state.
+    let tmp = PathBuf::from(format!("{}.tmp-{}", state::PIN_DIR, std::process::id()));
+    let pinned = (|| -> Result<()> {
+        std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        sys::pin(link.as_fd(), &tmp.join(state::LINK_PIN)).context("pinning the link")?;
+        for (name, (_, map)) in &maps {
+            map.pin(tmp.join(name)).with_context(|| format!("pinning map {name}"))?;
+        }
+        std::fs::rename(&tmp, final_dir)
+            .with_context(|| format!("moving {} to {}", tmp.display(), final_dir.display()))
+    })();
+    if let Err(e) = pinned {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}

@@ -1,0 +1,183 @@
+//! The raw `bpf(2)` calls aya cannot make for us, and all of the user side's `unsafe`.
+//!
+//! aya 0.14 has no `BPF_MODIFY_RETURN` support: it cannot load a TRACING program with that
+//! expected attach type, nor create its link. This module does exactly those steps (plus the
+//! pin of the link and the writes that seed global-data maps, which aya keeps private) with
+//! `repr(C)` prefixes of `union bpf_attr`; the kernel zero-extends a shorter attr.
+use std::{
+    ffi::{CStr, CString},
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_insn, bpf_prog_type};
+
+fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a live, initialised repr(C) prefix of `union bpf_attr` for `cmd`, and its
+    // size is passed with it; the kernel reads (and for some commands writes) only that much.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut T, size_of::<T>() as u32)
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn owned_fd(ret: i64) -> OwnedFd {
+    // SAFETY: the kernel just returned this descriptor to us and nobody else owns it.
+    unsafe { OwnedFd::from_raw_fd(ret as i32) }
+}
+
+/// `BPF_PROG_LOAD` attr up to `attach_btf_obj_fd`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    prog_btf_fd: u32,
+    func_info_rec_size: u32,
+    func_info: u64,
+    func_info_cnt: u32,
+    line_info_rec_size: u32,
+    line_info: u64,
+    line_info_cnt: u32,
+    attach_btf_id: u32,
+    attach_btf_obj_fd: u32,
+    _pad: u32,
+}
+
+/// A load refused by the kernel: the errno and what the verifier said.
+#[derive(Debug)]
+pub struct LoadError {
+    pub error: io::Error,
+    pub verifier_log: String,
+}
+
+/// Loads `insns` as a `BPF_PROG_TYPE_TRACING` program with expected attach type
+/// `BPF_MODIFY_RETURN` on the vmlinux function whose BTF id is `attach_btf_id`.
+pub fn load_modify_return(
+    name: &str,
+    insns: &[bpf_insn],
+    license: &CStr,
+    attach_btf_id: u32,
+) -> Result<OwnedFd, LoadError> {
+    let mut attr = ProgLoadAttr {
+        prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
+        expected_attach_type: bpf_attach_type::BPF_MODIFY_RETURN as u32,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        attach_btf_id,
+        ..Default::default()
+    };
+    let n = name.len().min(15);
+    attr.prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => Ok(owned_fd(fd)),
+        Err(first) => {
+            // Load again with a log only on failure: a log buffer slows every successful load.
+            let mut log = vec![0u8; 1 << 20];
+            attr.log_level = 1;
+            attr.log_size = log.len() as u32;
+            attr.log_buf = log.as_mut_ptr() as u64;
+            match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+                Ok(fd) => Ok(owned_fd(fd)),
+                Err(_) => {
+                    let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                    let verifier_log = String::from_utf8_lossy(&log[..end]).into_owned();
+                    Err(LoadError { error: first, verifier_log })
+                }
+            }
+        }
+    }
+}
+
+/// `BPF_LINK_CREATE` attr for tracing links (target from the program's `attach_btf_id`).
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+    target_btf_id: u32,
+    _pad: u32,
+    cookie: u64,
+}
+
+/// Attaches a loaded `BPF_MODIFY_RETURN` program; the link fd keeps it attached.
+pub fn attach_modify_return(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        attach_type: bpf_attach_type::BPF_MODIFY_RETURN as u32,
+        ..Default::default()
+    };
+    bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned_fd)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjPinAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Pins any bpf object (here: the link) at `path` on bpffs.
+pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr =
+        ObjPinAttr { pathname: c_path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Seeds a global-data map (`.rodata`/`.data`/`.bss`: one element, key 0) with its initial bytes.
+pub fn write_global_data(map: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+    let key = 0u32;
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: data.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Makes a map read-only for user space (what `.rodata` needs before the program may rely on it).
+pub fn freeze_map(map: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = MapElemAttr { map_fd: map.as_raw_fd() as u32, ..Default::default() };
+    bpf(bpf_cmd::BPF_MAP_FREEZE, &mut attr).map(drop)
+}
+
+/// Effective user id, for the "not root" check (no `unsafe` anywhere else).
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Registers an fd owner (the aya-log ring buffer) with tokio's reactor.
+pub fn async_fd<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: the returned AsyncFd owns `inner`, so the descriptor stays open for as long as it
+    // is registered, and `inner` is the only owner of that descriptor.
+    unsafe { tokio::io::unix::AsyncFd::register(inner) }
+}
