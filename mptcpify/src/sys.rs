@@ -179,5 +179,5 @@ pub fn geteuid() -> u32 {
 pub fn async_fd<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
     // SAFETY: the returned AsyncFd owns `inner`, so the descriptor stays open for as long as it
     // is registered, and `inner` is the only owner of that descriptor.
-    unsafe { tokio::io::unix::AsyncFd::register(inner) }
+    unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
