@@ -138,11 +138,14 @@ pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
 
     // Pin into a private directory, then rename it into place: other invocations see either
     // nothing or the complete state.
-    let tmp = PathBuf::from(format!("{}.tmp-{}", state::PIN_DIR, std::process::id()));
+    let tmp = PathBuf::from(format!("{}{}{}", state::PIN_DIR, state::TMP_INFIX, std::process::id()));
     let pinned = (|| -> Result<()> {
         std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         sys::pin(link.as_fd(), &tmp.join(state::LINK_PIN)).context("pinning the link")?;
-        for (name, (_, map)) in &maps {
+        // The maps user space edits; the rest (.rodata, the log ring buffer) live on with the
+        // program, which the link holds.
+        for name in state::PINNED_MAPS {
+            let (_, map) = &maps[name];
             map.pin(tmp.join(name)).with_context(|| format!("pinning map {name}"))?;
         }
         std::fs::rename(&tmp, final_dir)

@@ -18,6 +18,12 @@ use crate::rules::{Full, RuleTable};
 pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
 /// Pin of the link; unlinking it detaches the program.
 pub const LINK_PIN: &str = "link";
+/// A load pins into `PIN_DIR` + this + its PID, then renames that into place. bpffs refuses
+/// names with dots.
+pub const TMP_INFIX: &str = "_loading_";
+
+/// Maps pinned beside the link.
+pub const PINNED_MAPS: [&str; 4] = [CGROUP_RULES_MAP, PID_RULES_MAP, COUNTERS_MAP, CONFIG_MAP];
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -151,7 +157,7 @@ pub fn remove_all() -> Result<bool> {
     for entry in std::fs::read_dir(parent).with_context(|| format!("listing {}", parent.display()))? {
         let entry = entry?;
         let n = entry.file_name().to_string_lossy().into_owned();
-        if n != name && !n.starts_with(&format!("{name}.tmp-")) {
+        if n != name && !n.starts_with(&format!("{name}{TMP_INFIX}")) {
             continue;
         }
         found = true;
