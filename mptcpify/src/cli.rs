@@ -39,6 +39,9 @@ pub enum Command {
     Reset,
     /// Print the kernel program's log records (needs `enable --log-level` at first load).
     Logs,
+    /// Check that this kernel accepts the program: load and attach it, then detach at once.
+    /// Changes nothing; exit status 0 when it works.
+    Probe,
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -269,3 +269,10 @@ pub async fn logs() -> Result<()> {
         }
     }
 }
+
+pub fn probe() -> Result<()> {
+    checks::require_privileges()?;
+    drop(loader::load_and_attach(LogLevel::Off)?);
+    println!("probe: the kernel ({}) accepts the fmod_ret program on update_socket_protocol", loader::kernel_release());
+    Ok(())
+}

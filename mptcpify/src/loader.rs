@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     ffi::CString,
-    os::fd::{AsFd as _, AsRawFd as _},
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -71,12 +71,14 @@ pub fn hook_btf_id() -> Result<u32> {
     })
 }
 
-/// Loads, attaches and pins everything. On any error nothing is left pinned.
-pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
-    let final_dir = Path::new(state::PIN_DIR);
-    if final_dir.exists() {
-        bail!("{} exists already; `mptcpify reset` removes it", final_dir.display());
-    }
+/// A loaded and attached program with its maps; detached when dropped unless pinned.
+pub struct Attached {
+    link: OwnedFd,
+    maps: HashMap<String, (aya_obj::Map, MapData)>,
+}
+
+/// Loads the program and attaches it to the hook, without pinning anything.
+pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     let btf_id = hook_btf_id()?;
 
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
@@ -135,7 +137,16 @@ pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
     let link = sys::attach_modify_return(prog.as_fd()).map_err(|e| {
         anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release())
     })?;
+    Ok(Attached { link, maps })
+}
 
+/// Loads, attaches and pins everything. On any error nothing is left pinned.
+pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
+    let final_dir = Path::new(state::PIN_DIR);
+    if final_dir.exists() {
+        bail!("{} exists already; `mptcpify reset` removes it", final_dir.display());
+    }
+    let Attached { link, maps } = load_and_attach(log_level)?;
     // Pin into a private directory, then rename it into place: other invocations see either
     // nothing or the complete state.
     let tmp = PathBuf::from(format!("{}{}{}", state::PIN_DIR, state::TMP_INFIX, std::process::id()));

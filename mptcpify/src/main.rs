@@ -14,6 +14,7 @@ async fn main() -> std::process::ExitCode {
         Command::Status { json } => commands::status(*json),
         Command::Reset => commands::reset(),
         Command::Logs => commands::logs().await,
+        Command::Probe => commands::probe(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,127 @@
+//! An "unmodified program" for the tests: makes sockets the ordinary way and reports what the
+//! kernel gave it. One line per request on stdout:
+//!   `SPEC proto=N` or `SPEC errno=N`; for `connect4`/`connect6`:
+//!   `SPEC client=N server=N fallback=0|1 remote_key=0|1`.
+//! `--raw` makes `socket` with the raw syscall (no libc wrapper), for the static build.
+//! `--wait` prints `ready` and waits for a line on stdin first (so a PID rule can be added).
+use std::{
+    io::{BufRead as _, Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+};
+
+const SOL_MPTCP: i32 = 284;
+const MPTCP_INFO: i32 = 1;
+const FLAG_FALLBACK: u32 = 1;
+const FLAG_REMOTE_KEY_RECEIVED: u32 = 2;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn socket(raw: bool, domain: i32, ty: i32, proto: i32) -> Result<i32, i32> {
+    // SAFETY: plain syscalls on integers; the fd is closed by the caller.
+    let fd = unsafe {
+        if raw {
+            libc::syscall(libc::SYS_socket, domain, ty, proto) as i32
+        } else {
+            libc::socket(domain, ty, proto)
+        }
+    };
+    if fd < 0 { Err(errno()) } else { Ok(fd) }
+}
+
+fn protocol(fd: i32) -> i32 {
+    let mut v: i32 = -1;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: v and len are valid for the kernel to write.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, (&raw mut v).cast(), &mut len)
+    };
+    if r < 0 { -errno() } else { v }
+}
+
+/// `mptcpi_flags` from MPTCP_INFO, or the errno (a plain TCP socket has none).
+fn mptcp_flags(fd: i32) -> Result<u32, i32> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len are valid for the kernel to write.
+    let r = unsafe { libc::getsockopt(fd, SOL_MPTCP, MPTCP_INFO, buf.as_mut_ptr().cast(), &mut len) };
+    if r < 0 {
+        return Err(errno());
+    }
+    // struct mptcp_info: six u8 counters, padding, then `__u32 mptcpi_flags` at offset 8.
+    Ok(u32::from_ne_bytes(buf[8..12].try_into().unwrap()))
+}
+
+fn one_socket(raw: bool, spec: &str) -> String {
+    let (domain, ty, proto) = match spec {
+        "tcp4" => (libc::AF_INET, libc::SOCK_STREAM, 0),
+        "tcp6" => (libc::AF_INET6, libc::SOCK_STREAM, 0),
+        "tcp4-flags" => (libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0),
+        "tcp4-ipproto" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_TCP),
+        "udp4" => (libc::AF_INET, libc::SOCK_DGRAM, 0),
+        "unix" => (libc::AF_UNIX, libc::SOCK_STREAM, 0),
+        "sctp4" => (libc::AF_INET, libc::SOCK_STREAM, libc::IPPROTO_SCTP),
+        "raw4" => (libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        other => return format!("{other} unknown-spec"),
+    };
+    match socket(raw, domain, ty, proto) {
+        Ok(fd) => {
+            let p = protocol(fd);
+            // SAFETY: we own fd.
+            unsafe { libc::close(fd) };
+            format!("{spec} proto={p}")
+        }
+        Err(e) => format!("{spec} errno={e}"),
+    }
+}
+
+fn connect(spec: &str) -> String {
+    let addr = if spec == "connect6" { "[::1]:0" } else { "127.0.0.1:0" };
+    let result = (|| -> std::io::Result<String> {
+        let listener = TcpListener::bind(addr)?;
+        let mut client = TcpStream::connect(listener.local_addr()?)?;
+        let (mut server, _) = listener.accept()?;
+        // A round trip of data: MPTCP has exchanged keys by the time it arrives.
+        client.write_all(b"ping")?;
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf)?;
+        server.write_all(b"pong")?;
+        client.read_exact(&mut buf)?;
+        let flags = mptcp_flags(client.as_raw_fd());
+        let (fallback, remote_key) = match flags {
+            Ok(f) => ((f & FLAG_FALLBACK != 0) as u8, (f & FLAG_REMOTE_KEY_RECEIVED != 0) as u8),
+            Err(e) => return Ok(format!(
+                "{spec} client={} server={} mptcp_info_errno={e}",
+                protocol(client.as_raw_fd()),
+                protocol(server.as_raw_fd())
+            )),
+        };
+        Ok(format!(
+            "{spec} client={} server={} fallback={fallback} remote_key={remote_key}",
+            protocol(client.as_raw_fd()),
+            protocol(server.as_raw_fd())
+        ))
+    })();
+    result.unwrap_or_else(|e| format!("{spec} error={e}"))
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let raw = args.first().is_some_and(|a| a == "--raw");
+    if raw {
+        args.remove(0);
+    }
+    if args.first().is_some_and(|a| a == "--wait") {
+        args.remove(0);
+        println!("ready");
+        std::io::stdout().flush().unwrap();
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).unwrap();
+    }
+    for spec in &args {
+        let line = if spec.starts_with("connect") { connect(spec) } else { one_socket(raw, spec) };
+        println!("{line}");
+    }
+}

@@ -1,0 +1,258 @@
+//! Helpers for the privileged integration tests: run the real `mptcpify` CLI, make cgroups,
+//! start the probe program inside them and read what sockets it got.
+//!
+//! The tests assume root in a kernel with the hook (`cargo xtask test` boots one); they fail,
+//! never skip, anywhere else.
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Output, Stdio},
+    sync::{Mutex, MutexGuard},
+};
+
+pub const IPPROTO_MPTCP: i64 = 262;
+pub const IPPROTO_TCP: i64 = 6;
+pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
+
+/// The tests share one kernel and one pinned state: one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Takes the test lock and starts from a clean state (nothing loaded).
+pub fn setup() -> MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(unsafe_free_euid(), 0, "the privileged tests need root (run them with `cargo xtask test`)");
+    let out = mptcpify(&["reset"]);
+    assert!(out.status.success(), "reset failed: {}", text(&out));
+    assert!(!Path::new(PIN_DIR).exists());
+    guard
+}
+
+fn unsafe_free_euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    uid.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+fn sibling_of_test_binary(name: &str) -> PathBuf {
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join(name)
+}
+
+/// The `mptcpify` binary under test: `MPTCPIFY_BIN`, else the one built beside this test.
+pub fn mptcpify_bin() -> PathBuf {
+    std::env::var_os("MPTCPIFY_BIN").map(PathBuf::from).unwrap_or_else(|| sibling_of_test_binary("mptcpify"))
+}
+
+/// The probe program, dynamically linked (cargo builds it beside the integration tests).
+pub fn sockprobe_bin() -> PathBuf {
+    sibling_of_test_binary("sockprobe")
+}
+
+/// The statically linked build of the probe (`MPTCPIFY_SOCKPROBE_STATIC`, made by xtask).
+pub fn static_sockprobe_bin() -> PathBuf {
+    PathBuf::from(
+        std::env::var_os("MPTCPIFY_SOCKPROBE_STATIC")
+            .expect("MPTCPIFY_SOCKPROBE_STATIC not set: run through `cargo xtask test`"),
+    )
+}
+
+pub fn mptcpify(args: &[&str]) -> Output {
+    Command::new(mptcpify_bin()).args(args).output().expect("running mptcpify")
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}stderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs mptcpify and asserts success; returns stdout.
+pub fn ok(args: &[&str]) -> String {
+    let out = mptcpify(args);
+    assert!(out.status.success(), "mptcpify {args:?} failed: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs mptcpify and asserts a failure whose stderr contains `needle`; returns stderr.
+pub fn fails(args: &[&str], needle: &str) -> String {
+    let out = mptcpify(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "mptcpify {args:?} should have failed: {}", text(&out));
+    assert!(stderr.contains(needle), "mptcpify {args:?}: stderr lacks {needle:?}: {}", text(&out));
+    stderr
+}
+
+pub fn status_json() -> serde_json::Value {
+    serde_json::from_str(&ok(&["status", "--json"])).expect("status --json is JSON")
+}
+
+/// What `status --json` says minus the parts that move on their own (counters, hits).
+pub fn state_snapshot() -> serde_json::Value {
+    let mut s = status_json();
+    s.as_object_mut().unwrap().remove("counters");
+    if let Some(rules) = s.get_mut("rules").and_then(|r| r.as_array_mut()) {
+        for r in rules {
+            r.as_object_mut().unwrap().remove("hits");
+        }
+    }
+    s
+}
+
+/// Entries of bpffs that belong to mptcpify (its directory and any leftover).
+pub fn mptcpify_pins() -> Vec<String> {
+    std::fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("mptcpify"))
+        .collect()
+}
+
+pub fn cgroup_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.get(2) == Some(&"cgroup2"))
+        .map(|w| PathBuf::from(w[1]))
+        .expect("cgroup2 mounted")
+}
+
+/// A cgroup made for one test, removed (with its children) when dropped.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    /// Path relative to the cgroup2 root, as the CLI takes it.
+    pub relative: String,
+}
+
+impl TestCgroup {
+    pub fn new(relative: &str) -> Self {
+        let path = cgroup_root().join(relative);
+        let _ = remove_tree(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path, relative: relative.to_owned() }
+    }
+
+    pub fn procs(&self) -> PathBuf {
+        self.path.join("cgroup.procs")
+    }
+}
+
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    for e in std::fs::read_dir(path)?.flatten() {
+        if e.file_type()?.is_dir() {
+            remove_tree(&e.path())?;
+        }
+    }
+    if let Ok(procs) = std::fs::read_to_string(path.join("cgroup.procs")) {
+        for pid in procs.lines() {
+            let _ = std::fs::write(cgroup_root().join("cgroup.procs"), pid);
+        }
+    }
+    std::fs::remove_dir(path)
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.path);
+    }
+}
+
+/// Runs `program args` inside `cgroup` (moved there before exec, so every socket it makes
+/// counts) and returns its stdout.
+pub fn run_in(cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> String {
+    let mut cmd = match cgroup {
+        Some(cg) => {
+            let mut c = Command::new("/bin/sh");
+            c.arg("-c").arg(r#"echo $$ > "$0" && exec "$@""#).arg(cg.procs()).arg(program);
+            c
+        }
+        None => Command::new(program),
+    };
+    let out = cmd.args(args).output().expect("running the probe");
+    assert!(out.status.success(), "{} {args:?}: {}", program.display(), text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Parses probe output into `spec -> {key -> value}`.
+pub fn parse_probe(out: &str) -> BTreeMap<String, BTreeMap<String, i64>> {
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let spec = words.next()?.to_owned();
+            let kv = words
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.parse::<i64>().unwrap_or(i64::MIN)))
+                .collect();
+            Some((spec, kv))
+        })
+        .collect()
+}
+
+/// `SO_PROTOCOL` of each socket spec made by the probe, run in `cgroup`.
+pub fn protocols(cgroup: Option<&TestCgroup>, specs: &[&str]) -> BTreeMap<String, i64> {
+    let out = run_in(cgroup, &sockprobe_bin(), specs);
+    parse_probe(&out)
+        .into_iter()
+        .map(|(spec, kv)| {
+            let p = kv.get("proto").copied().unwrap_or_else(|| panic!("{spec}: no socket: {out}"));
+            (spec, p)
+        })
+        .collect()
+}
+
+pub fn proto_of(cgroup: Option<&TestCgroup>, spec: &str) -> i64 {
+    protocols(cgroup, &[spec])[spec]
+}
+
+/// A probe started with `--wait`: it exists (has a PID) before it makes any socket.
+pub struct WaitingProbe {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl WaitingProbe {
+    pub fn start(specs: &[&str]) -> Self {
+        let mut child = Command::new(sockprobe_bin())
+            .arg("--wait")
+            .args(specs)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "ready");
+        Self { child, stdin }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it make its sockets; returns what it reported.
+    pub fn finish(mut self) -> BTreeMap<String, BTreeMap<String, i64>> {
+        self.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        assert!(out.status.success());
+        parse_probe(&String::from_utf8_lossy(&out.stdout))
+    }
+}
+
+impl Drop for WaitingProbe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,324 @@
+//! Privileged tests: the real program in a kernel with the hook, checked on real sockets.
+//! Run as root in the 6.12 VM by `cargo xtask test`.
+use std::path::Path;
+
+use mptcpify_tests::*;
+
+#[test]
+fn tcp_sockets_in_an_enabled_cgroup_become_mptcp_with_a_real_mptcp_connection() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-enabled");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP, "TCP before enable");
+    let out = ok(&["enable", "--cgroup", &cg.relative]);
+    assert!(out.contains("enabled: cgroup /mptcpify-t-enabled"), "{out}");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP);
+
+    // An unmodified program (std's TcpListener/TcpStream) talks MPTCP end to end on loopback.
+    let conn = &parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &["connect4"]))["connect4"];
+    assert_eq!(conn.get("client"), Some(&IPPROTO_MPTCP), "{conn:?}");
+    assert_eq!(conn.get("server"), Some(&IPPROTO_MPTCP), "{conn:?}");
+    assert_eq!(conn.get("fallback"), Some(&0), "MPTCP_INFO says it fell back to TCP: {conn:?}");
+    assert_eq!(conn.get("remote_key"), Some(&1), "MPTCP handshake incomplete: {conn:?}");
+
+    let status = status_json();
+    assert!(status["counters"]["upgraded_by_cgroup"].as_u64().unwrap() >= 3, "{status}");
+    assert_eq!(status["rules"][0]["kind"], "cgroup");
+    assert!(status["rules"][0]["hits"].as_u64().unwrap() >= 3, "{status}");
+}
+
+#[test]
+fn a_child_cgroup_is_upgraded_and_its_sibling_is_not() {
+    let _g = setup();
+    let parent = TestCgroup::new("mptcpify-t-parent");
+    let child = TestCgroup::new("mptcpify-t-parent/child/grandchild");
+    let sibling = TestCgroup::new("mptcpify-t-sibling");
+    ok(&["enable", "--cgroup", &parent.path.display().to_string()]);
+    assert_eq!(proto_of(Some(&parent), "tcp4"), IPPROTO_MPTCP);
+    assert_eq!(proto_of(Some(&child), "tcp4"), IPPROTO_MPTCP, "descendant two levels down");
+    assert_eq!(proto_of(Some(&sibling), "tcp4"), IPPROTO_TCP);
+    assert_eq!(proto_of(None, "tcp4"), IPPROTO_TCP, "the test's own cgroup");
+}
+
+#[test]
+fn flags_explicit_tcp_and_ipv6_are_upgraded() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-variants");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let p = protocols(Some(&cg), &["tcp4-flags", "tcp4-ipproto", "tcp6"]);
+    assert_eq!(p["tcp4-flags"], IPPROTO_MPTCP, "SOCK_NONBLOCK|SOCK_CLOEXEC");
+    assert_eq!(p["tcp4-ipproto"], IPPROTO_MPTCP, "protocol IPPROTO_TCP");
+    assert_eq!(p["tcp6"], IPPROTO_MPTCP);
+    let conn = &parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &["connect6"]))["connect6"];
+    assert_eq!(conn.get("client"), Some(&IPPROTO_MPTCP), "{conn:?}");
+    assert_eq!(conn.get("fallback"), Some(&0), "{conn:?}");
+}
+
+#[test]
+fn udp_unix_raw_and_sctp_sockets_are_untouched() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-others");
+    let specs = ["udp4", "unix", "raw4", "sctp4"];
+    let before = run_in(Some(&cg), &sockprobe_bin(), &specs);
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let after = run_in(Some(&cg), &sockprobe_bin(), &specs);
+    assert_eq!(before, after, "same result with and without the rule");
+    let p = parse_probe(&after);
+    assert_eq!(p["udp4"]["proto"], 17);
+    assert_eq!(p["unix"]["proto"], 0);
+    assert_eq!(p["raw4"]["proto"], 1);
+    assert_eq!(p["sctp4"]["proto"], 132, "the VM loads sctp; {after}");
+}
+
+#[test]
+fn a_pid_rule_upgrades_that_process_only() {
+    let _g = setup();
+    let selected = WaitingProbe::start(&["tcp4", "tcp6"]);
+    let other = WaitingProbe::start(&["tcp4"]);
+    let out = ok(&["enable", "--pid", &selected.pid().to_string()]);
+    assert!(out.contains(&format!("enabled: pid {} (sockprobe)", selected.pid())), "{out}");
+    let s = selected.finish();
+    assert_eq!(s["tcp4"]["proto"], IPPROTO_MPTCP);
+    assert_eq!(s["tcp6"]["proto"], IPPROTO_MPTCP);
+    assert_eq!(other.finish()["tcp4"]["proto"], IPPROTO_TCP);
+    assert_eq!(proto_of(None, "tcp4"), IPPROTO_TCP);
+    let status = status_json();
+    assert_eq!(status["counters"]["upgraded_by_pid"], 2, "{status}");
+    assert_eq!(status["rules"][0]["kind"], "pid");
+    assert_eq!(status["rules"][0]["hits"], 2);
+}
+
+/// True if the ELF file has no PT_INTERP program header (no dynamic loader).
+fn is_static_elf(path: &Path) -> bool {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF");
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().unwrap()) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    (0..phnum).all(|i| u32::from_le_bytes(b[phoff + i * phentsize..][..4].try_into().unwrap()) != 3)
+}
+
+#[test]
+fn a_static_binary_calling_the_raw_socket_syscall_is_upgraded() {
+    let _g = setup();
+    let bin = static_sockprobe_bin();
+    assert!(is_static_elf(&bin), "{} must be statically linked", bin.display());
+    let cg = TestCgroup::new("mptcpify-t-static");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let p = parse_probe(&run_in(Some(&cg), &bin, &["--raw", "tcp4", "tcp6", "udp4"]));
+    assert_eq!(p["tcp4"]["proto"], IPPROTO_MPTCP);
+    assert_eq!(p["tcp6"]["proto"], IPPROTO_MPTCP);
+    assert_eq!(p["udp4"]["proto"], 17);
+}
+
+#[test]
+fn disable_stops_new_upgrades() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-disable");
+    let pid_probe = WaitingProbe::start(&["tcp4"]);
+    let pid = pid_probe.pid().to_string();
+    ok(&["enable", "--cgroup", &cg.relative, "--pid", &pid]);
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP);
+    let out = ok(&["disable", "--cgroup", &cg.relative, "--pid", &pid]);
+    assert!(out.contains("disabled: cgroup id") && out.contains(&format!("disabled: pid {pid}")), "{out}");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
+    assert_eq!(pid_probe.finish()["tcp4"]["proto"], IPPROTO_TCP);
+    let status = status_json();
+    assert_eq!(status["loaded"], true, "disable keeps the program loaded");
+    assert_eq!(status["rules"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn a_removed_cgroup_rule_is_disabled_by_id() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-gone");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let id = status_json()["rules"][0]["id"].as_u64().unwrap();
+    let rel = cg.relative.clone();
+    drop(cg);
+    assert_eq!(status_json()["rules"][0]["path"], serde_json::Value::Null);
+    fails(&["disable", "--cgroup", &rel], "--cgroup-id");
+    ok(&["disable", "--cgroup-id", &id.to_string()]);
+    assert_eq!(status_json()["rules"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn state_survives_the_cli_and_later_invocations_edit_it() {
+    let _g = setup();
+    let a = TestCgroup::new("mptcpify-t-state-a");
+    let b = TestCgroup::new("mptcpify-t-state-b");
+    ok(&["enable", "--cgroup", &a.relative]);
+    // That process has exited; the program and the rule are still there.
+    assert!(Path::new(PIN_DIR).join("link").exists());
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_MPTCP);
+    let link = status_json()["link"].clone();
+    ok(&["enable", "--cgroup", &b.relative]);
+    let status = status_json();
+    assert_eq!(status["link"], link, "the second enable reused the attached program");
+    assert_eq!(status["rules"].as_array().unwrap().len(), 2);
+    ok(&["disable", "--cgroup", &a.relative]);
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_TCP);
+    assert_eq!(proto_of(Some(&b), "tcp4"), IPPROTO_MPTCP);
+    let human = ok(&["status"]);
+    assert!(human.contains("attached to update_socket_protocol"), "{human}");
+    assert!(human.contains(&b.path.display().to_string()), "{human}");
+}
+
+#[test]
+fn reset_detaches_and_leaves_no_pins() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-reset");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP);
+    assert_eq!(mptcpify_pins(), ["mptcpify"]);
+    let out = ok(&["reset"]);
+    assert!(out.contains("program detached"), "{out}");
+    assert!(mptcpify_pins().is_empty(), "{:?}", mptcpify_pins());
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
+    assert_eq!(status_json()["loaded"], false);
+    assert!(ok(&["reset"]).contains("nothing was loaded"));
+}
+
+#[test]
+fn enabling_twice_is_idempotent() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-twice");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    proto_of(Some(&cg), "tcp4");
+    let hits = status_json()["rules"][0]["hits"].as_u64().unwrap();
+    assert_eq!(hits, 1);
+    let out = ok(&["enable", "--cgroup", &cg.relative, "--cgroup", &cg.path.display().to_string()]);
+    assert!(out.contains("already enabled"), "{out}");
+    let status = status_json();
+    assert_eq!(status["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(status["rules"][0]["hits"].as_u64().unwrap(), hits, "hit counter kept");
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-errors");
+    let root = cgroup_root().display().to_string();
+
+    // Before anything is loaded: a refused enable must not load the program either.
+    fails(&["enable", "--cgroup", "mptcpify-t-no-such-cgroup"], &root);
+    fails(&["enable", "--cgroup", "/etc"], "not on the cgroup2 hierarchy");
+    fails(&["enable", "--pid", "4000000"], "process 4000000 does not exist");
+    fails(&["enable", "--cgroup", &cg.relative, "--pid", "4000000"], "does not exist");
+    fails(&["enable"], "nothing to enable");
+    fails(&["disable", "--pid", "1"], "not loaded");
+    assert!(mptcpify_pins().is_empty(), "a refused command left {:?}", mptcpify_pins());
+
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let before = state_snapshot();
+    fails(&["enable", "--cgroup", "mptcpify-t-no-such-cgroup"], "not found");
+    fails(&["enable", "--cgroup", "../../etc"], "not on the cgroup2 hierarchy");
+    fails(&["enable", "--pid", "1", "--pid", "4000000"], "does not exist");
+    fails(&["disable", "--pid", "1"], "pid 1 is not enabled");
+    fails(&["disable", "--cgroup", &cg.relative, "--pid", "1"], "pid 1 is not enabled");
+    fails(&["disable", "--cgroup-id", "1"], "cgroup id 1 is not enabled");
+    assert_eq!(state_snapshot(), before, "a refused command changed the state");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "the rule disable refused to drop still works");
+}
+
+#[test]
+fn a_thread_id_is_refused_with_its_process() {
+    let _g = setup();
+    let me = std::process::id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        tx.send(std::fs::read_link("/proc/thread-self").unwrap()).unwrap();
+        done_rx.recv().unwrap();
+    });
+    let tid = rx.recv().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+    assert_ne!(tid, me.to_string());
+    fails(&["enable", "--pid", &tid], &format!("is a thread of process {me}; give --pid {me}"));
+    done_tx.send(()).unwrap();
+    t.join().unwrap();
+    assert!(mptcpify_pins().is_empty());
+}
+
+#[test]
+fn not_root_is_refused() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-notroot");
+    for args in [vec!["enable", "--cgroup", cg.relative.as_str()], vec!["status"], vec!["reset"]] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+            .arg(mptcpify_bin())
+            .args(&args)
+            .output()
+            .expect("setpriv (util-linux)");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {}", text(&out));
+        assert!(stderr.contains("needs root") && stderr.contains("sudo"), "{args:?}: {}", text(&out));
+    }
+    assert!(mptcpify_pins().is_empty());
+}
+
+#[test]
+fn missing_bpffs_or_cgroup2_is_explained_and_changes_nothing() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-mounts");
+    let bin = mptcpify_bin().display().to_string();
+    // A private mount namespace without the mount in question.
+    let run = |umount: &str, args: &str| {
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!("umount {umount} && exec {bin} {args}"))
+            .output()
+            .unwrap()
+    };
+    let out = run("/sys/fs/bpf", &format!("enable --cgroup {}", cg.relative));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("mount -t bpf bpf /sys/fs/bpf"), "{}", text(&out));
+    let out = run("/sys/fs/cgroup", &format!("enable --cgroup {}", cg.relative));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no cgroup2 hierarchy is mounted"), "{}", text(&out));
+    assert!(mptcpify_pins().is_empty());
+}
+
+#[test]
+fn a_full_rule_table_is_refused_and_rolled_back() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-full");
+    let probe = WaitingProbe::start(&["tcp4"]);
+    ok(&["enable", "--pid", "1"]);
+    // Fill the PID table to the brim with PIDs that cannot exist.
+    let map = aya::maps::MapData::from_pin(Path::new(PIN_DIR).join("PID_RULES")).unwrap();
+    let mut pids: aya::maps::HashMap<_, u32, mptcpify_common::Rule> =
+        aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
+    let rule = mptcpify_common::Rule { action: mptcpify_common::ACTION_ENABLE, ..Default::default() };
+    for k in 0..mptcpify_common::MAX_PID_RULES - 1 {
+        pids.insert(0x8000_0000 + k, rule, 0).unwrap();
+    }
+    let before = state_snapshot();
+    let err = fails(
+        &["enable", "--cgroup", &cg.relative, "--pid", &probe.pid().to_string()],
+        "rule table is full",
+    );
+    assert!(err.contains("16384"), "{err}");
+    assert_eq!(state_snapshot(), before, "the cgroup rule added before the failure was rolled back");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
+    assert_eq!(probe.finish()["tcp4"]["proto"], IPPROTO_TCP);
+}
+
+#[test]
+fn mptcp_disabled_in_the_namespace_is_warned_about() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-sysctl");
+    std::fs::write("/proc/sys/net/mptcp/enabled", "0").unwrap();
+    let out = mptcpify(&["enable", "--cgroup", &cg.relative]);
+    std::fs::write("/proc/sys/net/mptcp/enabled", "1").unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("net.mptcp.enabled=0") && stderr.contains("sysctl -w net.mptcp.enabled=1"), "{stderr}");
+    assert_eq!(status_json()["mptcp_sysctl"], "enabled");
+}
+
+#[test]
+fn probe_loads_and_detaches_without_leaving_state() {
+    let _g = setup();
+    let out = ok(&["probe"]);
+    assert!(out.contains("accepts the fmod_ret program"), "{out}");
+    assert!(mptcpify_pins().is_empty());
+    assert_eq!(proto_of(None, "tcp4"), IPPROTO_TCP);
+}

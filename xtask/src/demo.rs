@@ -1,0 +1,92 @@
+//! `cargo xtask demo`: an unmodified python3 gets TCP sockets, then MPTCP ones after
+//! `mptcpify enable --cgroup`, then a real two-path MPTCP transfer between two network
+//! namespaces. Runs on this host if its kernel takes the program, else in the 6.12 VM.
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::{kernels, setup, test, vm, workspace_root};
+
+const SCRIPT: &str = r#"
+set -eu
+M=$MPTCPIFY_BIN
+CG=/sys/fs/cgroup/mptcpify-demo
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+cleanup() { "$M" reset >/dev/null 2>&1 || true; ip netns del demo-srv 2>/dev/null || true; ip netns del demo-cli 2>/dev/null || true; }
+trap cleanup EXIT
+in_cg() { sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
+PROBE='import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+p = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+print("   python3: socket(AF_INET, SOCK_STREAM, 0) ->", {6: "IPPROTO_TCP (6)", 262: "IPPROTO_MPTCP (262)"}.get(p, p))'
+
+say "kernel $(uname -r); an unmodified python3 in cgroup mptcpify-demo"
+mkdir -p $CG
+in_cg python3 -c "$PROBE"
+say "mptcpify enable --cgroup mptcpify-demo"
+"$M" enable --cgroup mptcpify-demo
+in_cg python3 -c "$PROBE"
+
+say "two network namespaces joined by two veth pairs (two paths)"
+ip netns add demo-srv; ip netns add demo-cli
+ip link add c1 netns demo-cli type veth peer name s1 netns demo-srv
+ip link add c2 netns demo-cli type veth peer name s2 netns demo-srv
+ip -n demo-cli addr add 10.77.1.1/24 dev c1; ip -n demo-srv addr add 10.77.1.2/24 dev s1
+ip -n demo-cli addr add 10.77.2.1/24 dev c2; ip -n demo-srv addr add 10.77.2.2/24 dev s2
+for ns in demo-cli demo-srv; do
+  ip -n $ns link set lo up; for d in $(ip -n $ns -o link show | awk -F': ' '/[cs][12]@/ {print $2}' | cut -d@ -f1); do ip -n $ns link set $d up; done
+  ip -n $ns mptcp limits set subflow 2 add_addr_accepted 2
+done
+# The server announces its second address; the client opens a second subflow to it.
+ip -n demo-srv mptcp endpoint add 10.77.2.2 dev s2 signal
+echo "   path 1: 10.77.1.1 <-> 10.77.1.2, path 2: 10.77.2.1 <-> 10.77.2.2"
+
+say "unmodified python3 server and client, both in the enabled cgroup"
+in_cg ip netns exec demo-srv python3 -c '
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("10.77.1.2", 5201)); s.listen(1)
+c, _ = s.accept()
+print("   server: accepted socket protocol", c.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+c.sendall(b"x" * (8 << 20)); c.close()' &
+SRV=$!
+sleep 1
+in_cg ip netns exec demo-cli python3 -c '
+import socket, time
+s = socket.create_connection(("10.77.1.2", 5201))
+time.sleep(1)
+info = s.getsockopt(284, 1, 256)      # SOL_MPTCP, MPTCP_INFO
+flags = int.from_bytes(info[8:12], "little")
+n = 0
+while True:
+    d = s.recv(1 << 16)
+    if not d: break
+    n += len(d)
+print("   client: protocol", s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
+      "| subflows", info[0], "| fallback to TCP:", bool(flags & 1), "| received", n, "bytes")'
+wait $SRV
+say "kernel MPTCP counters in the client namespace"
+ip netns exec demo-cli nstat -az | grep -E 'MPTcpExt(MPCapableSYNACKRX|MPJoinSynAckRx|AddAddr) ' | sed 's/^/   /'
+say "mptcpify status"
+"$M" status
+"#;
+
+pub fn run() -> Result<()> {
+    setup::all()?;
+    let a = test::build()?;
+    let env = a.env();
+    let argv: Vec<String> = vec!["bash".into(), "-c".into(), SCRIPT.into()];
+    let on_host = Command::new(&a.mptcpify).arg("probe").output().is_ok_and(|o| o.status.success());
+    let status = if on_host {
+        Command::new("bash").arg("-c").arg(SCRIPT).envs(env).status()?.code().unwrap_or(1)
+    } else {
+        eprintln!("(this host's kernel refuses fmod_ret programs: running the demo in a Debian 6.12 VM)");
+        let mut opts = vm::VmOptions::new(kernels::resolve("6.12")?);
+        opts.env = env;
+        vm::run_in_vm(&opts, &workspace_root(), &argv)?.status
+    };
+    if status != 0 {
+        bail!("the demo failed (exit status {status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,74 @@
+//! `cargo xtask …`: set-up, the VM runner, the whole test pipeline and the demo.
+mod demo;
+mod kernels;
+mod modules;
+mod setup;
+mod test;
+mod vm;
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need: apt packages, nightly rust-src, bpf-linker, kernels.
+    Setup,
+    /// Run CMD as root in a VM with the host filesystem visible; exit with CMD's status.
+    Vm {
+        /// 6.12 (Debian trixie, has the hook), 6.1 (bookworm, lacks it) or a kernel directory.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// Host directory to share writable (repeatable); everything else is read-only.
+        #[arg(long = "rw", value_name = "DIR")]
+        rw: Vec<PathBuf>,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Unit tests, then the privileged suite (6.12 VM unless this kernel takes the program)
+    /// and the negative suite (6.1 VM).
+    Test,
+    /// Show an unmodified program's sockets turn into MPTCP, with a real two-path connection.
+    Demo,
+}
+
+/// Runs a command with inherited stdio; fails unless it exits 0.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Setup => setup::all().map(|()| 0),
+        Cmd::Vm { kernel, rw, cmd } => vm::cli(&kernel, &cmd, &rw),
+        Cmd::Test => test::all().map(|()| 0),
+        Cmd::Demo => demo::run().map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! `cargo xtask test`: unit tests on the host, then the privileged suites on real kernels.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::{kernels, run, setup, vm, workspace_root};
+
+/// Paths of everything the privileged suites run.
+pub struct Artifacts {
+    pub mptcpify: PathBuf,
+    pub privileged: PathBuf,
+    pub no_hook: PathBuf,
+    pub static_probe: PathBuf,
+}
+
+/// Executables cargo reports building, by target name.
+fn cargo_executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
+    let out = Command::new("cargo")
+        .args(args)
+        .arg("--message-format=json")
+        .current_dir(workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    if !out.status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if v["reason"] == "compiler-artifact" {
+            if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
+                found.push((name.to_owned(), PathBuf::from(exe)));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn find(list: &[(String, PathBuf)], name: &str) -> Result<PathBuf> {
+    list.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()).ok_or_else(|| anyhow!("cargo built no {name}"))
+}
+
+pub fn build() -> Result<Artifacts> {
+    let bins = cargo_executables(&["build", "-p", "mptcpify"])?;
+    let tests = cargo_executables(&["test", "-p", "mptcpify-tests", "--no-run"])?;
+    // The probe again, statically linked (glibc, crt-static): a program LD_PRELOAD cannot reach.
+    let host = "x86_64-unknown-linux-gnu";
+    let static_dir = workspace_root().join("target/static");
+    run(Command::new("cargo")
+        .args(["build", "-q", "-p", "mptcpify-tests", "--bin", "sockprobe", "--release", "--target", host])
+        .arg("--target-dir")
+        .arg(&static_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .current_dir(workspace_root()))?;
+    Ok(Artifacts {
+        mptcpify: find(&bins, "mptcpify")?,
+        privileged: find(&tests, "privileged")?,
+        no_hook: find(&tests, "no_hook")?,
+        static_probe: static_dir.join(host).join("release/sockprobe"),
+    })
+}
+
+impl Artifacts {
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("MPTCPIFY_BIN".into(), self.mptcpify.display().to_string()),
+            ("MPTCPIFY_SOCKPROBE_STATIC".into(), self.static_probe.display().to_string()),
+            ("RUST_BACKTRACE".into(), "1".into()),
+        ]
+    }
+}
+
+/// libtest's counts from its `test result:` line.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub passed: u32,
+    pub failed: u32,
+    pub ignored: u32,
+}
+
+pub fn parse_counts(output: &str) -> Option<Counts> {
+    let line = output.lines().rev().find(|l| l.starts_with("test result:"))?;
+    let num = |what: &str| -> Option<u32> {
+        let i = line.find(&format!(" {what}"))?;
+        line[..i].rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    Some(Counts { passed: num("passed")?, failed: num("failed")?, ignored: num("ignored")? })
+}
+
+/// Where a suite runs.
+pub enum Where {
+    Host,
+    Vm(&'static str),
+}
+
+/// Runs one libtest binary as root where asked, and insists that it ran tests, all passed and
+/// none was skipped.
+pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]) -> Result<Counts> {
+    let argv = vec![exe.display().to_string(), "--test-threads=1".into()];
+    let (status, output) = match place {
+        Where::Host => {
+            let out = Command::new(exe)
+                .args(&argv[1..])
+                .envs(env.iter().cloned())
+                .stderr(Stdio::inherit())
+                .output()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            print!("{text}");
+            (out.status.code().unwrap_or(-1), text)
+        }
+        Where::Vm(kernel) => {
+            let mut opts = vm::VmOptions::new(kernels::resolve(kernel)?);
+            opts.env = env.to_vec();
+            let out = vm::run_in_vm(&opts, &workspace_root(), &argv)?;
+            (out.status, out.output)
+        }
+    };
+    let counts = parse_counts(&output).ok_or_else(|| anyhow!("{name}: no `test result:` line (status {status})"))?;
+    if status != 0 || counts.failed > 0 {
+        bail!("{name}: {} passed, {} failed (exit status {status})", counts.passed, counts.failed);
+    }
+    if counts.passed == 0 || counts.ignored > 0 {
+        bail!("{name}: {} passed, {} skipped: privileged tests may not be skipped", counts.passed, counts.ignored);
+    }
+    Ok(counts)
+}
+
+/// Can this host's kernel take the program? (These machines' kernels refuse fmod_ret.)
+fn host_accepts_program(a: &Artifacts) -> bool {
+    Command::new(&a.mptcpify).arg("probe").stdout(Stdio::null()).stderr(Stdio::null()).status()
+        .is_ok_and(|s| s.success())
+}
+
+pub fn all() -> Result<()> {
+    let start = Instant::now();
+    setup::all()?;
+    eprintln!("== unit tests (host, no root needed)");
+    run(Command::new("cargo").args(["test", "-q"]).current_dir(workspace_root()))?;
+    let a = build()?;
+    let place = if host_accepts_program(&a) {
+        eprintln!("== privileged suite on this host's kernel (it accepts fmod_ret programs)");
+        Where::Host
+    } else {
+        eprintln!("== privileged suite in the 6.12 VM (this host's kernel refuses fmod_ret programs)");
+        Where::Vm("6.12")
+    };
+    let t = Instant::now();
+    let privileged = run_suite("privileged suite", &a.privileged, &place, &a.env())?;
+    let privileged_secs = t.elapsed().as_secs();
+    eprintln!("== negative suite in the 6.1 VM (no update_socket_protocol)");
+    let t = Instant::now();
+    let negative = run_suite("negative suite", &a.no_hook, &Where::Vm("6.1"), &a.env())?;
+    let negative_secs = t.elapsed().as_secs();
+    let place_name = match place {
+        Where::Host => "host kernel".to_owned(),
+        Where::Vm(k) => format!("{k} VM"),
+    };
+    println!();
+    println!(
+        "privileged suite ({place_name}): {} passed, 0 failed, 0 skipped in {privileged_secs} s",
+        privileged.passed
+    );
+    println!("negative suite (6.1 VM): {} passed, 0 failed, 0 skipped in {negative_secs} s", negative.passed);
+    println!("xtask test: finished in {} s", start.elapsed().as_secs());
+    println!("privileged: {} passed, 0 failed, 0 skipped", privileged.passed + negative.passed);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libtest_counts_are_read_from_the_last_result_line() {
+        let out = "running 3 tests\ntest a ... ok\n\ntest result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 1.2s\n";
+        assert_eq!(parse_counts(out), Some(Counts { passed: 3, failed: 0, ignored: 1 }));
+        let failed = "test result: FAILED. 10 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(parse_counts(failed), Some(Counts { passed: 10, failed: 2, ignored: 0 }));
+        assert_eq!(parse_counts("kernel panic"), None);
+    }
+}
