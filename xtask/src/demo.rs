@@ -37,9 +37,12 @@ for ns in demo-cli demo-srv; do
   ip -n $ns link set lo up; for d in $(ip -n $ns -o link show | awk -F': ' '/[cs][12]@/ {print $2}' | cut -d@ -f1); do ip -n $ns link set $d up; done
   ip -n $ns mptcp limits set subflow 2 add_addr_accepted 2
 done
-# The server announces its second address; the client opens a second subflow to it.
-ip -n demo-srv mptcp endpoint add 10.77.2.2 dev s2 signal
-echo "   path 1: 10.77.1.1 <-> 10.77.1.2, path 2: 10.77.2.1 <-> 10.77.2.2"
+# The client opens a second subflow from its second address, routed out of its second link.
+ip -n demo-cli mptcp endpoint add 10.77.2.1 dev c2 subflow
+ip -n demo-cli rule add from 10.77.2.1 table 2
+ip -n demo-cli route add default dev c2 table 2
+ip -n demo-srv route add 10.77.2.1 dev s2
+echo "   path 1: c1 10.77.1.1 <-> s1 10.77.1.2, path 2: c2 10.77.2.1 <-> s2 (client subflow endpoint)"
 
 say "unmodified python3 server and client, both in the enabled cgroup"
 in_cg ip netns exec demo-srv python3 -c '
@@ -48,23 +51,28 @@ s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("10.77.1.2", 5201)); s.listen(1)
 c, _ = s.accept()
 print("   server: accepted socket protocol", c.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
-c.sendall(b"x" * (8 << 20)); c.close()' &
+c.sendall(b"x" * (8 << 20))
+c.recv(16); c.close()' &
 SRV=$!
 sleep 1
 in_cg ip netns exec demo-cli python3 -c '
 import socket, time
 s = socket.create_connection(("10.77.1.2", 5201))
-time.sleep(1)
-info = s.getsockopt(284, 1, 256)      # SOL_MPTCP, MPTCP_INFO
-flags = int.from_bytes(info[8:12], "little")
+time.sleep(1)                         # the second subflow joins meanwhile
 n = 0
-while True:
+while n < 8 << 20:
     d = s.recv(1 << 16)
     if not d: break
     n += len(d)
+info = s.getsockopt(284, 1, 256)      # SOL_MPTCP, MPTCP_INFO
+flags = int.from_bytes(info[8:12], "little")
+s.sendall(b"bye")
 print("   client: protocol", s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
-      "| subflows", info[0], "| fallback to TCP:", bool(flags & 1), "| received", n, "bytes")'
+      "| extra subflows", info[0], "| fallback to TCP:", bool(flags & 1), "| received", n, "bytes")'
 wait $SRV
+for d in c1 c2; do
+  echo "   bytes received over $d: $(ip netns exec demo-cli cat /sys/class/net/$d/statistics/rx_bytes)"
+done
 say "kernel MPTCP counters in the client namespace"
 ip netns exec demo-cli nstat -az | grep -E 'MPTcpExt(MPCapableSYNACKRX|MPJoinSynAckRx|AddAddr) ' | sed 's/^/   /'
 say "mptcpify status"

@@ -59,7 +59,7 @@ pub fn shell_quote(s: &str) -> String {
 /// The guest's `/init`: mounts, modules, the host root, then the command in a chroot.
 const INIT: &str = r#"#!/bin/busybox sh
 export PATH=/bin HOME=/root
-fin() { sync; echo "$1" > /dev/ttyS1; poweroff -f; }
+fin() { sync; echo 0 > /proc/sys/kernel/printk; echo "$1" > /dev/ttyS1; poweroff -f; }
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
 echo 1 > /proc/sys/kernel/printk
 for m in $(cat /vm/modules); do insmod /vm/mod/$m || echo "vm-init: insmod $m failed"; done
