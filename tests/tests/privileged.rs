@@ -322,3 +322,41 @@ fn probe_loads_and_detaches_without_leaving_state() {
     assert!(mptcpify_pins().is_empty());
     assert_eq!(proto_of(None, "tcp4"), IPPROTO_TCP);
 }
+
+/// Runs `mptcpify logs` while a probe in `cg` makes one TCP socket; returns the first record
+/// printed within `wait`, if any.
+fn first_log_record(cg: &TestCgroup, wait: std::time::Duration) -> Option<String> {
+    use std::io::{BufRead as _, BufReader};
+    let mut logs = std::process::Command::new(mptcpify_bin())
+        .arg("logs")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = logs.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(proto_of(Some(cg), "tcp4"), IPPROTO_MPTCP);
+    let line = rx.recv_timeout(wait).ok();
+    let _ = logs.kill();
+    let _ = logs.wait();
+    line
+}
+
+#[test]
+fn debug_logging_is_off_by_default_and_streams_when_asked() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-logs");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let quiet = first_log_record(&cg, std::time::Duration::from_secs(2));
+    assert_eq!(quiet, None, "logging must be off unless asked for");
+    ok(&["reset"]);
+    ok(&["enable", "--cgroup", &cg.relative, "--log-level", "debug"]);
+    let id = status_json()["rules"][0]["id"].as_u64().unwrap();
+    let line = first_log_record(&cg, std::time::Duration::from_secs(10)).expect("no log record within 10 s");
+    assert!(line.contains(&format!("cgroup {id}: socket -> MPTCP")), "{line}");
+}

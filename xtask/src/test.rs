@@ -14,6 +14,7 @@ pub struct Artifacts {
     pub mptcpify: PathBuf,
     pub privileged: PathBuf,
     pub no_hook: PathBuf,
+    pub host_refuses: PathBuf,
     pub static_probe: PathBuf,
 }
 
@@ -61,6 +62,7 @@ pub fn build() -> Result<Artifacts> {
         mptcpify: find(&bins, "mptcpify")?,
         privileged: find(&tests, "privileged")?,
         no_hook: find(&tests, "no_hook")?,
+        host_refuses: find(&tests, "host_refuses")?,
         static_probe: static_dir.join(host).join("release/sockprobe"),
     })
 }
@@ -104,8 +106,12 @@ pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]
     let argv = vec![exe.display().to_string(), "--test-threads=1".into()];
     let (status, output) = match place {
         Where::Host => {
-            let out = Command::new(exe)
-                .args(&argv[1..])
+            // A private mount namespace with bpffs mounted, so the host's mounts stay as they are.
+            let out = Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(r#"mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf || exit 125; exec "$@""#)
+                .arg("sh")
+                .args(&argv)
                 .envs(env.iter().cloned())
                 .stderr(Stdio::inherit())
                 .output()?;
@@ -152,6 +158,13 @@ pub fn all() -> Result<()> {
     let t = Instant::now();
     let privileged = run_suite("privileged suite", &a.privileged, &place, &a.env())?;
     let privileged_secs = t.elapsed().as_secs();
+    let host_refusal = match place {
+        Where::Vm(_) => {
+            eprintln!("== this host's refusal of fmod_ret programs, as a user meets it");
+            Some(run_suite("host refusal suite", &a.host_refuses, &Where::Host, &a.env())?)
+        }
+        Where::Host => None,
+    };
     eprintln!("== negative suite in the 6.1 VM (no update_socket_protocol)");
     let t = Instant::now();
     let negative = run_suite("negative suite", &a.no_hook, &Where::Vm("6.1"), &a.env())?;
@@ -166,8 +179,12 @@ pub fn all() -> Result<()> {
         privileged.passed
     );
     println!("negative suite (6.1 VM): {} passed, 0 failed, 0 skipped in {negative_secs} s", negative.passed);
+    let refusal = host_refusal.map_or(0, |c| c.passed);
+    if let Some(c) = host_refusal {
+        println!("host refusal suite (this kernel): {} passed, 0 failed, 0 skipped", c.passed);
+    }
     println!("xtask test: finished in {} s", start.elapsed().as_secs());
-    println!("privileged: {} passed, 0 failed, 0 skipped", privileged.passed + negative.passed);
+    println!("privileged: {} passed, 0 failed, 0 skipped", privileged.passed + negative.passed + refusal);
     Ok(())
 }
 
