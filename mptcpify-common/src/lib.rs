@@ -1,5 +1,6 @@
 //! The contract between the kernel program and user space: map names, key and value layouts,
-//! counter slots and limits. Both sides compile this crate, so a layout change is one edit.
+//! counter slots, events and limits. Both sides compile this crate, so a layout change is one
+//! edit.
 #![no_std]
 
 /// `IPPROTO_MPTCP`: what the program makes `socket()` use instead of TCP.
@@ -16,23 +17,33 @@ pub const HOOK_FUNCTION: &str = "update_socket_protocol";
 /// Name of the program function in the object file (section `fentry/update_socket_protocol`).
 pub const PROGRAM_NAME: &str = "mptcpify";
 
-/// Map of cgroup v2 ids (the inode number of the cgroup directory) to their rule.
+/// cgroup v2 id (the inode number of the cgroup directory) -> [`Rule`].
 pub const CGROUP_RULES_MAP: &str = "CGROUP_RULES";
-/// Map of thread-group ids (PIDs in the initial PID namespace) to their rule.
+/// Thread-group id (PID in the initial PID namespace) -> [`Rule`].
 pub const PID_RULES_MAP: &str = "PID_RULES";
+/// Command name (`comm`, NUL-padded to 16 bytes) -> [`Rule`].
+pub const COMM_RULES_MAP: &str = "COMM_RULES";
+/// User id (in the initial user namespace) -> [`Rule`].
+pub const UID_RULES_MAP: &str = "UID_RULES";
 /// Per-CPU array of [`Counter`] slots.
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// One-slot array holding [`Config`].
 pub const CONFIG_MAP: &str = "CONFIG";
+/// Ring buffer of [`Event`]s, written only while a monitor listens.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// cgroup id -> [`Origin`]: what a cgroup rule was made from. Only user space reads it.
+pub const ORIGINS_MAP: &str = "ORIGINS";
 
-/// Room for 10,000 cgroups and 10,000 processes, with headroom for hash collisions.
-pub const MAX_CGROUP_RULES: u32 = 16384;
-pub const MAX_PID_RULES: u32 = 16384;
+/// Room for 10,000 rules of each kind, with headroom for hash collisions.
+pub const MAX_RULES: u32 = 16384;
 /// Deepest cgroup level looked at. Kubernetes pods sit at level 4-6; 32 leaves ample room.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
+/// `comm` as the kernel keeps it: 15 characters and a NUL.
+pub const COMM_LEN: usize = 16;
+pub const EVENTS_BYTES: u32 = 256 * 1024;
 
-/// A rule's value in the kernel maps. `hits` is bumped by the kernel program on each upgrade
-/// it causes; user space only creates and deletes entries.
+/// A rule's value in the kernel maps. `hits` is bumped by the kernel program each time the rule
+/// decides a socket; user space only creates and deletes entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
@@ -41,17 +52,131 @@ pub struct Rule {
     pub hits: u64,
 }
 
-/// [`Rule::action`]: upgrade sockets of the matched process or cgroup.
+/// [`Rule::action`]: upgrade sockets of the matched process, user, command or cgroup.
 pub const ACTION_ENABLE: u32 = 1;
+/// [`Rule::action`]: never upgrade them, whatever else matches.
+pub const ACTION_EXCLUDE: u32 = 2;
 
-/// Global switches, written by user space. Lets the program skip map lookups that cannot match.
+/// Global switches, written by user space. Counts let the program skip lookups that cannot
+/// match.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
-    /// Number of entries in [`CGROUP_RULES_MAP`]; 0 skips the cgroup walk.
     pub cgroup_rules: u32,
-    /// Number of entries in [`PID_RULES_MAP`]; 0 skips the PID lookup.
     pub pid_rules: u32,
+    pub comm_rules: u32,
+    pub uid_rules: u32,
+    /// Non-zero: every process is selected (`enable --all`), exclusions still apply.
+    pub all: u32,
+    /// Number of exclusion rules; 0 lets the first enable match decide at once.
+    pub exclusions: u32,
+    /// PID of the listening `mptcpify monitor`; 0: no events are produced.
+    pub monitor_pid: u32,
+    pub _pad: u32,
+}
+
+/// Which kind of rule decided.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleKind {
+    Pid = 1,
+    Uid = 2,
+    Comm = 3,
+    Cgroup = 4,
+    All = 5,
+}
+
+impl RuleKind {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Pid,
+            2 => Self::Uid,
+            3 => Self::Comm,
+            4 => Self::Cgroup,
+            5 => Self::All,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pid => "pid",
+            Self::Uid => "uid",
+            Self::Comm => "comm",
+            Self::Cgroup => "cgroup",
+            Self::All => "all",
+        }
+    }
+}
+
+/// What the program did with a socket a rule matched.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Upgraded = 1,
+    Excluded = 2,
+    /// Selected, but MPTCP is disabled in the caller's network namespace: left TCP so that
+    /// `socket()` does not fail with ENOPROTOOPT.
+    KeptTcpMptcpDisabled = 3,
+}
+
+impl Decision {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Upgraded,
+            2 => Self::Excluded,
+            3 => Self::KeptTcpMptcpDisabled,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Upgraded => "upgraded",
+            Self::Excluded => "excluded",
+            Self::KeptTcpMptcpDisabled => "kept-tcp-mptcp-disabled",
+        }
+    }
+}
+
+/// One decision, sent to the monitor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns`.
+    pub boot_ns: u64,
+    /// The caller's cgroup (not necessarily the one whose rule matched).
+    pub cgroup_id: u64,
+    /// Key of the rule that decided (cgroup id, pid, uid; 0 for comm and all).
+    pub rule_key: u64,
+    pub pid: u32,
+    pub uid: u32,
+    pub family: u16,
+    pub decision: u8,
+    pub rule_kind: u8,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Where a cgroup rule came from, so it can be re-resolved when the cgroup is recreated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub kind: u32,
+    pub len: u32,
+    /// cgroup path relative to the cgroup2 root, or a systemd unit name; `len` bytes used.
+    pub text: [u8; ORIGIN_TEXT_LEN],
+}
+
+pub const ORIGIN_TEXT_LEN: usize = 504;
+pub const ORIGIN_PATH: u32 = 1;
+pub const ORIGIN_UNIT: u32 = 2;
+pub const ORIGIN_RUN: u32 = 3;
+
+impl Default for Origin {
+    fn default() -> Self {
+        Self { kind: 0, len: 0, text: [0; ORIGIN_TEXT_LEN] }
+    }
 }
 
 /// Slots of [`COUNTERS_MAP`].
@@ -62,17 +187,34 @@ pub enum Counter {
     Calls = 0,
     /// Calls for AF_INET/AF_INET6 + SOCK_STREAM + protocol 0/TCP: the ones that could be upgraded.
     TcpCandidates = 1,
-    /// Sockets upgraded because of a PID rule.
     UpgradedByPid = 2,
-    /// Sockets upgraded because of a cgroup rule (the cgroup itself or an ancestor).
     UpgradedByCgroup = 3,
+    UpgradedByComm = 4,
+    UpgradedByUid = 5,
+    UpgradedByAll = 6,
+    /// Candidates an exclusion kept TCP.
+    Excluded = 7,
+    /// Selected sockets left TCP because MPTCP is disabled in the caller's network namespace.
+    KeptTcpMptcpDisabled = 8,
+    /// Events the monitor did not get (ring buffer full).
+    EventsDropped = 9,
 }
 
-pub const COUNTER_SLOTS: u32 = 4;
+pub const COUNTER_SLOTS: u32 = 10;
 
 impl Counter {
-    pub const ALL: [Counter; COUNTER_SLOTS as usize] =
-        [Counter::Calls, Counter::TcpCandidates, Counter::UpgradedByPid, Counter::UpgradedByCgroup];
+    pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
+        Counter::Calls,
+        Counter::TcpCandidates,
+        Counter::UpgradedByPid,
+        Counter::UpgradedByCgroup,
+        Counter::UpgradedByComm,
+        Counter::UpgradedByUid,
+        Counter::UpgradedByAll,
+        Counter::Excluded,
+        Counter::KeptTcpMptcpDisabled,
+        Counter::EventsDropped,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -80,13 +222,44 @@ impl Counter {
             Counter::TcpCandidates => "tcp_candidates",
             Counter::UpgradedByPid => "upgraded_by_pid",
             Counter::UpgradedByCgroup => "upgraded_by_cgroup",
+            Counter::UpgradedByComm => "upgraded_by_comm",
+            Counter::UpgradedByUid => "upgraded_by_uid",
+            Counter::UpgradedByAll => "upgraded_by_all",
+            Counter::Excluded => "excluded",
+            Counter::KeptTcpMptcpDisabled => "kept_tcp_mptcp_disabled",
+            Counter::EventsDropped => "events_dropped",
+        }
+    }
+
+    pub const fn upgraded_by(kind: RuleKind) -> Self {
+        match kind {
+            RuleKind::Pid => Counter::UpgradedByPid,
+            RuleKind::Uid => Counter::UpgradedByUid,
+            RuleKind::Comm => Counter::UpgradedByComm,
+            RuleKind::Cgroup => Counter::UpgradedByCgroup,
+            RuleKind::All => Counter::UpgradedByAll,
         }
     }
 }
 
+/// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
+/// so the program can read the caller's `net.mptcp.enabled` (see `netns` in the program).
+pub mod netns_globals {
+    /// 1 when every offset below was found; 0 disables the check.
+    pub const ENABLED: &str = "NETNS_CHECK";
+    pub const TASK_NSPROXY: &str = "OFF_TASK_NSPROXY";
+    pub const NSPROXY_NET_NS: &str = "OFF_NSPROXY_NET_NS";
+    pub const NET_GEN: &str = "OFF_NET_GEN";
+    pub const PERNET_ENABLED: &str = "OFF_PERNET_MPTCP_ENABLED";
+    /// Kernel address of `mptcp_pernet_id` (the `net_generic` slot of MPTCP's per-netns data).
+    pub const PERNET_ID_ADDR: &str = "ADDR_MPTCP_PERNET_ID";
+}
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `repr(C)` integers, no padding holes that could leak (the pad is explicit).
+    // SAFETY: plain `repr(C)` integers and byte arrays, explicit padding.
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::Origin {}
 }

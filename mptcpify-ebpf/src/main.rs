@@ -4,6 +4,9 @@
 //! the kernel (and any other fmod_ret program on the hook) decide. aya has no `fmod_ret` section,
 //! so the function lives in `fentry/...` and the loader in user space loads it as
 //! `BPF_MODIFY_RETURN`; the `#[fentry]` macro is not used because it discards the return value.
+//!
+//! Order of work, cheapest first: socket kind, then the rules that exist (counts in CONFIG), then
+//! — only for a socket about to be upgraded — the caller's `net.mptcp.enabled`.
 #![no_std]
 #![no_main]
 // `AtomicU64::fetch_add` is compiled out on the BPF target (no CAS); the intrinsic lowers to
@@ -12,31 +15,58 @@
 #![feature(core_intrinsics)]
 
 use aya_ebpf::{
+    Global,
     helpers::{
-        bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
+            bpf_ktime_get_boot_ns,
+        },
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::FEntryContext,
 };
 use aya_log_ebpf::debug;
 use mptcpify_common::{
-    AF_INET, AF_INET6, COUNTER_SLOTS, Config, Counter, IPPROTO_MPTCP, IPPROTO_TCP,
-    MAX_CGROUP_DEPTH, MAX_CGROUP_RULES, MAX_PID_RULES, Rule, SOCK_STREAM, SOCK_TYPE_MASK,
+    ACTION_EXCLUDE, AF_INET, AF_INET6, COMM_LEN, COUNTER_SLOTS, Config, Counter, Decision,
+    EVENTS_BYTES, Event, IPPROTO_MPTCP, IPPROTO_TCP, MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule,
+    RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
-static CGROUP_RULES: HashMap<u64, Rule> = HashMap::with_max_entries(MAX_CGROUP_RULES, 0);
-
+static CGROUP_RULES: HashMap<u64, Rule> = HashMap::with_max_entries(MAX_RULES, 0);
 #[map]
-static PID_RULES: HashMap<u32, Rule> = HashMap::with_max_entries(MAX_PID_RULES, 0);
-
+static PID_RULES: HashMap<u32, Rule> = HashMap::with_max_entries(MAX_RULES, 0);
+#[map]
+static COMM_RULES: HashMap<[u8; COMM_LEN], Rule> = HashMap::with_max_entries(MAX_RULES, 0);
+#[map]
+static UID_RULES: HashMap<u32, Rule> = HashMap::with_max_entries(MAX_RULES, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
-
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+/// Written and read by user space only; defined here so it is created and pinned with the rest.
+/// BPF_F_NO_PREALLOC: entries are 512 bytes and usually few.
+#[map]
+static ORIGINS: HashMap<u64, Origin> = HashMap::with_max_entries(MAX_RULES, 1);
+
+// Set by the loader from the running kernel's BTF and /proc/kallsyms (see `netns` below).
+#[unsafe(no_mangle)]
+static NETNS_CHECK: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_NSPROXY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_NSPROXY_NET_NS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_NET_GEN: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_PERNET_MPTCP_ENABLED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static ADDR_MPTCP_PERNET_ID: Global<u64> = Global::new(0);
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "fentry/update_socket_protocol")]
@@ -59,6 +89,120 @@ fn hit(rule: *mut Rule) {
     unsafe { atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*rule).hits, 1) };
 }
 
+/// The rule that decides a socket. Every field is always initialised (no `Option` around it):
+/// the verifier rejects copies of uninitialised stack slots that an `Option` would leave.
+#[derive(Clone, Copy)]
+struct Match {
+    found: bool,
+    exclude: bool,
+    kind: RuleKind,
+    key: u64,
+    /// Null for `all`, which has no map entry.
+    rule: *mut Rule,
+}
+
+impl Match {
+    const NONE: Match = Match { found: false, exclude: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
+
+    /// Keeps the first enable match; an exclusion replaces it and ends the search (`true`).
+    #[inline(always)]
+    fn consider(&mut self, kind: RuleKind, key: u64, rule: Option<*mut Rule>) -> bool {
+        let Some(rule) = rule else { return false };
+        let exclude = unsafe { (*rule).action } == ACTION_EXCLUDE;
+        if exclude || !self.found {
+            *self = Match { found: true, exclude, kind, key, rule };
+        }
+        exclude
+    }
+}
+
+/// Finds the deciding rule: any exclusion wins; else the first enable found (pid, uid, comm,
+/// cgroup and its ancestors, all). Without exclusions the first enable ends the search.
+#[inline(always)]
+fn select(cfg: &Config) -> Match {
+    let mut m = Match::NONE;
+    let stop_at_first = cfg.exclusions == 0;
+    if cfg.pid_rules != 0 {
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if m.consider(RuleKind::Pid, tgid as u64, PID_RULES.get_ptr_mut(tgid)) || (stop_at_first && m.found) {
+            return m;
+        }
+    }
+    if cfg.uid_rules != 0 {
+        let uid = bpf_get_current_uid_gid() as u32;
+        if m.consider(RuleKind::Uid, uid as u64, UID_RULES.get_ptr_mut(uid)) || (stop_at_first && m.found) {
+            return m;
+        }
+    }
+    if cfg.comm_rules != 0 {
+        if let Ok(comm) = bpf_get_current_comm() {
+            if m.consider(RuleKind::Comm, 0, COMM_RULES.get_ptr_mut(comm)) || (stop_at_first && m.found) {
+                return m;
+            }
+        }
+    }
+    if cfg.cgroup_rules != 0 {
+        // Level 0 is the root; a level below the caller's own yields 0.
+        for level in 0..MAX_CGROUP_DEPTH {
+            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+            if id == 0 {
+                break;
+            }
+            if m.consider(RuleKind::Cgroup, id, CGROUP_RULES.get_ptr_mut(id)) || (stop_at_first && m.found) {
+                return m;
+            }
+        }
+    }
+    if !m.found && cfg.all != 0 {
+        m = Match { found: true, exclude: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
+    }
+    m
+}
+
+/// `net.mptcp.enabled` of the caller's network namespace, read the way `mptcp_is_enabled()`
+/// does: `net_generic(current->nsproxy->net_ns, mptcp_pernet_id)->mptcp_enabled`. Offsets and
+/// the address come from the running kernel; `None` when unknown or unreadable.
+#[inline(always)]
+fn mptcp_enabled_here() -> Option<bool> {
+    if NETNS_CHECK.load() == 0 {
+        return None;
+    }
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let nsproxy: *const u8 = bpf_probe_read_kernel(task.add(OFF_TASK_NSPROXY.load() as usize).cast()).ok()?;
+        let net: *const u8 = bpf_probe_read_kernel(nsproxy.add(OFF_NSPROXY_NET_NS.load() as usize).cast()).ok()?;
+        let gen_: *const u8 = bpf_probe_read_kernel(net.add(OFF_NET_GEN.load() as usize).cast()).ok()?;
+        let id: u32 = bpf_probe_read_kernel(ADDR_MPTCP_PERNET_ID.load() as *const u32).ok()?;
+        // struct net_generic: a union whose `ptr[]` flexible array starts at offset 0.
+        let pernet: *const u8 = bpf_probe_read_kernel(gen_.add(id as usize * 8).cast()).ok()?;
+        let enabled: u8 = bpf_probe_read_kernel(pernet.add(OFF_PERNET_MPTCP_ENABLED.load() as usize)).ok()?;
+        Some(enabled != 0)
+    }
+}
+
+#[inline(always)]
+fn report(cfg: &Config, m: &Match, family: i32, decision: Decision) {
+    if cfg.monitor_pid == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let event = Event {
+        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        rule_key: m.key,
+        pid: (pid_tgid >> 32) as u32,
+        uid: bpf_get_current_uid_gid() as u32,
+        family: family as u16,
+        decision: decision as u8,
+        rule_kind: m.kind as u8,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or_default(),
+    };
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        bump(Counter::EventsDropped);
+    }
+}
+
 #[inline(always)]
 fn decide(ctx: &FEntryContext) -> i32 {
     bump(Counter::Calls);
@@ -72,44 +216,28 @@ fn decide(ctx: &FEntryContext) -> i32 {
         return 0;
     }
     bump(Counter::TcpCandidates);
-    let Some(config) = CONFIG.get(0) else { return 0 };
-
-    if config.pid_rules != 0 {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if let Some(rule) = PID_RULES.get_ptr_mut(tgid) {
-            hit(rule);
-            bump(Counter::UpgradedByPid);
-            debug!(ctx, "pid {}: socket({}, {}) -> MPTCP", tgid, family, ty);
-            return IPPROTO_MPTCP;
-        }
+    let Some(cfg) = CONFIG.get(0) else { return 0 };
+    let m = select(cfg);
+    if !m.found {
+        return 0;
     }
-
-    if config.cgroup_rules != 0 {
-        // The current cgroup first (the common case for per-service rules), then its ancestors
-        // from the root down; level numbering has the root at 0, and a level below the current
-        // one yields 0.
-        let own = unsafe { bpf_get_current_cgroup_id() };
-        if let Some(rule) = CGROUP_RULES.get_ptr_mut(own) {
-            return upgrade_by_cgroup(ctx, rule, own);
-        }
-        for level in 0..MAX_CGROUP_DEPTH {
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-            if id == 0 || id == own {
-                break;
-            }
-            if let Some(rule) = CGROUP_RULES.get_ptr_mut(id) {
-                return upgrade_by_cgroup(ctx, rule, id);
-            }
-        }
+    if !m.rule.is_null() {
+        hit(m.rule);
     }
-    0
-}
-
-#[inline(always)]
-fn upgrade_by_cgroup(ctx: &FEntryContext, rule: *mut Rule, cgroup: u64) -> i32 {
-    hit(rule);
-    bump(Counter::UpgradedByCgroup);
-    debug!(ctx, "cgroup {}: socket -> MPTCP", cgroup);
+    if m.exclude {
+        bump(Counter::Excluded);
+        report(cfg, &m, family, Decision::Excluded);
+        return 0;
+    }
+    if mptcp_enabled_here() == Some(false) {
+        // An MPTCP socket would fail with ENOPROTOOPT here: never break the application.
+        bump(Counter::KeptTcpMptcpDisabled);
+        report(cfg, &m, family, Decision::KeptTcpMptcpDisabled);
+        return 0;
+    }
+    bump(Counter::upgraded_by(m.kind));
+    report(cfg, &m, family, Decision::Upgraded);
+    debug!(ctx, "{} rule {}: socket({}, {}) -> MPTCP", m.kind.name(), m.key, family, ty);
     IPPROTO_MPTCP
 }
 

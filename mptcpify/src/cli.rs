@@ -1,4 +1,6 @@
 //! The command line, as clap parses it.
+use std::path::PathBuf;
+
 use clap::{Args, Parser, Subcommand};
 
 use crate::loader::LogLevel;
@@ -12,19 +14,30 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Upgrade new TCP sockets of a cgroup (and every cgroup below it) or of a process to MPTCP.
-    /// Loads and pins the kernel program first if it is not loaded yet.
+    /// Upgrade new TCP sockets of the selected processes to MPTCP. Loads and pins the kernel
+    /// program first if it is not loaded yet.
     Enable {
         #[command(flatten)]
         targets: Targets,
+        /// Every process on the host (exclusions still apply).
+        #[arg(long)]
+        all: bool,
         /// Log level of the kernel program's aya-log output, fixed when it is first loaded.
         #[arg(long, value_enum, default_value_t = LogLevel::Off)]
         log_level: LogLevel,
     },
-    /// Stop upgrading sockets for the given cgroups or processes.
+    /// Never upgrade the selected processes' sockets, whatever enable rule matches them.
+    Exclude {
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Remove the rules (enable or exclude) of the selected targets.
     Disable {
         #[command(flatten)]
         targets: Targets,
+        /// Remove `enable --all`.
+        #[arg(long)]
+        all: bool,
         /// A cgroup rule by id (from `status`), for a cgroup whose directory is gone.
         #[arg(long = "cgroup-id", value_name = "ID")]
         cgroup_ids: Vec<u64>,
@@ -35,6 +48,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Re-resolve the cgroup of every rule made from a path or unit (after a restart recreated it).
+    Sync,
+    /// Run CMD in a new cgroup that is enabled before CMD starts, so CMD and all its children
+    /// get MPTCP sockets; remove the rule and cgroup when they have all exited.
+    Run {
+        /// Run CMD as this user (name or uid). Default: the user who invoked sudo, else root.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Stream upgrade decisions live (time, pid, command, cgroup, family, rule).
+    Monitor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check everything mptcpify needs and say how to fix what is missing.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach the program and remove all pinned state; new sockets are TCP again.
     Reset,
     /// Print the kernel program's log records (needs `enable --log-level` at first load).
@@ -42,21 +76,50 @@ pub enum Command {
     /// Check that this kernel accepts the program: load and attach it, then detach at once.
     /// Changes nothing; exit status 0 when it works.
     Probe,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// Write the man pages (mptcpify.1 and one per subcommand) into DIR.
+    Man { dir: PathBuf },
+    /// Internal: the first step of `run` (join the cgroup, drop privileges, exec).
+    #[command(name = "__exec", hide = true)]
+    Exec {
+        cgroup_procs: PathBuf,
+        uid: u32,
+        gid: u32,
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<u32>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args, Clone, Default)]
 pub struct Targets {
     /// Cgroup v2 path: absolute (under the cgroup2 mount) or relative to the cgroup2 root.
+    /// Covers every cgroup below it too.
     #[arg(long = "cgroup", value_name = "PATH")]
     pub cgroups: Vec<String>,
+    /// systemd unit (nginx.service, user.slice, …): its cgroup, asked of systemd.
+    #[arg(long = "unit", value_name = "UNIT")]
+    pub units: Vec<String>,
     /// Process id (thread-group id, as seen in the initial PID namespace).
     #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
+    /// Command name as the kernel keeps it (comm: at most 15 bytes), e.g. `curl`.
+    #[arg(long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// User (name or numeric uid).
+    #[arg(long = "uid", value_name = "UID|NAME")]
+    pub uids: Vec<String>,
 }
 
 impl Targets {
     pub fn is_empty(&self) -> bool {
-        self.cgroups.is_empty() && self.pids.is_empty()
+        self.cgroups.is_empty()
+            && self.units.is_empty()
+            && self.pids.is_empty()
+            && self.comms.is_empty()
+            && self.uids.is_empty()
     }
 }
 
@@ -70,10 +133,18 @@ mod tests {
 
     #[test]
     fn enable_takes_several_selectors() {
-        let cli = parse(&["enable", "--cgroup", "a/b", "--pid", "42", "--cgroup", "/sys/fs/cgroup/c"]).unwrap();
-        let Command::Enable { targets, log_level } = cli.command else { panic!() };
+        let cli = parse(&[
+            "enable", "--cgroup", "a/b", "--pid", "42", "--cgroup", "/sys/fs/cgroup/c", "--comm", "curl",
+            "--uid", "www-data", "--unit", "nginx.service",
+        ])
+        .unwrap();
+        let Command::Enable { targets, log_level, all } = cli.command else { panic!() };
         assert_eq!(targets.cgroups, ["a/b", "/sys/fs/cgroup/c"]);
         assert_eq!(targets.pids, [42]);
+        assert_eq!(targets.comms, ["curl"]);
+        assert_eq!(targets.uids, ["www-data"]);
+        assert_eq!(targets.units, ["nginx.service"]);
+        assert!(!all);
         assert_eq!(log_level, LogLevel::Off);
     }
 
@@ -85,11 +156,26 @@ mod tests {
     }
 
     #[test]
-    fn disable_accepts_cgroup_ids() {
-        let cli = parse(&["disable", "--cgroup-id", "1234"]).unwrap();
-        let Command::Disable { cgroup_ids, targets } = cli.command else { panic!() };
+    fn disable_accepts_cgroup_ids_and_all() {
+        let cli = parse(&["disable", "--cgroup-id", "1234", "--all"]).unwrap();
+        let Command::Disable { cgroup_ids, targets, all } = cli.command else { panic!() };
         assert_eq!(cgroup_ids, [1234]);
-        assert!(targets.is_empty());
+        assert!(all && targets.is_empty());
+    }
+
+    #[test]
+    fn exclude_has_no_all() {
+        assert!(parse(&["exclude", "--all"]).is_err());
+        assert!(parse(&["exclude", "--comm", "ssh"]).is_ok());
+    }
+
+    #[test]
+    fn run_takes_the_command_after_double_dash() {
+        let cli = parse(&["run", "--user", "alice", "--", "curl", "-v", "--x"]).unwrap();
+        let Command::Run { user, command } = cli.command else { panic!() };
+        assert_eq!(user.as_deref(), Some("alice"));
+        assert_eq!(command, ["curl", "-v", "--x"]);
+        assert!(parse(&["run"]).is_err());
     }
 
     #[test]

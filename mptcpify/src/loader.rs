@@ -13,9 +13,9 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{Btf, maps::MapData};
 use aya_obj::{EbpfSectionKind, Object, btf::BtfKind};
-use mptcpify_common::{HOOK_FUNCTION, PROGRAM_NAME};
+use mptcpify_common::{HOOK_FUNCTION, PROGRAM_NAME, netns_globals};
 
-use crate::{state, sys};
+use crate::{netns, state, sys};
 
 /// The kernel program, built by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcpify"));
@@ -82,8 +82,29 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     let btf_id = hook_btf_id()?;
 
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
-    obj.patch_map_data(HashMap::from([("AYA_LOG_LEVEL", (&[log_level.as_global()][..], true))]))
-        .context("setting the log level")?;
+    let level = [log_level.as_global()];
+    let mut globals: HashMap<&str, (&[u8], bool)> = HashMap::from([("AYA_LOG_LEVEL", (&level[..], true))]);
+    // Without the offsets the program cannot see the caller's net.mptcp.enabled; it still works,
+    // and `doctor` reports the missing protection.
+    let netns = netns::find().ok();
+    let (on, o) = match &netns {
+        Some(o) => ([1u8], *o),
+        None => ([0u8], netns::NetnsOffsets { task_nsproxy: 0, nsproxy_net_ns: 0, net_gen: 0, pernet_mptcp_enabled: 0, pernet_id_addr: 0 }),
+    };
+    let (a, b, c, d, e) = (
+        o.task_nsproxy.to_ne_bytes(),
+        o.nsproxy_net_ns.to_ne_bytes(),
+        o.net_gen.to_ne_bytes(),
+        o.pernet_mptcp_enabled.to_ne_bytes(),
+        o.pernet_id_addr.to_ne_bytes(),
+    );
+    globals.insert(netns_globals::ENABLED, (&on[..], true));
+    globals.insert(netns_globals::TASK_NSPROXY, (&a[..], true));
+    globals.insert(netns_globals::NSPROXY_NET_NS, (&b[..], true));
+    globals.insert(netns_globals::NET_GEN, (&c[..], true));
+    globals.insert(netns_globals::PERNET_ENABLED, (&d[..], true));
+    globals.insert(netns_globals::PERNET_ID_ADDR, (&e[..], true));
+    obj.patch_map_data(globals).context("setting the program's globals")?;
 
     let mut maps = HashMap::new();
     for (name, map_obj) in obj.maps.drain() {

@@ -1,21 +1,102 @@
-//! Rule bookkeeping, independent of where the rules are stored: the kernel maps in production,
-//! a `BTreeMap` in unit tests. Every change set is all-or-nothing.
-use std::{collections::BTreeMap, fmt::Display};
+//! Rules and their bookkeeping, independent of where they are stored: the kernel maps in
+//! production, a `BTreeMap` in unit tests. Every change set is all-or-nothing.
+use std::{collections::BTreeMap, fmt};
 
 use anyhow::{Result, bail};
-use mptcpify_common::{ACTION_ENABLE, Rule};
+use mptcpify_common::{ACTION_ENABLE, ACTION_EXCLUDE, COMM_LEN, Rule, RuleKind};
 
-/// Storage of one kind of rule, keyed by cgroup id or PID.
-pub trait RuleTable<K> {
-    fn get(&self, key: K) -> Result<Option<Rule>>;
-    /// Inserts a rule that must not exist yet; fails with [`Full`] when the table is full.
-    fn insert_new(&mut self, key: K, rule: Rule) -> Result<()>;
-    fn remove(&mut self, key: K) -> Result<()>;
-    fn entries(&self) -> Result<Vec<(K, Rule)>>;
-    fn capacity(&self) -> u32;
+/// What a rule matches, as the kernel program keys it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Cgroup(u64),
+    Pid(u32),
+    Comm([u8; COMM_LEN]),
+    Uid(u32),
+    /// Every process (a switch in the program's config, not a map entry).
+    All,
 }
 
-/// A table refused an insert because it holds `capacity` rules already.
+impl Key {
+    pub fn kind(&self) -> RuleKind {
+        match self {
+            Key::Cgroup(_) => RuleKind::Cgroup,
+            Key::Pid(_) => RuleKind::Pid,
+            Key::Comm(_) => RuleKind::Comm,
+            Key::Uid(_) => RuleKind::Uid,
+            Key::All => RuleKind::All,
+        }
+    }
+
+    /// `--comm NAME` as the kernel stores it; the kernel keeps 15 bytes of a command name.
+    pub fn comm(name: &str) -> Result<Self> {
+        if name.is_empty() {
+            bail!("empty command name");
+        }
+        if name.len() > COMM_LEN - 1 {
+            bail!(
+                "command name {name:?} is {} bytes; the kernel's command name (comm) has at most {}: use {:?}",
+                name.len(),
+                COMM_LEN - 1,
+                String::from_utf8_lossy(&name.as_bytes()[..COMM_LEN - 1])
+            );
+        }
+        if name.contains('\0') {
+            bail!("command name {name:?} contains a NUL byte");
+        }
+        let mut comm = [0u8; COMM_LEN];
+        comm[..name.len()].copy_from_slice(name.as_bytes());
+        Ok(Key::Comm(comm))
+    }
+}
+
+pub fn comm_str(comm: &[u8; COMM_LEN]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Key::Cgroup(id) => write!(f, "cgroup id {id}"),
+            Key::Pid(p) => write!(f, "pid {p}"),
+            Key::Comm(c) => write!(f, "comm {}", comm_str(c)),
+            Key::Uid(u) => write!(f, "uid {u}"),
+            Key::All => write!(f, "all"),
+        }
+    }
+}
+
+/// Whether a rule upgrades or protects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Enable,
+    Exclude,
+}
+
+impl Action {
+    pub fn code(self) -> u32 {
+        match self {
+            Action::Enable => ACTION_ENABLE,
+            Action::Exclude => ACTION_EXCLUDE,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Self {
+        if code == ACTION_EXCLUDE { Action::Exclude } else { Action::Enable }
+    }
+}
+
+/// Storage of rules of every kind.
+pub trait RuleStore {
+    fn get(&self, key: &Key) -> Result<Option<Rule>>;
+    /// Inserts a rule that must not exist yet; fails with [`Full`] when its table is full.
+    fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()>;
+    fn remove(&mut self, key: &Key) -> Result<()>;
+    fn entries(&self) -> Result<Vec<(Key, Rule)>>;
+}
+
+/// A table refused an insert because it is full.
 #[derive(Debug, thiserror::Error)]
 #[error("the {what} rule table is full ({capacity} rules); disable some rules first")]
 pub struct Full {
@@ -27,87 +108,100 @@ pub struct Full {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Added,
-    AlreadyEnabled,
+    AlreadyPresent,
     Removed,
 }
 
-/// Enables every key, or none: on failure the keys this call added are removed again.
-/// Keys already enabled keep their rule (and hit counter) untouched.
-pub fn enable_all<K: Copy + Display>(table: &mut impl RuleTable<K>, keys: &[K]) -> Result<Vec<Outcome>> {
-    let mut outcomes = Vec::with_capacity(keys.len());
-    let mut added = Vec::new();
-    for &key in keys {
-        let result = match table.get(key) {
-            Ok(Some(_)) => Ok(Outcome::AlreadyEnabled),
-            Ok(None) => table
-                .insert_new(key, Rule { action: ACTION_ENABLE, ..Default::default() })
-                .map(|()| Outcome::Added),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(outcome) => {
-                if outcome == Outcome::Added {
-                    added.push(key);
-                }
-                outcomes.push(outcome);
-            }
-            Err(e) => {
-                for k in added {
-                    let _ = table.remove(k);
-                }
-                return Err(e);
-            }
+impl Outcome {
+    pub fn describe(self, action: Action) -> &'static str {
+        match (self, action) {
+            (Outcome::Added, Action::Enable) => "enabled",
+            (Outcome::Added, Action::Exclude) => "excluded",
+            (Outcome::AlreadyPresent, Action::Enable) => "already enabled",
+            (Outcome::AlreadyPresent, Action::Exclude) => "already excluded",
+            (Outcome::Removed, _) => "removed",
         }
+    }
+}
+
+/// Adds an `action` rule for every key, or none. A key that already has the other action fails
+/// the whole call before any change; one with the same action is left as it is (hits kept).
+pub fn add_all(store: &mut impl RuleStore, keys: &[Key], action: Action) -> Result<Vec<Outcome>> {
+    let mut present = Vec::with_capacity(keys.len());
+    for key in keys {
+        if *key == Key::All && action == Action::Exclude {
+            bail!("--all cannot be excluded; `mptcpify reset` or `disable --all` turns it off");
+        }
+        match store.get(key)? {
+            Some(rule) if Action::from_code(rule.action) != action => {
+                let (is, verb) = match action {
+                    Action::Enable => ("excluded", "enable"),
+                    Action::Exclude => ("enabled", "exclude"),
+                };
+                bail!("{key} is {is}; `mptcpify disable` it first, then {verb} it");
+            }
+            existing => present.push(existing.is_some()),
+        }
+    }
+    let mut outcomes = Vec::with_capacity(keys.len());
+    let mut added: Vec<Key> = Vec::new();
+    for (key, present) in keys.iter().zip(present) {
+        if present || added.contains(key) {
+            outcomes.push(Outcome::AlreadyPresent);
+            continue;
+        }
+        if let Err(e) = store.insert_new(key, Rule { action: action.code(), ..Default::default() }) {
+            for k in &added {
+                let _ = store.remove(k);
+            }
+            return Err(e);
+        }
+        added.push(*key);
+        outcomes.push(Outcome::Added);
     }
     Ok(outcomes)
 }
 
-/// Disables every key, or none: a key that is not enabled fails the whole call before any change.
-pub fn disable_all<K: Copy + Display>(
-    table: &mut impl RuleTable<K>,
-    keys: &[K],
-    describe: impl Fn(K) -> String,
-) -> Result<Vec<Outcome>> {
-    for &key in keys {
-        if table.get(key)?.is_none() {
-            bail!("{} is not enabled; `mptcpify status` lists the rules", describe(key));
+/// Removes the rule of every key, or none: a key without a rule fails the call before any change.
+pub fn remove_all(store: &mut impl RuleStore, keys: &[Key]) -> Result<Vec<Outcome>> {
+    for key in keys {
+        if store.get(key)?.is_none() {
+            bail!("{key} has no rule; `mptcpify status` lists the rules");
         }
     }
-    for &key in keys {
-        table.remove(key)?;
+    for key in keys {
+        store.remove(key)?;
     }
     Ok(vec![Outcome::Removed; keys.len()])
 }
 
-/// In-memory table for the unit tests of the bookkeeping above.
+/// In-memory store for the unit tests of the bookkeeping above.
 #[derive(Debug, Default)]
-pub struct MemTable<K: Ord> {
-    pub rules: BTreeMap<K, Rule>,
-    pub capacity: u32,
+pub struct MemStore {
+    pub rules: BTreeMap<Key, Rule>,
+    /// Per-kind capacity.
+    pub capacity: usize,
 }
 
-impl<K: Ord + Copy> RuleTable<K> for MemTable<K> {
-    fn get(&self, key: K) -> Result<Option<Rule>> {
-        Ok(self.rules.get(&key).copied())
+impl RuleStore for MemStore {
+    fn get(&self, key: &Key) -> Result<Option<Rule>> {
+        Ok(self.rules.get(key).copied())
     }
-    fn insert_new(&mut self, key: K, rule: Rule) -> Result<()> {
-        if self.rules.contains_key(&key) {
+    fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()> {
+        if self.rules.contains_key(key) {
             bail!("rule exists");
         }
-        if self.rules.len() as u32 >= self.capacity {
-            return Err(Full { what: "test", capacity: self.capacity }.into());
+        if self.rules.keys().filter(|k| k.kind() == key.kind()).count() >= self.capacity {
+            return Err(Full { what: key.kind().name(), capacity: self.capacity as u32 }.into());
         }
-        self.rules.insert(key, rule);
+        self.rules.insert(*key, rule);
         Ok(())
     }
-    fn remove(&mut self, key: K) -> Result<()> {
-        self.rules.remove(&key).map(drop).ok_or_else(|| anyhow::anyhow!("no such rule"))
+    fn remove(&mut self, key: &Key) -> Result<()> {
+        self.rules.remove(key).map(drop).ok_or_else(|| anyhow::anyhow!("no such rule"))
     }
-    fn entries(&self) -> Result<Vec<(K, Rule)>> {
+    fn entries(&self) -> Result<Vec<(Key, Rule)>> {
         Ok(self.rules.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-    fn capacity(&self) -> u32 {
-        self.capacity
     }
 }
 
@@ -115,37 +209,63 @@ impl<K: Ord + Copy> RuleTable<K> for MemTable<K> {
 mod tests {
     use super::*;
 
-    fn table(capacity: u32) -> MemTable<u32> {
-        MemTable { rules: BTreeMap::new(), capacity }
+    fn store(capacity: usize) -> MemStore {
+        MemStore { rules: BTreeMap::new(), capacity }
     }
 
     #[test]
-    fn enabling_twice_is_idempotent_and_keeps_hits() {
-        let mut t = table(10);
-        assert_eq!(enable_all(&mut t, &[1, 2]).unwrap(), [Outcome::Added, Outcome::Added]);
-        t.rules.get_mut(&1).unwrap().hits = 7;
-        assert_eq!(enable_all(&mut t, &[1]).unwrap(), [Outcome::AlreadyEnabled]);
-        assert_eq!(t.rules[&1].hits, 7);
-        assert_eq!(t.rules.len(), 2);
+    fn adding_twice_is_idempotent_and_keeps_hits() {
+        let mut s = store(10);
+        let keys = [Key::Cgroup(1), Key::Pid(2)];
+        assert_eq!(add_all(&mut s, &keys, Action::Enable).unwrap(), [Outcome::Added, Outcome::Added]);
+        s.rules.get_mut(&Key::Cgroup(1)).unwrap().hits = 7;
+        assert_eq!(add_all(&mut s, &[Key::Cgroup(1)], Action::Enable).unwrap(), [Outcome::AlreadyPresent]);
+        assert_eq!(s.rules[&Key::Cgroup(1)].hits, 7);
+        assert_eq!(s.rules.len(), 2);
+        // The same key twice in one call is added once.
+        assert_eq!(
+            add_all(&mut s, &[Key::Uid(5), Key::Uid(5)], Action::Enable).unwrap(),
+            [Outcome::Added, Outcome::AlreadyPresent]
+        );
     }
 
     #[test]
     fn a_full_table_rolls_back_the_whole_call() {
-        let mut t = table(3);
-        enable_all(&mut t, &[1]).unwrap();
-        let e = enable_all(&mut t, &[2, 1, 3, 4]).unwrap_err();
+        let mut s = store(2);
+        add_all(&mut s, &[Key::Pid(1)], Action::Enable).unwrap();
+        let e = add_all(&mut s, &[Key::Cgroup(9), Key::Pid(2), Key::Pid(3)], Action::Enable).unwrap_err();
         assert!(e.downcast_ref::<Full>().is_some(), "{e}");
-        assert_eq!(t.rules.keys().copied().collect::<Vec<_>>(), [1], "2 and 3 were rolled back, 1 kept");
+        assert_eq!(s.rules.keys().copied().collect::<Vec<_>>(), [Key::Pid(1)], "9 and 2 were rolled back");
     }
 
     #[test]
-    fn disabling_something_not_enabled_changes_nothing() {
-        let mut t = table(10);
-        enable_all(&mut t, &[1, 2]).unwrap();
-        let e = disable_all(&mut t, &[1, 5], |k| format!("pid {k}")).unwrap_err();
-        assert!(e.to_string().contains("pid 5 is not enabled"), "{e}");
-        assert_eq!(t.rules.len(), 2);
-        assert_eq!(disable_all(&mut t, &[1, 2], |k| k.to_string()).unwrap().len(), 2);
-        assert!(t.rules.is_empty());
+    fn enable_and_exclude_of_the_same_key_conflict_without_changes() {
+        let mut s = store(10);
+        add_all(&mut s, &[Key::Uid(1000)], Action::Exclude).unwrap();
+        let e = add_all(&mut s, &[Key::Pid(1), Key::Uid(1000)], Action::Enable).unwrap_err();
+        assert!(e.to_string().contains("uid 1000 is excluded"), "{e}");
+        assert_eq!(s.rules.len(), 1, "pid 1 was not added");
+        let e = add_all(&mut s, &[Key::All], Action::Exclude).unwrap_err();
+        assert!(e.to_string().contains("--all cannot be excluded"), "{e}");
+    }
+
+    #[test]
+    fn removing_something_without_a_rule_changes_nothing() {
+        let mut s = store(10);
+        add_all(&mut s, &[Key::Pid(1), Key::Pid(2)], Action::Enable).unwrap();
+        let e = remove_all(&mut s, &[Key::Pid(1), Key::Pid(5)]).unwrap_err();
+        assert!(e.to_string().contains("pid 5 has no rule"), "{e}");
+        assert_eq!(s.rules.len(), 2);
+        assert_eq!(remove_all(&mut s, &[Key::Pid(1), Key::Pid(2)]).unwrap().len(), 2);
+        assert!(s.rules.is_empty());
+    }
+
+    #[test]
+    fn command_names_follow_the_kernels_comm() {
+        assert_eq!(Key::comm("nginx").unwrap().to_string(), "comm nginx");
+        assert!(Key::comm("exactly15chars_").is_ok());
+        let e = Key::comm("a-very-long-program-name").unwrap_err().to_string();
+        assert!(e.contains("at most 15") && e.contains("\"a-very-long-pro\""), "{e}");
+        assert!(Key::comm("").is_err());
     }
 }

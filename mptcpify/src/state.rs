@@ -4,15 +4,16 @@ use std::{fs::File, path::Path};
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    Pod,
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::links::{FdLink, PinnedLink},
 };
 use mptcpify_common::{
-    CGROUP_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config, Counter, MAX_CGROUP_RULES, MAX_PID_RULES,
-    PID_RULES_MAP, Rule,
+    ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config,
+    Counter, EVENTS_MAP, MAX_RULES, ORIGINS_MAP, Origin, PID_RULES_MAP, Rule, UID_RULES_MAP,
 };
 
-use crate::rules::{Full, RuleTable};
+use crate::rules::{Full, Key, RuleStore};
 
 /// Where link and maps are pinned (bpffs, root-only).
 pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
@@ -21,9 +22,18 @@ pub const LINK_PIN: &str = "link";
 /// A load pins into `PIN_DIR` + this + its PID, then renames that into place. bpffs refuses
 /// names with dots.
 pub const TMP_INFIX: &str = "_loading_";
-
-/// Maps pinned beside the link.
-pub const PINNED_MAPS: [&str; 4] = [CGROUP_RULES_MAP, PID_RULES_MAP, COUNTERS_MAP, CONFIG_MAP];
+/// Maps pinned beside the link; the rest (.rodata, the log ring buffer) live on with the
+/// program, which the link holds.
+pub const PINNED_MAPS: [&str; 8] = [
+    CGROUP_RULES_MAP,
+    PID_RULES_MAP,
+    COMM_RULES_MAP,
+    UID_RULES_MAP,
+    COUNTERS_MAP,
+    CONFIG_MAP,
+    EVENTS_MAP,
+    ORIGINS_MAP,
+];
 
 const BPF_NOEXIST: u64 = 1;
 
@@ -43,21 +53,6 @@ pub fn is_loaded() -> bool {
     Path::new(PIN_DIR).join(LINK_PIN).exists()
 }
 
-/// Handles on the pinned maps.
-pub struct State {
-    pub cgroups: KernelTable<u64>,
-    pub pids: KernelTable<u32>,
-    counters: PerCpuArray<MapData, u64>,
-    config: Array<MapData, Config>,
-}
-
-/// A rule map in the kernel.
-pub struct KernelTable<K: aya::Pod> {
-    map: HashMap<MapData, K, Rule>,
-    what: &'static str,
-    capacity: u32,
-}
-
 /// Link and program ids, as `bpftool link` shows them.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct LinkIds {
@@ -65,36 +60,76 @@ pub struct LinkIds {
     pub program_id: u32,
 }
 
-fn open_map(name: &str) -> Result<MapData> {
+pub fn open_map(name: &str) -> Result<MapData> {
     let path = Path::new(PIN_DIR).join(name);
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))
+}
+
+/// Handles on the pinned maps.
+pub struct State {
+    cgroups: HashMap<MapData, u64, Rule>,
+    pids: HashMap<MapData, u32, Rule>,
+    comms: HashMap<MapData, [u8; COMM_LEN], Rule>,
+    uids: HashMap<MapData, u32, Rule>,
+    origins: HashMap<MapData, u64, Origin>,
+    counters: PerCpuArray<MapData, u64>,
+    config: Array<MapData, Config>,
+}
+
+fn get<K: Pod>(map: &HashMap<MapData, K, Rule>, key: &K) -> Result<Option<Rule>> {
+    match map.get(key, 0) {
+        Ok(rule) => Ok(Some(rule)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(anyhow!(e).context("reading the rules")),
+    }
+}
+
+fn insert<K: Pod>(map: &mut HashMap<MapData, K, Rule>, key: K, rule: Rule, what: &'static str) -> Result<()> {
+    match map.insert(key, rule, BPF_NOEXIST) {
+        Ok(()) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
+            Err(Full { what, capacity: MAX_RULES }.into())
+        }
+        Err(e) => Err(anyhow!(e).context(format!("adding a {what} rule"))),
+    }
+}
+
+fn entries<K: Pod>(map: &HashMap<MapData, K, Rule>) -> Result<Vec<(K, Rule)>> {
+    map.iter().collect::<Result<Vec<_>, _>>().context("listing the rules")
 }
 
 impl State {
     pub fn open() -> Result<Self> {
         Ok(Self {
-            cgroups: KernelTable {
-                map: HashMap::try_from(Map::HashMap(open_map(CGROUP_RULES_MAP)?))?,
-                what: "cgroup",
-                capacity: MAX_CGROUP_RULES,
-            },
-            pids: KernelTable {
-                map: HashMap::try_from(Map::HashMap(open_map(PID_RULES_MAP)?))?,
-                what: "pid",
-                capacity: MAX_PID_RULES,
-            },
+            cgroups: HashMap::try_from(Map::HashMap(open_map(CGROUP_RULES_MAP)?))?,
+            pids: HashMap::try_from(Map::HashMap(open_map(PID_RULES_MAP)?))?,
+            comms: HashMap::try_from(Map::HashMap(open_map(COMM_RULES_MAP)?))?,
+            uids: HashMap::try_from(Map::HashMap(open_map(UID_RULES_MAP)?))?,
+            origins: HashMap::try_from(Map::HashMap(open_map(ORIGINS_MAP)?))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open_map(COUNTERS_MAP)?))?,
             config: Array::try_from(Map::Array(open_map(CONFIG_MAP)?))?,
         })
     }
 
+    pub fn config(&self) -> Result<Config> {
+        self.config.get(&0, 0).context("reading the program config")
+    }
+
+    pub fn set_config(&mut self, config: Config) -> Result<()> {
+        self.config.set(0, config, 0).context("writing the program config")
+    }
+
     /// Recounts the rules into the program's config, which lets it skip empty tables.
     pub fn sync_config(&mut self) -> Result<()> {
-        let config = Config {
-            cgroup_rules: self.cgroups.entries()?.len() as u32,
-            pid_rules: self.pids.entries()?.len() as u32,
-        };
-        self.config.set(0, config, 0).context("writing the program config")
+        let mut config = self.config()?;
+        let all = self.entries()?;
+        let count = |f: fn(&Key) -> bool| all.iter().filter(|(k, _)| f(k)).count() as u32;
+        config.cgroup_rules = count(|k| matches!(k, Key::Cgroup(_)));
+        config.pid_rules = count(|k| matches!(k, Key::Pid(_)));
+        config.comm_rules = count(|k| matches!(k, Key::Comm(_)));
+        config.uid_rules = count(|k| matches!(k, Key::Uid(_)));
+        config.exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
+        self.set_config(config)
     }
 
     /// Sum over CPUs of each counter slot.
@@ -105,45 +140,80 @@ impl State {
             .collect()
     }
 
+    pub fn origin(&self, cgroup: u64) -> Option<Origin> {
+        self.origins.get(&cgroup, 0).ok()
+    }
+
+    pub fn set_origin(&mut self, cgroup: u64, origin: Origin) -> Result<()> {
+        self.origins.insert(cgroup, origin, 0).context("recording a rule's origin")
+    }
+
     pub fn link_ids() -> Result<LinkIds> {
         let pinned = PinnedLink::from_pin(Path::new(PIN_DIR).join(LINK_PIN))?;
         let info = FdLink::from(pinned).info()?;
         Ok(LinkIds { link_id: info.id(), program_id: info.program_id() })
     }
+
+    pub fn events() -> Result<RingBuf<MapData>> {
+        Ok(RingBuf::try_from(Map::RingBuf(open_map(EVENTS_MAP)?))?)
+    }
 }
 
-impl<K: aya::Pod + Copy> RuleTable<K> for KernelTable<K> {
-    fn get(&self, key: K) -> Result<Option<Rule>> {
-        match self.map.get(&key, 0) {
-            Ok(rule) => Ok(Some(rule)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(anyhow!(e).context(format!("reading the {} rules", self.what))),
+impl RuleStore for State {
+    fn get(&self, key: &Key) -> Result<Option<Rule>> {
+        match key {
+            Key::Cgroup(id) => get(&self.cgroups, id),
+            Key::Pid(p) => get(&self.pids, p),
+            Key::Comm(c) => get(&self.comms, c),
+            Key::Uid(u) => get(&self.uids, u),
+            Key::All => Ok((self.config()?.all != 0).then(Rule::default)),
         }
     }
 
-    fn insert_new(&mut self, key: K, rule: Rule) -> Result<()> {
-        match self.map.insert(key, rule, BPF_NOEXIST) {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
-                Err(Full { what: self.what, capacity: self.capacity }.into())
+    fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()> {
+        match *key {
+            Key::Cgroup(id) => insert(&mut self.cgroups, id, rule, "cgroup"),
+            Key::Pid(p) => insert(&mut self.pids, p, rule, "pid"),
+            Key::Comm(c) => insert(&mut self.comms, c, rule, "comm"),
+            Key::Uid(u) => insert(&mut self.uids, u, rule, "uid"),
+            Key::All => {
+                let mut config = self.config()?;
+                config.all = 1;
+                self.set_config(config)
             }
-            Err(e) => Err(anyhow!(e).context(format!("adding a {} rule", self.what))),
         }
     }
 
-    fn remove(&mut self, key: K) -> Result<()> {
-        self.map.remove(&key).with_context(|| format!("removing a {} rule", self.what))
+    fn remove(&mut self, key: &Key) -> Result<()> {
+        let result = match key {
+            Key::Cgroup(id) => {
+                let _ = self.origins.remove(id);
+                self.cgroups.remove(id)
+            }
+            Key::Pid(p) => self.pids.remove(p),
+            Key::Comm(c) => self.comms.remove(c),
+            Key::Uid(u) => self.uids.remove(u),
+            Key::All => {
+                let mut config = self.config()?;
+                config.all = 0;
+                return self.set_config(config);
+            }
+        };
+        result.with_context(|| format!("removing the rule of {key}"))
     }
 
-    fn entries(&self) -> Result<Vec<(K, Rule)>> {
-        self.map
-            .iter()
-            .collect::<Result<Vec<_>, _>>()
-            .with_context(|| format!("listing the {} rules", self.what))
-    }
-
-    fn capacity(&self) -> u32 {
-        self.capacity
+    fn entries(&self) -> Result<Vec<(Key, Rule)>> {
+        let mut all = Vec::new();
+        all.extend(entries(&self.cgroups)?.into_iter().map(|(k, r)| (Key::Cgroup(k), r)));
+        all.extend(entries(&self.pids)?.into_iter().map(|(k, r)| (Key::Pid(k), r)));
+        all.extend(entries(&self.comms)?.into_iter().map(|(k, r)| (Key::Comm(k), r)));
+        all.extend(entries(&self.uids)?.into_iter().map(|(k, r)| (Key::Uid(k), r)));
+        if self.config()?.all != 0 {
+            let hits = self.counters.get(&(Counter::UpgradedByAll as u32), 0)?.iter().sum();
+            all.push((Key::All, Rule { action: mptcpify_common::ACTION_ENABLE, _pad: 0, hits }));
+        }
+        all.sort_by_key(|(k, _)| *k);
+        Ok(all)
     }
 }
 

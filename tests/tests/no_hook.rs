@@ -39,3 +39,17 @@ fn status_and_reset_still_work() {
     assert!(ok(&["reset"]).contains("nothing was loaded"));
     fails(&["disable", "--pid", "1"], "not loaded");
 }
+
+#[test]
+fn doctor_fails_on_the_missing_hook() {
+    let _g = setup();
+    let out = mptcpify(&["doctor", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let level = |name: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["level"].clone();
+    assert_eq!(level("kernel"), "FAIL", "{v}");
+    assert_eq!(level("hook"), "FAIL", "{v}");
+    assert_eq!(level("program"), "FAIL", "{v}");
+    assert_eq!(level("privileges"), "OK");
+    assert!(mptcpify_pins().is_empty());
+}

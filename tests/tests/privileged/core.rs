@@ -1,6 +1,6 @@
-//! Privileged tests: the real program in a kernel with the hook, checked on real sockets.
-//! Run as root in the 6.12 VM by `cargo xtask test`.
+//! The core: cgroup and PID rules, pinned state, errors.
 use std::path::Path;
+
 
 use mptcpify_tests::*;
 
@@ -119,7 +119,7 @@ fn disable_stops_new_upgrades() {
     ok(&["enable", "--cgroup", &cg.relative, "--pid", &pid]);
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP);
     let out = ok(&["disable", "--cgroup", &cg.relative, "--pid", &pid]);
-    assert!(out.contains("disabled: cgroup id") && out.contains(&format!("disabled: pid {pid}")), "{out}");
+    assert!(out.contains("removed: cgroup /mptcpify-t-disable") && out.contains(&format!("removed: pid {pid}")), "{out}");
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
     assert_eq!(pid_probe.finish()["tcp4"]["proto"], IPPROTO_TCP);
     let status = status_json();
@@ -132,10 +132,12 @@ fn a_removed_cgroup_rule_is_disabled_by_id() {
     let _g = setup();
     let cg = TestCgroup::new("mptcpify-t-gone");
     ok(&["enable", "--cgroup", &cg.relative]);
-    let id = status_json()["rules"][0]["id"].as_u64().unwrap();
+    let id = status_json()["rules"][0]["key"].as_u64().unwrap();
     let rel = cg.relative.clone();
     drop(cg);
-    assert_eq!(status_json()["rules"][0]["path"], serde_json::Value::Null);
+    let rule = &status_json()["rules"][0];
+    assert_eq!(rule["target"], serde_json::Value::Null);
+    assert_eq!(rule["freshness"]["state"], "gone");
     fails(&["disable", "--cgroup", &rel], "--cgroup-id");
     ok(&["disable", "--cgroup-id", &id.to_string()]);
     assert_eq!(status_json()["rules"].as_array().unwrap().len(), 0);
@@ -213,9 +215,9 @@ fn bad_input_is_refused_and_changes_nothing() {
     fails(&["enable", "--cgroup", "mptcpify-t-no-such-cgroup"], "not found");
     fails(&["enable", "--cgroup", "../../etc"], "not on the cgroup2 hierarchy");
     fails(&["enable", "--pid", "1", "--pid", "4000000"], "does not exist");
-    fails(&["disable", "--pid", "1"], "pid 1 is not enabled");
-    fails(&["disable", "--cgroup", &cg.relative, "--pid", "1"], "pid 1 is not enabled");
-    fails(&["disable", "--cgroup-id", "1"], "cgroup id 1 is not enabled");
+    fails(&["disable", "--pid", "1"], "pid 1 has no rule");
+    fails(&["disable", "--cgroup", &cg.relative, "--pid", "1"], "pid 1 has no rule");
+    fails(&["disable", "--cgroup-id", "1"], "cgroup id 1 has no rule");
     assert_eq!(state_snapshot(), before, "a refused command changed the state");
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "the rule disable refused to drop still works");
 }
@@ -287,7 +289,7 @@ fn a_full_rule_table_is_refused_and_rolled_back() {
     let mut pids: aya::maps::HashMap<_, u32, mptcpify_common::Rule> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
     let rule = mptcpify_common::Rule { action: mptcpify_common::ACTION_ENABLE, ..Default::default() };
-    for k in 0..mptcpify_common::MAX_PID_RULES - 1 {
+    for k in 0..mptcpify_common::MAX_RULES - 1 {
         pids.insert(0x8000_0000 + k, rule, 0).unwrap();
     }
     let before = state_snapshot();
@@ -356,7 +358,7 @@ fn debug_logging_is_off_by_default_and_streams_when_asked() {
     assert_eq!(quiet, None, "logging must be off unless asked for");
     ok(&["reset"]);
     ok(&["enable", "--cgroup", &cg.relative, "--log-level", "debug"]);
-    let id = status_json()["rules"][0]["id"].as_u64().unwrap();
+    let id = status_json()["rules"][0]["key"].as_u64().unwrap();
     let line = first_log_record(&cg, std::time::Duration::from_secs(10)).expect("no log record within 10 s");
-    assert!(line.contains(&format!("cgroup {id}: socket -> MPTCP")), "{line}");
+    assert!(line.contains(&format!("cgroup rule {id}: socket(2, 1) -> MPTCP")), "{line}");
 }

@@ -1,0 +1,247 @@
+//! `mptcpify doctor`: every precondition, checked for real, with the fix for what fails.
+use std::collections::HashMap;
+
+use anyhow::Result;
+use futures::TryStreamExt as _;
+use mptcp_pm::{MptcpPathManagerAddressAttr, MptcpPathManagerAddressAttrFlag, MptcpPathManagerAttr, MptcpPathManagerLimitsAttr};
+use serde::Serialize;
+
+use crate::{
+    checks, loader,
+    loader::LogLevel,
+    mounts::Mounts,
+    netns,
+    rules::{Action, RuleStore as _},
+    selection,
+    state::{self, State},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Level {
+    Ok,
+    Warn,
+    Fail,
+}
+
+/// One check as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+fn check(name: &'static str, level: Level, detail: impl Into<String>, fix: Option<String>) -> Check {
+    Check { name, level, detail: detail.into(), fix }
+}
+
+/// `6.12.117+deb13-cloud-amd64` -> (6, 12).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+/// MPTCP endpoints and limits of the caller's network namespace, from the kernel's path manager.
+struct PathManager {
+    extra_path_endpoints: usize,
+    subflows: Option<u32>,
+    add_addr_accepted: Option<u32>,
+}
+
+async fn path_manager() -> Result<PathManager> {
+    let (connection, handle, _) = mptcp_pm::new_connection()?;
+    tokio::spawn(connection);
+    let mut pm = PathManager { extra_path_endpoints: 0, subflows: None, add_addr_accepted: None };
+    let mut addrs = handle.address().get().execute().await;
+    while let Some(msg) = addrs.try_next().await? {
+        for attr in &msg.payload.nlas {
+            if let MptcpPathManagerAttr::Address(MptcpPathManagerAddressAttr::Flags(flags)) = attr {
+                if flags.iter().any(|f| matches!(f, MptcpPathManagerAddressAttrFlag::Subflow | MptcpPathManagerAddressAttrFlag::Signal)) {
+                    pm.extra_path_endpoints += 1;
+                }
+            }
+        }
+    }
+    let mut limits = handle.limits().get().execute().await;
+    while let Some(msg) = limits.try_next().await? {
+        for attr in &msg.payload.nlas {
+            match attr {
+                MptcpPathManagerAttr::Limits(MptcpPathManagerLimitsAttr::Subflows(n)) => pm.subflows = Some(*n),
+                MptcpPathManagerAttr::Limits(MptcpPathManagerLimitsAttr::RcvAddAddrs(n)) => pm.add_addr_accepted = Some(*n),
+                _ => {}
+            }
+        }
+    }
+    Ok(pm)
+}
+
+/// TCP listeners (inode -> port) from /proc/net/tcp{,6}.
+fn tcp_listeners() -> HashMap<u64, u16> {
+    let mut out = HashMap::new();
+    for table in [procfs::net::tcp(), procfs::net::tcp6()].into_iter().flatten() {
+        for e in table {
+            if e.state == procfs::net::TcpState::Listen {
+                out.insert(e.inode, e.local_address.port());
+            }
+        }
+    }
+    out
+}
+
+/// Selected processes that hold a plain-TCP listening socket: it was made before the rule.
+fn stale_listeners(cgroup_root: &std::path::Path) -> Result<Vec<String>> {
+    let st = State::open()?;
+    let rules: HashMap<_, _> = st.entries()?.into_iter().collect();
+    let listeners = tcp_listeners();
+    let mut found = Vec::new();
+    for p in procfs::process::all_processes()?.flatten() {
+        let pid = p.pid as u32;
+        let Some(facts) = selection::facts(pid, cgroup_root) else { continue };
+        if selection::decide(&rules, &facts) != Some(Action::Enable) {
+            continue;
+        }
+        let Ok(fds) = p.fd() else { continue };
+        for fd in fds.flatten() {
+            if let procfs::process::FDTarget::Socket(inode) = fd.target {
+                if let Some(port) = listeners.get(&inode) {
+                    let comm = crate::rules::comm_str(&facts.comm);
+                    found.push(format!("pid {pid} ({comm}) listens on TCP port {port}"));
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    Ok(found)
+}
+
+pub async fn checks() -> Vec<Check> {
+    let mut out = Vec::new();
+    let privileged = checks::require_privileges();
+    out.push(match &privileged {
+        Ok(()) => check("privileges", Level::Ok, "root (CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON)", None),
+        Err(e) => check("privileges", Level::Fail, e.to_string(), Some("run mptcpify with sudo".into())),
+    });
+
+    let release = loader::kernel_release();
+    out.push(match kernel_version(&release) {
+        Some(v) if v >= (6, 6) => check("kernel", Level::Ok, format!("Linux {release}"), None),
+        _ => check("kernel", Level::Fail, format!("Linux {release}: update_socket_protocol needs >= 6.6"),
+            Some("boot a Linux >= 6.6 kernel (e.g. Debian 13's 6.12)".into())),
+    });
+
+    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    out.push(if btf {
+        check("btf", Level::Ok, "/sys/kernel/btf/vmlinux", None)
+    } else {
+        check("btf", Level::Fail, "no /sys/kernel/btf/vmlinux", Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()))
+    });
+
+    let hook = loader::hook_btf_id();
+    out.push(match &hook {
+        Ok(id) => check("hook", Level::Ok, format!("update_socket_protocol in BTF (id {id})"), None),
+        Err(e) => check("hook", Level::Fail, e.to_string(), Some("boot a Linux >= 6.6 kernel with CONFIG_MPTCP".into())),
+    });
+
+    out.push(if privileged.is_err() || hook.is_err() {
+        check("program", Level::Fail, "not probed (needs privileges and the hook)", None)
+    } else {
+        match loader::load_and_attach(LogLevel::Off) {
+            Ok(a) => {
+                drop(a);
+                check("program", Level::Ok, "fmod_ret program loads and attaches (probed)", None)
+            }
+            Err(e) => check("program", Level::Fail, format!("{e:#}"), Some("check lockdown (/sys/kernel/security/lockdown) and LSM policy for BPF".into())),
+        }
+    });
+
+    let mounts = Mounts::read();
+    let (bpffs, cgroup2) = match &mounts {
+        Ok(m) => (m.require_bpffs(), m.cgroup2_root()),
+        Err(e) => (Err(anyhow::anyhow!("{e}")), Err(anyhow::anyhow!("{e}"))),
+    };
+    out.push(match &bpffs {
+        Ok(()) => check("bpffs", Level::Ok, "mounted at /sys/fs/bpf", None),
+        Err(e) => check("bpffs", Level::Fail, e.to_string(), Some("mount -t bpf bpf /sys/fs/bpf".into())),
+    });
+    out.push(match &cgroup2 {
+        Ok(root) => check("cgroup2", Level::Ok, format!("mounted at {}", root.display()), None),
+        Err(e) => check("cgroup2", Level::Fail, e.to_string(), Some("mount -t cgroup2 none /sys/fs/cgroup".into())),
+    });
+
+    out.push(match checks::mptcp_sysctl() {
+        checks::MptcpSysctl::Enabled => check("net.mptcp.enabled", Level::Ok, "1 in this network namespace", None),
+        checks::MptcpSysctl::Disabled => check("net.mptcp.enabled", Level::Warn,
+            "0 in this network namespace: selected sockets here stay TCP", Some("sysctl -w net.mptcp.enabled=1".into())),
+        checks::MptcpSysctl::Missing => check("net.mptcp.enabled", Level::Fail, "no /proc/sys/net/mptcp: kernel without MPTCP",
+            Some("use a kernel built with CONFIG_MPTCP=y".into())),
+    });
+
+    out.push(match netns::find() {
+        Ok(_) => check("never-break", Level::Ok, "the program reads each namespace's net.mptcp.enabled", None),
+        Err(e) => check("never-break", Level::Warn,
+            format!("cannot read net.mptcp.enabled per namespace ({e:#}): in a namespace with MPTCP disabled, selected sockets would fail"),
+            Some("allow kallsyms (sysctl -w kernel.kptr_restrict=1)".into())),
+    });
+
+    out.push(match path_manager().await {
+        Ok(pm) if pm.extra_path_endpoints == 0 => check("endpoints", Level::Warn,
+            "no MPTCP endpoint with the subflow or signal flag in this namespace: connections will use one path only",
+            Some("ip mptcp endpoint add <second local address> dev <its interface> subflow".into())),
+        Ok(pm) if pm.subflows == Some(0) => check("endpoints", Level::Warn,
+            format!("{} endpoint(s), but the subflow limit is 0", pm.extra_path_endpoints),
+            Some("ip mptcp limits set subflow 2 add_addr_accepted 2".into())),
+        Ok(pm) => check("endpoints", Level::Ok,
+            format!("{} endpoint(s); limits: subflow {}, add_addr_accepted {}", pm.extra_path_endpoints,
+                pm.subflows.unwrap_or(0), pm.add_addr_accepted.unwrap_or(0)), None),
+        Err(e) => check("endpoints", Level::Warn, format!("cannot ask the MPTCP path manager: {e:#}"), None),
+    });
+
+    if state::is_loaded() && privileged.is_ok() {
+        if let Ok(root) = &cgroup2 {
+            out.push(match stale_listeners(root) {
+                Ok(l) if l.is_empty() => check("listeners", Level::Ok, "no selected process holds a TCP listener from before its rule", None),
+                Ok(l) => check("listeners", Level::Warn, format!("TCP listeners that predate their rule: {}", l.join("; ")),
+                    Some("restart those programs: their listening sockets become MPTCP when re-created".into())),
+                Err(e) => check("listeners", Level::Warn, format!("could not check listeners: {e:#}"), None),
+            });
+        }
+    }
+    out
+}
+
+pub async fn doctor(json: bool) -> Result<i32> {
+    let checks = checks().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "checks": checks }))?);
+    } else {
+        for c in &checks {
+            let level = match c.level {
+                Level::Ok => "OK  ",
+                Level::Warn => "WARN",
+                Level::Fail => "FAIL",
+            };
+            println!("{level} {:<18} {}", c.name, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("     {:<18} fix: {fix}", "");
+            }
+        }
+    }
+    Ok(if checks.iter().any(|c| c.level == Level::Fail) { 1 } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(kernel_version("6.12.117+deb13-cloud-amd64"), Some((6, 12)));
+        assert_eq!(kernel_version("6.1.0-50-cloud-amd64"), Some((6, 1)));
+        assert!(kernel_version("6.1.0").unwrap() < (6, 6));
+        assert_eq!(kernel_version("weird"), None);
+    }
+}

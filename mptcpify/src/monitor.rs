@@ -1,0 +1,193 @@
+//! `mptcpify monitor`: live upgrade decisions from the program's ring buffer. The program writes
+//! events only while `Config::monitor_pid` names a listener, so an unwatched system pays
+//! nothing but one compare.
+use std::{collections::HashMap, io::Write as _, path::PathBuf};
+
+use anyhow::{Result, bail};
+use mptcpify_common::{AF_INET6, Decision, Event, RuleKind};
+use nix::time::{ClockId, clock_gettime};
+use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cgroup, checks,
+    mounts::Mounts,
+    rules::comm_str,
+    state::{self, State},
+};
+
+/// One decision as `--json` prints it (one object per line).
+#[derive(Debug, Serialize)]
+pub struct Decided {
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    pub pid: u32,
+    pub comm: String,
+    pub uid: u32,
+    pub cgroup_id: u64,
+    pub cgroup: Option<String>,
+    pub family: &'static str,
+    pub decision: &'static str,
+    pub rule: &'static str,
+    /// The rule's key: cgroup id, pid or uid (0 for comm and all).
+    pub rule_key: u64,
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Registers this process as the listener; clears it again on drop.
+struct Listening(u32);
+
+impl Listening {
+    fn start() -> Result<Self> {
+        let me = std::process::id();
+        let _lock = state::Lock::take()?;
+        let mut st = State::open()?;
+        let mut cfg = st.config()?;
+        if cfg.monitor_pid != 0 && cfg.monitor_pid != me && alive(cfg.monitor_pid) {
+            bail!("another monitor (pid {}) is listening; stop it first", cfg.monitor_pid);
+        }
+        cfg.monitor_pid = me;
+        st.set_config(cfg)?;
+        Ok(Self(me))
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        if let (Ok(_lock), Ok(mut st)) = (state::Lock::take(), State::open()) {
+            if let Ok(mut cfg) = st.config() {
+                if cfg.monitor_pid == self.0 {
+                    cfg.monitor_pid = 0;
+                    let _ = st.set_config(cfg);
+                }
+            }
+        }
+    }
+}
+
+fn seconds(clock: ClockId) -> f64 {
+    clock_gettime(clock).map(|t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9).unwrap_or(0.0)
+}
+
+/// `HH:MM:SS.mmm` (UTC) of a Unix time.
+fn clock_time(t: f64) -> String {
+    let ms = (t * 1000.0) as u64;
+    let s = ms / 1000;
+    format!("{:02}:{:02}:{:02}.{:03}", (s / 3600) % 24, (s / 60) % 60, s % 60, ms % 1000)
+}
+
+/// Reads an [`Event`] from ring-buffer bytes, field by field at the `repr(C)` offsets.
+fn read_event(b: &[u8]) -> Option<Event> {
+    use std::mem::offset_of;
+    if b.len() < size_of::<Event>() {
+        return None;
+    }
+    fn at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+        b[off..off + N].try_into().expect("length checked")
+    }
+    Some(Event {
+        boot_ns: u64::from_ne_bytes(at(b, offset_of!(Event, boot_ns))),
+        cgroup_id: u64::from_ne_bytes(at(b, offset_of!(Event, cgroup_id))),
+        rule_key: u64::from_ne_bytes(at(b, offset_of!(Event, rule_key))),
+        pid: u32::from_ne_bytes(at(b, offset_of!(Event, pid))),
+        uid: u32::from_ne_bytes(at(b, offset_of!(Event, uid))),
+        family: u16::from_ne_bytes(at(b, offset_of!(Event, family))),
+        decision: b[offset_of!(Event, decision)],
+        rule_kind: b[offset_of!(Event, rule_kind)],
+        _pad: 0,
+        comm: at(b, offset_of!(Event, comm)),
+    })
+}
+
+pub fn decode(bytes: &[u8], boot_to_unix: f64, cgroup_path: &mut impl FnMut(u64) -> Option<String>) -> Option<Decided> {
+    let e = read_event(bytes)?;
+    Some(Decided {
+        time: e.boot_ns as f64 / 1e9 + boot_to_unix,
+        pid: e.pid,
+        comm: comm_str(&e.comm),
+        uid: e.uid,
+        cgroup_id: e.cgroup_id,
+        cgroup: cgroup_path(e.cgroup_id),
+        family: if i32::from(e.family) == AF_INET6 { "inet6" } else { "inet" },
+        decision: Decision::from_u8(e.decision).map_or("unknown", Decision::name),
+        rule: RuleKind::from_u8(e.rule_kind).map_or("unknown", RuleKind::name),
+        rule_key: e.rule_key,
+    })
+}
+
+pub async fn monitor(json: bool) -> Result<()> {
+    checks::require_privileges()?;
+    if !state::is_loaded() {
+        bail!("mptcpify is not loaded: nothing to monitor (`mptcpify enable …` first)");
+    }
+    let root: Option<PathBuf> = Mounts::read()?.cgroup2;
+    let mut cache: HashMap<u64, Option<String>> = HashMap::new();
+    let mut cgroup_path = |id: u64| {
+        cache
+            .entry(id)
+            .or_insert_with(|| root.as_deref().and_then(|r| cgroup::find_by_id(r, id)).map(|p| p.display().to_string()))
+            .clone()
+    };
+    let boot_to_unix = seconds(ClockId::CLOCK_REALTIME) - seconds(ClockId::CLOCK_BOOTTIME);
+    let ring = State::events()?;
+    let _listening = Listening::start()?;
+    let mut fd = crate::sys::async_fd(ring)?;
+    let mut term = signal(SignalKind::terminate())?;
+    if !json {
+        println!("{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} CGROUP", "TIME", "PID", "COMM", "FAMILY", "DECISION", "RULE");
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = term.recv() => return Ok(()),
+            guard = fd.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                let mut out = std::io::stdout().lock();
+                while let Some(item) = ring.next() {
+                    let Some(d) = decode(&item, boot_to_unix, &mut cgroup_path) else { continue };
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(&d)?)?;
+                    } else {
+                        let rule = if d.rule == "comm" || d.rule == "all" { d.rule.to_owned() } else { format!("{} {}", d.rule, d.rule_key) };
+                        writeln!(out, "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}", clock_time(d.time), d.pid, d.comm, d.family,
+                            d.decision, rule, d.cgroup.as_deref().unwrap_or("?"))?;
+                    }
+                }
+                out.flush()?;
+                guard.clear_ready();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_decode_from_the_shared_layout() {
+        use std::mem::offset_of;
+        let mut b = vec![0u8; size_of::<Event>()];
+        let mut put = |off: usize, v: &[u8]| b[off..off + v.len()].copy_from_slice(v);
+        put(offset_of!(Event, boot_ns), &2_500_000_000u64.to_ne_bytes());
+        put(offset_of!(Event, cgroup_id), &77u64.to_ne_bytes());
+        put(offset_of!(Event, rule_key), &77u64.to_ne_bytes());
+        put(offset_of!(Event, pid), &42u32.to_ne_bytes());
+        put(offset_of!(Event, uid), &1000u32.to_ne_bytes());
+        put(offset_of!(Event, family), &10u16.to_ne_bytes());
+        put(offset_of!(Event, decision), &[1]);
+        put(offset_of!(Event, rule_kind), &[4]);
+        put(offset_of!(Event, comm), b"curl");
+        let d = decode(&b, 1000.0, &mut |id| Some(format!("/cg/{id}"))).unwrap();
+        assert_eq!((d.pid, d.uid, d.comm.as_str(), d.family), (42, 1000, "curl", "inet6"));
+        assert_eq!((d.decision, d.rule, d.rule_key), ("upgraded", "cgroup", 77));
+        assert_eq!(d.cgroup.as_deref(), Some("/cg/77"));
+        assert!((d.time - 1002.5).abs() < 1e-6);
+        assert!(decode(&b[..10], 0.0, &mut |_| None).is_none());
+        assert_eq!(clock_time(3661.5), "01:01:01.500");
+    }
+}

@@ -1,0 +1,213 @@
+//! `mptcpify run`: what `mptcpize run` does, without LD_PRELOAD. CMD starts in a fresh cgroup
+//! that is enabled before it exists, so CMD and every child (static binaries, Go) get MPTCP.
+//!
+//! The child is `mptcpify __exec`: it joins the cgroup, drops to the target user and execs CMD,
+//! so no `pre_exec` hook (and no `unsafe`) is needed.
+use std::{
+    ffi::CString,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use mptcpify_common::ORIGIN_RUN;
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::{Gid, Pid, Uid, User},
+};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cgroup, checks,
+    commands::add_resolved,
+    loader::LogLevel,
+    mounts::Mounts,
+    rules::{Action, Key, RuleStore as _},
+    state::{self, State},
+    targets::{self, Target},
+};
+
+/// Who CMD runs as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+fn credentials_of(user: User) -> Result<Credentials> {
+    let name = CString::new(user.name.clone())?;
+    let groups = nix::unistd::getgrouplist(&name, user.gid)
+        .with_context(|| format!("reading the groups of {}", user.name))?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect();
+    Ok(Credentials { name: user.name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), groups })
+}
+
+/// `--user`, else the user who ran sudo (`SUDO_UID`), else the caller itself.
+pub fn credentials(user: Option<&str>, sudo_uid: Option<&str>) -> Result<Credentials> {
+    let found = match (user, sudo_uid) {
+        (Some(spec), _) => {
+            let uid = targets::uid(spec)?;
+            User::from_uid(Uid::from_raw(uid))?.ok_or_else(|| anyhow!("no user with uid {uid}"))?
+        }
+        (None, Some(sudo_uid)) => {
+            let uid: u32 = sudo_uid.parse().with_context(|| format!("SUDO_UID={sudo_uid:?} is not a uid"))?;
+            User::from_uid(Uid::from_raw(uid))?
+                .ok_or_else(|| anyhow!("SUDO_UID={uid} is not in the user database; give --user"))?
+        }
+        (None, None) => User::from_uid(Uid::effective())?.ok_or_else(|| anyhow!("the caller has no user entry"))?,
+    };
+    credentials_of(found)
+}
+
+/// The cgroup and rule of one `run`, removed on drop whatever happened.
+struct RunCgroup {
+    path: PathBuf,
+    id: u64,
+}
+
+impl Drop for RunCgroup {
+    fn drop(&mut self) {
+        if let Ok(_lock) = state::Lock::take() {
+            if let Ok(mut st) = State::open() {
+                let _ = st.remove(&Key::Cgroup(self.id));
+                let _ = st.sync_config();
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Waits until no process is left in the cgroup (`populated 0` in `cgroup.events`).
+async fn wait_empty(cgroup: &Path) -> Result<()> {
+    let events = cgroup.join("cgroup.events");
+    let populated = || std::fs::read_to_string(&events).map(|s| s.contains("populated 1")).unwrap_or(false);
+    let inotify = inotify::Inotify::init().context("inotify")?;
+    inotify.watches().add(&events, inotify::WatchMask::MODIFY).context("watching cgroup.events")?;
+    let mut stream = inotify.into_event_stream([0u8; 256])?;
+    use futures::StreamExt as _;
+    while populated() {
+        stream.next().await;
+    }
+    Ok(())
+}
+
+/// Exit status a shell would report for the child.
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+pub async fn run(user: Option<&str>, command: &[String]) -> Result<i32> {
+    checks::require_privileges()?;
+    let creds = credentials(user, std::env::var("SUDO_UID").ok().as_deref())?;
+    let mounts = Mounts::read()?;
+    mounts.require_bpffs()?;
+    let root = mounts.cgroup2_root()?;
+
+    let parent = root.join("mptcpify");
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = format!("run-{}", std::process::id());
+    let path = parent.join(&name);
+    std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+    let cg = match cgroup::resolve(&root, &format!("mptcpify/{name}")) {
+        Ok(cg) => cg,
+        Err(e) => {
+            let _ = std::fs::remove_dir(&path);
+            return Err(e);
+        }
+    };
+    let guard = RunCgroup { path: cg.path.clone(), id: cg.id };
+    let target = Target {
+        key: Key::Cgroup(cg.id),
+        origin: Some(targets::origin(ORIGIN_RUN, &cg.relative)?),
+        label: format!("cgroup {}", cg.relative),
+    };
+    add_resolved(&[target], Action::Enable, LogLevel::Off)?;
+    if let Some(w) = checks::mptcp_warning() {
+        eprintln!("{w}");
+    }
+
+    let exe = std::env::current_exe().context("locating the mptcpify binary")?;
+    let groups: Vec<String> = creds.groups.iter().map(u32::to_string).collect();
+    let mut child = tokio::process::Command::new(exe)
+        .arg("__exec")
+        .arg(cg.path.join("cgroup.procs"))
+        .arg(creds.uid.to_string())
+        .arg(creds.gid.to_string())
+        .arg(format!("--groups={}", groups.join(",")))
+        .arg("--")
+        .args(command)
+        .spawn()
+        .context("starting the command")?;
+    let pid = Pid::from_raw(child.id().ok_or_else(|| anyhow!("child vanished"))? as i32);
+
+    // Signals a terminal sends to the whole foreground group reach the child by themselves;
+    // forward the rest (and those too when there is no terminal). All are caught, so that we
+    // outlive the child and clean up.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    for (kind, sig) in [
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::user_defined1(), Signal::SIGUSR1),
+        (SignalKind::user_defined2(), Signal::SIGUSR2),
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::quit(), Signal::SIGQUIT),
+    ] {
+        let forward = !(tty && matches!(sig, Signal::SIGINT | Signal::SIGQUIT));
+        let mut stream = signal(kind)?;
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if forward {
+                    let _ = kill(pid, sig);
+                }
+            }
+        });
+    }
+    let status = child.wait().await?;
+    wait_empty(&cg.path).await?;
+    drop(guard);
+    Ok(exit_code(status))
+}
+
+/// `__exec`: runs in the child. Join the cgroup, drop privileges, become CMD.
+pub fn exec(cgroup_procs: &Path, uid: u32, gid: u32, groups: &[u32], command: &[String]) -> Result<i32> {
+    std::fs::write(cgroup_procs, "0").with_context(|| format!("joining {}", cgroup_procs.display()))?;
+    let groups: Vec<Gid> = groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    nix::unistd::setgroups(&groups).context("setgroups")?;
+    nix::unistd::setgid(Gid::from_raw(gid)).context("setgid")?;
+    nix::unistd::setuid(Uid::from_raw(uid)).context("setuid")?;
+    if uid != 0 && nix::unistd::setuid(Uid::from_raw(0)).is_ok() {
+        bail!("could not drop root privileges");
+    }
+    let Some((program, args)) = command.split_first() else { bail!("no command") };
+    let err = std::process::Command::new(program).args(args).exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+    eprintln!("mptcpify run: cannot run {program}: {err}");
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sudo_caller_is_the_default_user() {
+        let root = credentials(None, Some("0")).unwrap();
+        assert_eq!((root.uid, root.name.as_str()), (0, "root"));
+        let nobody = credentials(Some("nobody"), Some("0")).unwrap();
+        assert_eq!(nobody.uid, 65534, "--user wins over SUDO_UID");
+        assert!(credentials(None, Some("abc")).unwrap_err().to_string().contains("SUDO_UID"));
+        assert!(credentials(Some("no-such-user-xyz"), None).is_err());
+    }
+
+    #[test]
+    fn signal_deaths_map_to_shell_codes() {
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(std::process::ExitStatus::from_raw(15)), 143);
+    }
+}

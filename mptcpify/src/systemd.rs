@@ -1,0 +1,71 @@
+//! systemd units to cgroups, asked of systemd over D-Bus (no unit file or drop-in is written).
+use anyhow::{Context as _, Result, anyhow, bail};
+use zbus::{
+    Connection,
+    fdo::PropertiesProxy,
+    names::InterfaceName,
+    zvariant::{OwnedObjectPath, OwnedValue},
+};
+
+/// D-Bus interface that carries `ControlGroup` for a unit of this type.
+fn interface_of(unit: &str) -> Result<&'static str> {
+    Ok(match unit.rsplit_once('.').map(|(_, t)| t) {
+        Some("service") => "org.freedesktop.systemd1.Service",
+        Some("scope") => "org.freedesktop.systemd1.Scope",
+        Some("slice") => "org.freedesktop.systemd1.Slice",
+        Some("socket") => "org.freedesktop.systemd1.Socket",
+        Some("mount") => "org.freedesktop.systemd1.Mount",
+        Some("swap") => "org.freedesktop.systemd1.Swap",
+        _ => bail!(
+            "{unit:?} is not a unit with a cgroup: give the full name, e.g. nginx.service, \
+             user.slice or session-1.scope"
+        ),
+    })
+}
+
+/// The cgroup of a running unit, relative to the cgroup2 root (e.g. `/system.slice/nginx.service`).
+pub async fn unit_cgroup(unit: &str) -> Result<String> {
+    let iface = interface_of(unit)?;
+    let conn = Connection::system().await.context(
+        "connecting to the system D-Bus to ask systemd for the unit's cgroup (is systemd running?)",
+    )?;
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "GetUnit",
+            &(unit,),
+        )
+        .await
+        .map_err(|e| anyhow!("systemd does not know {unit} as a loaded unit (is it running?): {e}"))?;
+    let path: OwnedObjectPath = reply.body().deserialize()?;
+    let props = PropertiesProxy::builder(&conn)
+        .destination("org.freedesktop.systemd1")?
+        .path(path)?
+        .build()
+        .await?;
+    let value: OwnedValue = props
+        .get(InterfaceName::from_static_str(iface)?, "ControlGroup")
+        .await
+        .with_context(|| format!("reading {unit}'s ControlGroup"))?;
+    let cgroup = String::try_from(value).context("ControlGroup is not a string")?;
+    if cgroup.is_empty() {
+        bail!("{unit} is not running, so it has no cgroup; start it first");
+    }
+    Ok(cgroup)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_types_map_to_their_interface() {
+        assert_eq!(interface_of("nginx.service").unwrap(), "org.freedesktop.systemd1.Service");
+        assert_eq!(interface_of("user-1000.slice").unwrap(), "org.freedesktop.systemd1.Slice");
+        let e = interface_of("nginx").unwrap_err().to_string();
+        assert!(e.contains("nginx.service"), "{e}");
+        assert!(interface_of("x.target").is_err());
+    }
+}

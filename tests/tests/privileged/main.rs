@@ -1,0 +1,7 @@
+//! Privileged tests: the real program in a kernel with the hook, checked on real sockets.
+//! Run as root in the 6.12 VM by `cargo xtask test` (one binary, so one boot).
+mod core;
+mod doctor;
+mod monitor;
+mod run;
+mod selectors;

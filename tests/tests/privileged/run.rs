@@ -1,0 +1,100 @@
+//! `mptcpify run`: a command and all its children in a fresh enabled cgroup, cleaned up after.
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use mptcpify_tests::*;
+
+fn run_cgroups() -> Vec<String> {
+    std::fs::read_dir(cgroup_root().join("mptcpify"))
+        .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+fn assert_cleaned_up() {
+    assert!(run_cgroups().is_empty(), "left cgroups: {:?}", run_cgroups());
+    let rules = status_json()["rules"].clone();
+    assert_eq!(rules.as_array().unwrap().len(), 0, "left rules: {rules}");
+}
+
+#[test]
+fn run_upgrades_the_command_and_its_children_then_cleans_up() {
+    let _g = setup();
+    let probe = sockprobe_bin().display().to_string();
+    let static_probe = static_sockprobe_bin().display().to_string();
+    let script = format!("{probe} tcp4 connect4; {static_probe} --raw tcp6");
+    let out = mptcpify(&["run", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let p = parse_probe(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(p["tcp4"]["proto"], IPPROTO_MPTCP, "a child of the command");
+    assert_eq!(p["connect4"]["client"], IPPROTO_MPTCP);
+    assert_eq!(p["connect4"]["fallback"], 0);
+    assert_eq!(p["tcp6"]["proto"], IPPROTO_MPTCP, "a static binary");
+    assert_eq!(status_json()["loaded"], true, "run loaded the program");
+    assert_cleaned_up();
+    assert_eq!(proto_of(None, "tcp4"), IPPROTO_TCP);
+}
+
+#[test]
+fn run_returns_the_commands_exit_status() {
+    let _g = setup();
+    assert_eq!(mptcpify(&["run", "--", "sh", "-c", "exit 7"]).status.code(), Some(7));
+    let out = mptcpify(&["run", "--", "/no/such/program"]);
+    assert_eq!(out.status.code(), Some(127), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run /no/such/program"));
+    let out = mptcpify(&["run", "--", "sh", "-c", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(137), "killed by SIGKILL: {}", text(&out));
+    assert_cleaned_up();
+}
+
+#[test]
+fn run_drops_to_the_sudo_caller_or_the_given_user() {
+    let _g = setup();
+    let id = |envs: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(mptcpify_bin()).args(args).envs(envs.iter().copied()).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(id(&[], &["run", "--", "id", "-u"]), "0", "plain root stays root");
+    assert_eq!(id(&[("SUDO_UID", "65534")], &["run", "--", "id", "-u"]), "65534", "never root by accident under sudo");
+    assert_eq!(id(&[("SUDO_UID", "65534")], &["run", "--", "id", "-g"]), "65534");
+    assert_eq!(id(&[("SUDO_UID", "65534")], &["run", "--user", "root", "--", "id", "-u"]), "0");
+    assert_eq!(id(&[], &["run", "--user", "nobody", "--", "id", "-un"]), "nobody");
+    let bin = sockprobe_bin();
+    let out = id(&[("SUDO_UID", "65534")], &["run", "--", bin.to_str().unwrap(), "tcp4"]);
+    assert_eq!(parse_probe(&out)["tcp4"]["proto"], IPPROTO_MPTCP, "upgraded as the dropped user too");
+    fails(&["run", "--user", "no-such-user-xyz", "--", "true"], "no user named");
+    assert_cleaned_up();
+}
+
+#[test]
+fn run_waits_for_background_children() {
+    let _g = setup();
+    let file = "/tmp/mptcpify-t-bg";
+    let _ = std::fs::remove_file(file);
+    let script = format!("(sleep 1; {} tcp4 > {file}) &", sockprobe_bin().display());
+    let out = mptcpify(&["run", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let written = std::fs::read_to_string(file).expect("run returned before its background child finished");
+    assert_eq!(parse_probe(&written)["tcp4"]["proto"], IPPROTO_MPTCP);
+    assert_cleaned_up();
+}
+
+#[test]
+fn run_forwards_signals_and_cleans_up() {
+    let _g = setup();
+    let mut child = Command::new(mptcpify_bin()).args(["run", "--", "sleep", "60"]).stdin(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while run_cgroups().is_empty() || Command::new("pgrep").args(["-x", "sleep"]).output().unwrap().stdout.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "run did not start its command");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(143), "sleep died of the forwarded SIGTERM");
+    assert!(start.elapsed() < Duration::from_secs(30));
+    assert_cleaned_up();
+    assert!(!Path::new("/proc").join(child.id().to_string()).exists());
+}
