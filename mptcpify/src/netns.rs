@@ -45,18 +45,39 @@ fn find_member(btf: &Btf, ty: &Type, member: &str) -> Result<Option<u32>> {
 }
 
 /// Address of `symbol` in `/proc/kallsyms` text; `None` if absent or hidden (shown as zeros).
+/// Searches with `str::find` rather than line by line: 160k lines parsed one by one take
+/// seconds in a debug build under emulation.
 pub fn kallsyms_address(kallsyms: &str, symbol: &str) -> Option<u64> {
-    kallsyms.lines().find_map(|l| {
-        let mut w = l.split_whitespace();
-        let (addr, _kind, name) = (w.next()?, w.next()?, w.next()?);
-        (name == symbol).then(|| u64::from_str_radix(addr, 16).ok()).flatten().filter(|&a| a != 0)
-    })
+    let mut from = 0;
+    while let Some(i) = kallsyms[from..].find(symbol).map(|i| i + from) {
+        from = i + symbol.len();
+        let before_ok = kallsyms[..i].ends_with(' ');
+        let after_ok = matches!(kallsyms.as_bytes().get(from), None | Some(b'\n' | b'\t'));
+        if !(before_ok && after_ok) {
+            continue;
+        }
+        let start = kallsyms[..i].rfind('\n').map_or(0, |n| n + 1);
+        let addr = kallsyms[start..i].split_whitespace().next()?;
+        return u64::from_str_radix(addr, 16).ok().filter(|&a| a != 0);
+    }
+    None
+}
+
+/// Reads `/proc/kallsyms` in large chunks (the kernel hands out a page per read regardless).
+fn kallsyms_text() -> Result<String> {
+    use std::io::Read as _;
+    let mut text = String::with_capacity(16 << 20);
+    std::fs::File::open("/proc/kallsyms")
+        .and_then(|f| std::io::BufReader::with_capacity(1 << 20, f).read_to_string(&mut text))
+        .context("reading /proc/kallsyms")?;
+    Ok(text)
 }
 
 pub fn find() -> Result<NetnsOffsets> {
-    let btf = Btf::from_file("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
-    let kallsyms = std::fs::read_to_string("/proc/kallsyms").context("reading /proc/kallsyms")?;
-    let Some(pernet_id_addr) = kallsyms_address(&kallsyms, "mptcp_pernet_id") else {
+    // In memory: the file backend seeks once per type (~100k syscalls).
+    let bytes = std::fs::read("/sys/kernel/btf/vmlinux").context("reading /sys/kernel/btf/vmlinux")?;
+    let btf = Btf::from_bytes(&bytes).context("parsing /sys/kernel/btf/vmlinux")?;
+    let Some(pernet_id_addr) = kallsyms_address(&kallsyms_text()?, "mptcp_pernet_id") else {
         bail!("mptcp_pernet_id is not in /proc/kallsyms (needs CONFIG_KALLSYMS_ALL and kernel.kptr_restrict < 2)");
     };
     Ok(NetnsOffsets {
@@ -74,8 +95,10 @@ mod tests {
 
     #[test]
     fn kallsyms_lines_are_matched_by_whole_name() {
-        let text = "ffffffff9b665be0 b mptcp_pernet_id_other\nffffffff9b665be8 b mptcp_pernet_id\n0000000000000000 T hidden\n";
+        let text = "ffffffff9b665be0 b mptcp_pernet_id_other\nffffffff9b665be8 b mptcp_pernet_id\n0000000000000000 T hidden\nffffffffc0001000 t in_module\t[veth]\n";
         assert_eq!(kallsyms_address(text, "mptcp_pernet_id"), Some(0xffffffff9b665be8));
+        assert_eq!(kallsyms_address(text, "in_module"), Some(0xffffffffc0001000));
+        assert_eq!(kallsyms_address(text, "pernet_id"), None, "whole names only");
         assert_eq!(kallsyms_address(text, "hidden"), None, "kptr_restrict zeroes are not addresses");
         assert_eq!(kallsyms_address(text, "absent"), None);
     }
@@ -83,7 +106,8 @@ mod tests {
     #[test]
     fn offsets_come_from_this_kernels_btf() {
         // Every Linux with BTF has these; the values differ by build.
-        let Ok(btf) = Btf::from_file("/sys/kernel/btf/vmlinux") else { return };
+        let Ok(bytes) = std::fs::read("/sys/kernel/btf/vmlinux") else { return };
+        let btf = Btf::from_bytes(&bytes).unwrap();
         let nsproxy = member_offset(&btf, "task_struct", "nsproxy").unwrap();
         assert!(nsproxy > 0 && nsproxy % 8 == 0, "{nsproxy}");
         assert_eq!(member_offset(&btf, "nsproxy", "count").unwrap(), 0);

@@ -102,7 +102,7 @@ fn a_namespace_with_mptcp_disabled_keeps_working_tcp_sockets() {
     let cg = TestCgroup::new("mptcpify-t-netns");
     let ns = "mptcpify-t-off";
     let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
-    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let _ = Command::new("ip").args(["netns", "del", ns]).stderr(std::process::Stdio::null()).status();
     ip(&["netns", "add", ns]);
     ip(&["netns", "exec", ns, "sysctl", "-qw", "net.mptcp.enabled=0"]);
     ip(&["-n", ns, "link", "set", "lo", "up"]);
