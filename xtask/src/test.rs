@@ -15,6 +15,7 @@ pub struct Artifacts {
     pub privileged: PathBuf,
     pub no_hook: PathBuf,
     pub host_refuses: PathBuf,
+    pub units: PathBuf,
     pub static_probe: PathBuf,
 }
 
@@ -63,6 +64,7 @@ pub fn build() -> Result<Artifacts> {
         privileged: find(&tests, "privileged")?,
         no_hook: find(&tests, "no_hook")?,
         host_refuses: find(&tests, "host_refuses")?,
+        units: find(&tests, "units")?,
         static_probe: static_dir.join(host).join("release/sockprobe"),
     })
 }
@@ -165,6 +167,15 @@ pub fn all() -> Result<()> {
         }
         Where::Host => None,
     };
+    // systemd runs as PID 1 of a PID namespace in this one: a VM of its own.
+    let units_place = match place {
+        Where::Host => Where::Host,
+        Where::Vm(k) => Where::Vm(k),
+    };
+    eprintln!("== systemd unit suite");
+    let t = Instant::now();
+    let units = run_suite("systemd unit suite", &a.units, &units_place, &a.env())?;
+    let units_secs = t.elapsed().as_secs();
     eprintln!("== negative suite in the 6.1 VM (no update_socket_protocol)");
     let t = Instant::now();
     let negative = run_suite("negative suite", &a.no_hook, &Where::Vm("6.1"), &a.env())?;
@@ -178,13 +189,14 @@ pub fn all() -> Result<()> {
         "privileged suite ({place_name}): {} passed, 0 failed, 0 skipped in {privileged_secs} s",
         privileged.passed
     );
+    println!("systemd unit suite ({place_name}): {} passed, 0 failed, 0 skipped in {units_secs} s", units.passed);
     println!("negative suite (6.1 VM): {} passed, 0 failed, 0 skipped in {negative_secs} s", negative.passed);
     let refusal = host_refusal.map_or(0, |c| c.passed);
     if let Some(c) = host_refusal {
         println!("host refusal suite (this kernel): {} passed, 0 failed, 0 skipped", c.passed);
     }
     println!("xtask test: finished in {} s", start.elapsed().as_secs());
-    println!("privileged: {} passed, 0 failed, 0 skipped", privileged.passed + negative.passed + refusal);
+    println!("privileged: {} passed, 0 failed, 0 skipped", privileged.passed + units.passed + negative.passed + refusal);
     Ok(())
 }
 

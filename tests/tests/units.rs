@@ -1,0 +1,143 @@
+//! systemd units: `enable --unit` asks systemd for the unit's cgroup over D-Bus, writes no unit
+//! file or drop-in, and follows the unit across a restart with `sync`. Boots the host's real
+//! systemd as PID 1 of a PID namespace inside the VM (`cargo xtask test` runs this binary in
+//! its own VM).
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    sync::Once,
+    time::{Duration, Instant},
+};
+
+use mptcpify_tests::*;
+
+const UNIT: &str = "mptcpify-t.service";
+const UNIT_FILE: &str = "/etc/systemd/system/mptcpify-t.service";
+
+fn busctl(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("busctl").args(args).output().unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn manager(method: &str, sig: &str, args: &[&str]) -> Result<String, String> {
+    let mut a = vec!["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", method];
+    if !sig.is_empty() {
+        a.push(sig);
+    }
+    a.extend_from_slice(args);
+    busctl(&a)
+}
+
+/// The unit's cgroup as systemd reports it (`/system.slice/mptcpify-t.service`), once running.
+fn control_group() -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(out) = busctl(&["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1/unit/mptcpify_2dt_2eservice",
+            "org.freedesktop.systemd1.Service", "ControlGroup"]) {
+            let cg = out.trim().trim_start_matches("s ").trim_matches('"').to_owned();
+            if !cg.is_empty() && cgroup_root().join(cg.trim_start_matches('/')).join("cgroup.procs").exists() {
+                return cg;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "{UNIT} did not start");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Starts systemd once (PID 1 of its own PID namespace) and waits for its D-Bus API.
+fn systemd() {
+    static START: Once = Once::new();
+    START.call_once(|| {
+        std::fs::write(UNIT_FILE, "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
+        Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "/lib/systemd/systemd", "--system", "--unit=dbus.service",
+                "--log-target=null", "--show-status=false"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting systemd");
+        let start = Instant::now();
+        while manager("GetUnit", "s", &["dbus.service"]).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(120), "systemd's D-Bus API did not come up");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+}
+
+/// A process in the unit's cgroup makes a socket; its protocol.
+fn proto_in_unit(cgroup: &str) -> i64 {
+    let procs = cgroup_root().join(cgroup.trim_start_matches('/')).join("cgroup.procs");
+    let out = Command::new("/bin/sh")
+        .args(["-c", r#"echo $$ > "$0" && exec "$1" tcp4"#])
+        .arg(&procs)
+        .arg(sockprobe_bin())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    parse_probe(&String::from_utf8_lossy(&out.stdout))["tcp4"]["proto"]
+}
+
+#[test]
+fn a_unit_is_enabled_through_systemd_and_followed_across_a_restart() {
+    let _g = setup();
+    systemd();
+    manager("Reload", "", &[]).unwrap();
+    manager("StartUnit", "ss", &[UNIT, "replace"]).unwrap();
+    let cgroup = control_group();
+    let unit_file = std::fs::read_to_string(UNIT_FILE).unwrap();
+
+    let out = ok(&["enable", "--unit", UNIT]);
+    assert!(out.contains(&format!("enabled: unit {UNIT}: cgroup {cgroup}")), "{out}");
+    assert_eq!(proto_in_unit(&cgroup), IPPROTO_MPTCP);
+    assert_eq!(std::fs::read_to_string(UNIT_FILE).unwrap(), unit_file, "the unit file is untouched");
+    assert!(!Path::new("/etc/systemd/system/mptcpify-t.service.d").exists(), "no drop-in");
+    assert!(!Path::new("/run/systemd/system/mptcpify-t.service.d").exists(), "no runtime drop-in");
+    let rule = status_json()["rules"][0].clone();
+    assert_eq!(rule["origin"]["kind"], "unit", "{rule}");
+    assert_eq!(rule["origin"]["text"], UNIT);
+    assert_eq!(rule["freshness"]["state"], "current");
+
+    // A restart recreates the unit's cgroup with a new id: stale until `sync`.
+    let old = rule["key"].as_u64().unwrap();
+    manager("RestartUnit", "ss", &[UNIT, "replace"]).unwrap();
+    let start = Instant::now();
+    while status_json()["rules"][0]["freshness"]["state"] != "recreated" {
+        assert!(start.elapsed() < Duration::from_secs(60), "restart not seen: {}", status_json());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cgroup = control_group();
+    assert_eq!(proto_in_unit(&cgroup), IPPROTO_TCP, "the old id matches nothing");
+    let out = ok(&["sync"]);
+    assert!(out.contains(&format!("unit {UNIT}: cgroup id {old} ->")), "{out}");
+    assert_eq!(proto_in_unit(&cgroup), IPPROTO_MPTCP);
+
+    // Stopped: the rule is stale (gone) and kept for when it comes back.
+    manager("StopUnit", "ss", &[UNIT, "replace"]).unwrap();
+    let start = Instant::now();
+    while status_json()["rules"][0]["freshness"]["state"] != "gone" {
+        assert!(start.elapsed() < Duration::from_secs(60), "stop not seen: {}", status_json());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(ok(&["status"]).contains("STALE: gone"));
+    ok(&["disable", "--cgroup-id", &status_json()["rules"][0]["key"].to_string()]);
+}
+
+#[test]
+fn units_that_are_unknown_stopped_or_not_cgroup_units_are_refused() {
+    let _g = setup();
+    systemd();
+    fails(&["enable", "--unit", "no-such-unit-xyz.service"], "does not know no-such-unit-xyz.service");
+    fails(&["enable", "--unit", "nginx"], "give the full name");
+    manager("Reload", "", &[]).unwrap();
+    let _ = manager("StopUnit", "ss", &[UNIT, "replace"]);
+    // Loaded (by a failed lookup of it) but not running: no cgroup.
+    let _ = manager("LoadUnit", "s", &[UNIT]);
+    let err = fails(&["enable", "--unit", UNIT], UNIT);
+    assert!(err.contains("not running") || err.contains("does not know"), "{err}");
+    assert!(mptcpify_pins().is_empty(), "a refused enable loaded nothing");
+}
