@@ -1,4 +1,5 @@
 //! `cargo xtask …`: set-up, the VM runner, the whole test pipeline and the demo.
+mod bench;
 mod demo;
 mod kernels;
 mod modules;
@@ -41,6 +42,21 @@ enum Cmd {
     Test,
     /// Show an unmodified program's sockets turn into MPTCP, with a real two-path connection.
     Demo,
+    /// Benchmarks (in the VM): hook cost, two-path iperf3 gain beside mptcpize, control plane.
+    /// Writes target/bench/results.{json,md}.
+    Bench {
+        /// A short run that only proves the benchmark works (CI runs it).
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Internal: the measuring part of `bench`, run as root in the VM.
+    #[command(name = "bench-in-vm", hide = true)]
+    BenchInVm {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        smoke: bool,
+    },
 }
 
 /// Runs a command with inherited stdio; fails unless it exits 0.
@@ -63,6 +79,8 @@ fn main() -> ExitCode {
         Cmd::Vm { kernel, rw, cmd } => vm::cli(&kernel, &cmd, &rw),
         Cmd::Test => test::all().map(|()| 0),
         Cmd::Demo => demo::run().map(|()| 0),
+        Cmd::Bench { smoke } => bench::run(smoke).map(|()| 0),
+        Cmd::BenchInVm { out, smoke } => bench::in_vm(&out, smoke).map(|()| 0),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

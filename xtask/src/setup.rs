@@ -18,6 +18,9 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "python3",
     "libc6-dev",
+    // Benchmarks: the real two-path workload and the LD_PRELOAD tool we compare with.
+    "iperf3",
+    "mptcpize",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

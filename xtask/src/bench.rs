@@ -1,0 +1,456 @@
+//! `cargo xtask bench`: the cost of the hook on socket(), the multipath gain an unmodified
+//! iperf3 gets (beside mptcpize), and control-plane latency, all measured in one run and
+//! reported as medians and ratios taken within that run. The measuring part runs as root in the
+//! 6.12 VM (`bench-in-vm`), where the program loads; the host part writes the report.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use crate::{kernels, setup, test, vm, workspace_root};
+
+/// How much to measure.
+#[derive(Clone, Copy)]
+pub struct Size {
+    rounds: usize,
+    sockets: u64,
+    iperf_secs: u32,
+    iperf_rounds: usize,
+    control_ops: usize,
+    rules: u32,
+}
+
+const FULL: Size = Size { rounds: 15, sockets: 20_000, iperf_secs: 8, iperf_rounds: 3, control_ops: 1000, rules: 10_000 };
+const SMOKE: Size = Size { rounds: 1, sockets: 500, iperf_secs: 2, iperf_rounds: 1, control_ops: 10, rules: 100 };
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() { f64::NAN } else { v[((v.len() as f64 - 1.0) * p).round() as usize] }
+}
+
+fn sh(cmd: &str) -> Result<String> {
+    let out = Command::new("sh").arg("-c").arg(cmd).stderr(Stdio::inherit()).output()?;
+    if !out.status.success() {
+        bail!("`{cmd}` failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+struct Env {
+    mptcpify: String,
+    sockbench: String,
+    cg_root: PathBuf,
+}
+
+impl Env {
+    fn mptcpify(&self, args: &str) -> Result<String> {
+        sh(&format!("{} {args}", self.mptcpify))
+    }
+
+    /// `sh -c` in a cgroup: moved there before exec.
+    fn in_cgroup(&self, cgroup: &str, cmd: &str) -> String {
+        format!("sh -c 'echo $$ > {}/cgroup.procs && exec {cmd}'", self.cg_root.join(cgroup).display())
+    }
+
+    /// ns per socket()+close() and the protocol of the sockets, run in `cgroup`.
+    fn sockbench(&self, cgroup: &str, n: u64, extra: &str, prefix: &str) -> Result<(f64, i64)> {
+        let out = sh(&self.in_cgroup(cgroup, &format!("{prefix}{} {n} {extra}", self.sockbench)))?;
+        let mut w = out.split_whitespace();
+        let ns = w.next().and_then(|x| x.parse().ok()).ok_or_else(|| anyhow!("sockbench said {out:?}"))?;
+        let proto = w.next().and_then(|x| x.parse().ok()).unwrap_or(-1);
+        Ok((ns, proto))
+    }
+}
+
+/// Inserts `n` rules for ids that match nothing straight into a pinned map, as a loaded system
+/// with that many rules would have them.
+fn fill_rules(map: &str, n: u32) -> Result<()> {
+    use aya::maps::{HashMap, Map, MapData};
+    use mptcpify_common::{ACTION_ENABLE, Rule};
+    let data = MapData::from_pin(Path::new("/sys/fs/bpf/mptcpify").join(map))?;
+    let rule = Rule { action: ACTION_ENABLE, ..Default::default() };
+    if map == mptcpify_common::CGROUP_RULES_MAP {
+        let mut m: HashMap<_, u64, Rule> = HashMap::try_from(Map::HashMap(data))?;
+        for k in 0..n as u64 {
+            m.insert(0x7000_0000_0000 + k, rule, 0)?;
+        }
+    } else {
+        let mut m: HashMap<_, u32, Rule> = HashMap::try_from(Map::HashMap(data))?;
+        for k in 0..n {
+            m.insert(0x4000_0000 + k, rule, 0)?;
+        }
+    }
+    Ok(())
+}
+
+fn hook_cost(env: &Env, size: Size) -> Result<Value> {
+    let deep = (1..=8).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+    let deep_cg = format!("mptcpify-bench/{deep}");
+    for cg in ["mptcpify-bench/sel", "mptcpify-bench/other", deep_cg.as_str()] {
+        std::fs::create_dir_all(env.cg_root.join(cg))?;
+    }
+    let configs = [
+        ("no_program", "no program loaded (TCP)"),
+        ("explicit_mptcp", "no program, socket(…, IPPROTO_MPTCP) in the code"),
+        ("mptcpize", "LD_PRELOAD mptcpize, no program (MPTCP)"),
+        ("loaded_not_selected", "program loaded, caller not selected (TCP)"),
+        ("selected_cgroup", "caller selected by cgroup (MPTCP)"),
+        ("selected_depth8_10k", "selected by cgroup at depth 8, 10,000 cgroup + 10,000 PID rules (MPTCP)"),
+    ];
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut protos: BTreeMap<&str, i64> = BTreeMap::new();
+    let n = size.sockets;
+    for round in 0..size.rounds {
+        eprintln!("bench: hook cost, round {}/{}", round + 1, size.rounds);
+        env.mptcpify("reset >/dev/null")?;
+        let mut record = |name, (ns, p): (f64, i64)| {
+            samples.entry(name).or_default().push(ns);
+            protos.insert(name, p);
+        };
+        // Rotate the order of the unloaded configurations per round.
+        let unloaded = [("no_program", "", ""), ("explicit_mptcp", "mptcp", ""), ("mptcpize", "", "mptcpize run ")];
+        for i in 0..unloaded.len() {
+            let (name, extra, prefix) = unloaded[(i + round) % unloaded.len()];
+            record(name, env.sockbench("mptcpify-bench/sel", n, extra, prefix)?);
+        }
+        env.mptcpify("enable --cgroup mptcpify-bench/other >/dev/null")?;
+        record("loaded_not_selected", env.sockbench("mptcpify-bench/sel", n, "", "")?);
+        env.mptcpify("enable --cgroup mptcpify-bench/sel >/dev/null")?;
+        record("selected_cgroup", env.sockbench("mptcpify-bench/sel", n, "", "")?);
+        env.mptcpify(&format!("enable --cgroup {deep_cg} --pid 1 >/dev/null"))?;
+        fill_rules(mptcpify_common::CGROUP_RULES_MAP, size.rules - 3)?;
+        fill_rules(mptcpify_common::PID_RULES_MAP, size.rules - 1)?;
+        record("selected_depth8_10k", env.sockbench(&deep_cg, n, "", "")?);
+    }
+    env.mptcpify("reset >/dev/null")?;
+    let med: BTreeMap<&str, f64> = samples.iter_mut().map(|(k, v)| (*k, median(v))).collect();
+    let rows: Vec<Value> = configs
+        .iter()
+        .map(|(k, label)| json!({ "config": k, "label": label, "median_ns": med[k], "protocol": protos[k], "samples": samples[k] }))
+        .collect();
+    let ratio = |a: &str, b: &str| med[a] / med[b];
+    Ok(json!({
+        "sockets_per_sample": n,
+        "rounds": size.rounds,
+        "rows": rows,
+        "ratios": [
+            { "name": "loaded, not selected / no program", "value": ratio("loaded_not_selected", "no_program"), "goal": 1.01 },
+            { "name": "selected (depth 8, 10k+10k rules) / explicit IPPROTO_MPTCP", "value": ratio("selected_depth8_10k", "explicit_mptcp"), "goal": 1.02 },
+            { "name": "selected (1 rule) / explicit IPPROTO_MPTCP", "value": ratio("selected_cgroup", "explicit_mptcp"), "goal": null },
+            { "name": "selected (depth 8, 10k+10k rules) / selected (1 rule)", "value": ratio("selected_depth8_10k", "selected_cgroup"), "goal": null },
+            { "name": "mptcpize / explicit IPPROTO_MPTCP", "value": ratio("mptcpize", "explicit_mptcp"), "goal": null },
+            { "name": "mptcpify selected / mptcpize", "value": ratio("selected_cgroup", "mptcpize"), "goal": null },
+        ],
+    }))
+}
+
+/// Two namespaces joined by two veth pairs, each path shaped to `mbit` with 5 ms delay each way.
+fn two_paths(mbit: u32) -> Result<()> {
+    let _ = sh("ip netns del mb-cli 2>/dev/null; ip netns del mb-srv 2>/dev/null");
+    sh(&format!(r#"
+set -e
+ip netns add mb-cli; ip netns add mb-srv
+ip link add c1 netns mb-cli type veth peer name s1 netns mb-srv
+ip link add c2 netns mb-cli type veth peer name s2 netns mb-srv
+ip -n mb-cli addr add 10.88.1.1/24 dev c1; ip -n mb-srv addr add 10.88.1.2/24 dev s1
+ip -n mb-cli addr add 10.88.2.1/24 dev c2; ip -n mb-srv addr add 10.88.2.2/24 dev s2
+for ns in mb-cli mb-srv; do
+  ip -n $ns link set lo up
+  ip netns exec $ns sysctl -qw net.mptcp.enabled=1
+  ip -n $ns mptcp limits set subflow 2 add_addr_accepted 2
+done
+for d in c1 c2; do ip -n mb-cli link set $d up; done
+for d in s1 s2; do ip -n mb-srv link set $d up; done
+for p in "mb-cli c1" "mb-cli c2" "mb-srv s1" "mb-srv s2"; do
+  set -- $p
+  ip netns exec $1 tc qdisc add dev $2 root handle 1: tbf rate {mbit}mbit burst 64kb latency 100ms
+  ip netns exec $1 tc qdisc add dev $2 parent 1:1 handle 10: netem delay 5ms limit 10000
+done
+ip -n mb-cli mptcp endpoint add 10.88.2.1 dev c2 subflow
+ip -n mb-cli rule add from 10.88.2.1 table 2
+ip -n mb-cli route add default dev c2 table 2
+ip -n mb-srv route add 10.88.2.1 dev s2
+"#))?;
+    Ok(())
+}
+
+fn netns_counter(ns: &str, name: &str) -> u64 {
+    sh(&format!("ip netns exec {ns} nstat -az {name}"))
+        .ok()
+        .and_then(|o| o.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn rx_bytes(dev: &str) -> u64 {
+    sh(&format!("ip netns exec mb-cli cat /sys/class/net/{dev}/statistics/rx_bytes")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// One iperf3 transfer server -> client (`-R`); wrappers decide how the sockets are made.
+fn iperf(env: &Env, mode: &str, secs: u32) -> Result<Value> {
+    let (srv, cli) = match mode {
+        "tcp" => ("iperf3".to_owned(), "iperf3".to_owned()),
+        "mptcpify" => (
+            env.in_cgroup("mptcpify-bench/iperf-srv", "iperf3"),
+            env.in_cgroup("mptcpify-bench/iperf-cli", "iperf3"),
+        ),
+        "mptcpize" => ("mptcpize run iperf3".to_owned(), "mptcpize run iperf3".to_owned()),
+        _ => unreachable!(),
+    };
+    let server = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec ip netns exec mb-srv {srv} -s -1 -B 10.88.1.2"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(700));
+    let joins = netns_counter("mb-cli", "MPTcpExtMPJoinSynAckRx");
+    let capable = netns_counter("mb-cli", "MPTcpExtMPCapableSYNACKRX");
+    let (rx1, rx2) = (rx_bytes("c1"), rx_bytes("c2"));
+    let out = sh(&format!("ip netns exec mb-cli {cli} -c 10.88.1.2 -R -t {secs} -J"));
+    let mut server = server;
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out?;
+    let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| anyhow!("no throughput in iperf3 output"))?;
+    Ok(json!({
+        "mbit_per_s": bps / 1e6,
+        "mptcp_connections": netns_counter("mb-cli", "MPTcpExtMPCapableSYNACKRX") - capable,
+        "extra_subflows": netns_counter("mb-cli", "MPTcpExtMPJoinSynAckRx") - joins,
+        "path1_mbytes": (rx_bytes("c1") - rx1) as f64 / 1e6,
+        "path2_mbytes": (rx_bytes("c2") - rx2) as f64 / 1e6,
+    }))
+}
+
+fn throughput(env: &Env, size: Size) -> Result<Value> {
+    env.mptcpify("reset >/dev/null")?;
+    // The highest rate one plain TCP flow actually reaches in this VM.
+    let mut rate = 0;
+    let mut single = 0.0;
+    for mbit in [50, 25, 10] {
+        two_paths(mbit)?;
+        single = iperf(env, "tcp", size.iperf_secs)?["mbit_per_s"].as_f64().unwrap_or(0.0);
+        eprintln!("bench: path rate {mbit} Mbit/s, one TCP flow reaches {single:.1}");
+        rate = mbit;
+        if single >= 0.9 * f64::from(mbit) {
+            break;
+        }
+    }
+    for cg in ["mptcpify-bench/iperf-srv", "mptcpify-bench/iperf-cli"] {
+        std::fs::create_dir_all(env.cg_root.join(cg))?;
+    }
+    env.mptcpify("enable --cgroup mptcpify-bench/iperf-srv --cgroup mptcpify-bench/iperf-cli >/dev/null")?;
+    let mut runs: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
+    for round in 0..size.iperf_rounds {
+        for mode in ["tcp", "mptcpify", "mptcpize"] {
+            eprintln!("bench: iperf3 {mode}, round {}/{}", round + 1, size.iperf_rounds);
+            runs.entry(mode).or_default().push(iperf(env, mode, size.iperf_secs)?);
+        }
+    }
+    let _ = sh("ip netns del mb-cli; ip netns del mb-srv");
+    env.mptcpify("reset >/dev/null")?;
+    let med = |mode: &str, field: &str| {
+        let mut v: Vec<f64> = runs[mode].iter().filter_map(|r| r[field].as_f64()).collect();
+        median(&mut v)
+    };
+    let rows: Vec<Value> = ["tcp", "mptcpify", "mptcpize"]
+        .iter()
+        .map(|m| json!({
+            "mode": m,
+            "mbit_per_s": med(m, "mbit_per_s"),
+            "extra_subflows_per_connection": med(m, "extra_subflows"),
+            "path1_mbytes": med(m, "path1_mbytes"),
+            "path2_mbytes": med(m, "path2_mbytes"),
+            "runs": runs[m],
+        }))
+        .collect();
+    let tcp = med("tcp", "mbit_per_s");
+    Ok(json!({
+        "path_rate_mbit": rate,
+        "single_path_tcp_probe_mbit": single,
+        "seconds_per_run": size.iperf_secs,
+        "rounds": size.iperf_rounds,
+        "rows": rows,
+        "ratios": [
+            { "name": "mptcpify / (2 × single-path TCP)", "value": med("mptcpify", "mbit_per_s") / (2.0 * tcp), "goal": 0.97 },
+            { "name": "mptcpify / mptcpize", "value": med("mptcpify", "mbit_per_s") / med("mptcpize", "mbit_per_s"), "goal": 1.0 },
+        ],
+    }))
+}
+
+fn timed(f: impl FnOnce() -> Result<String>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+fn control_plane(env: &Env, size: Size) -> Result<Value> {
+    let mut cold = Vec::new();
+    std::fs::create_dir_all(env.cg_root.join("mptcpify-bench/ctl"))?;
+    for _ in 0..5.min(size.control_ops) {
+        env.mptcpify("reset >/dev/null")?;
+        cold.push(timed(|| env.mptcpify("enable --cgroup mptcpify-bench/ctl >/dev/null"))?);
+    }
+    // A loaded system: many rules in place.
+    fill_rules(mptcpify_common::CGROUP_RULES_MAP, size.rules)?;
+    fill_rules(mptcpify_common::PID_RULES_MAP, size.rules)?;
+    std::fs::create_dir_all(env.cg_root.join("mptcpify-bench/ctl2"))?;
+    let (mut en, mut dis) = (Vec::new(), Vec::new());
+    for i in 0..size.control_ops {
+        if i % 100 == 0 {
+            eprintln!("bench: control plane, op {i}/{}", size.control_ops);
+        }
+        en.push(timed(|| env.mptcpify("enable --cgroup mptcpify-bench/ctl2 >/dev/null"))?);
+        dis.push(timed(|| env.mptcpify("disable --cgroup mptcpify-bench/ctl2 >/dev/null"))?);
+    }
+    env.mptcpify("reset >/dev/null")?;
+    Ok(json!({
+        "ops": size.control_ops,
+        "rules_loaded": 2 * size.rules,
+        "enable_ms": { "p50": percentile(&mut en, 0.5), "p99": percentile(&mut en, 0.99), "goal_p50": 20.0 },
+        "disable_ms": { "p50": percentile(&mut dis, 0.5), "p99": percentile(&mut dis, 0.99), "goal_p50": 20.0 },
+        "cold_load_attach_ms": { "median": median(&mut cold), "samples": cold, "goal": 500.0 },
+        "agent_rss_mib": null,
+    }))
+}
+
+/// Runs inside the VM as root.
+pub fn in_vm(out: &Path, smoke: bool) -> Result<()> {
+    let size = if smoke { SMOKE } else { FULL };
+    let env = Env {
+        mptcpify: std::env::var("MPTCPIFY_BIN")?,
+        sockbench: std::env::var("MPTCPIFY_SOCKBENCH")?,
+        cg_root: PathBuf::from("/sys/fs/cgroup"),
+    };
+    let started = Instant::now();
+    let hook = hook_cost(&env, size)?;
+    let tput = throughput(&env, size)?;
+    let ctl = control_plane(&env, size)?;
+    let result = json!({
+        "smoke": smoke,
+        "kernel": sh("uname -r")?.trim(),
+        "vm": { "accel": std::env::var("MPTCPIFY_VM_ACCEL").unwrap_or_else(|_| "tcg".into()), "cpus": 2 },
+        "seconds": started.elapsed().as_secs(),
+        "hook_cost": hook,
+        "throughput": tput,
+        "control_plane": ctl,
+    });
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&result)?)?;
+    Ok(())
+}
+
+fn goal_mark(value: f64, goal: &Value, higher_is_better: bool) -> String {
+    match goal.as_f64() {
+        None => String::new(),
+        Some(g) if (higher_is_better && value >= g) || (!higher_is_better && value <= g) => format!("{g} ✅ met"),
+        Some(g) => format!("{g} ❌ missed"),
+    }
+}
+
+pub fn markdown(r: &Value, host_cpu: &str) -> String {
+    let mut md = String::new();
+    let f = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.3}"));
+    md.push_str(&format!(
+        "Measured {}on Linux {} in a QEMU VM ({}, {} vCPUs) on a host with {host_cpu}.\n\n",
+        if r["smoke"].as_bool() == Some(true) { "(smoke run, not for comparison) " } else { "" },
+        r["kernel"].as_str().unwrap_or("?"),
+        r["vm"]["accel"].as_str().unwrap_or("?"),
+        r["vm"]["cpus"]
+    ));
+    let h = &r["hook_cost"];
+    md.push_str(&format!(
+        "## 1. Cost of the hook on socket()\n\nsocket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0) + close() through libc, {} per sample, {} interleaved rounds; medians.\n\n| configuration | ns per socket+close | protocol |\n|---|---:|---:|\n",
+        h["sockets_per_sample"], h["rounds"]
+    ));
+    for row in h["rows"].as_array().into_iter().flatten() {
+        md.push_str(&format!("| {} | {:.0} | {} |\n", row["label"].as_str().unwrap_or(""), row["median_ns"].as_f64().unwrap_or(f64::NAN), row["protocol"]));
+    }
+    md.push_str("\n| ratio | value | goal |\n|---|---:|---|\n");
+    for x in h["ratios"].as_array().into_iter().flatten() {
+        let v = x["value"].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!("| {} | {} | {} |\n", x["name"].as_str().unwrap_or(""), f(&x["value"]), goal_mark(v, &x["goal"], false)));
+    }
+    let t = &r["throughput"];
+    md.push_str(&format!(
+        "\n## 2. Two paths, one unmodified iperf3\n\nTwo namespaces, two veth pairs, each path `tbf` {} Mbit/s + 5 ms `netem` delay each way (one plain TCP flow reached {:.1} Mbit/s on it), client `subflow` endpoint on path 2 with per-source routing; iperf3 -R for {} s, {} interleaved rounds; medians.\n\n| mode | Mbit/s | extra subflows per connection | MB over path 1 | MB over path 2 |\n|---|---:|---:|---:|---:|\n",
+        t["path_rate_mbit"], t["single_path_tcp_probe_mbit"].as_f64().unwrap_or(0.0), t["seconds_per_run"], t["rounds"]
+    ));
+    for row in t["rows"].as_array().into_iter().flatten() {
+        md.push_str(&format!(
+            "| {} | {:.1} | {} | {:.1} | {:.1} |\n",
+            row["mode"].as_str().unwrap_or(""),
+            row["mbit_per_s"].as_f64().unwrap_or(f64::NAN),
+            row["extra_subflows_per_connection"],
+            row["path1_mbytes"].as_f64().unwrap_or(f64::NAN),
+            row["path2_mbytes"].as_f64().unwrap_or(f64::NAN)
+        ));
+    }
+    md.push_str("\n| ratio | value | goal |\n|---|---:|---|\n");
+    for x in t["ratios"].as_array().into_iter().flatten() {
+        let v = x["value"].as_f64().unwrap_or(f64::NAN);
+        md.push_str(&format!("| {} | {} | {} |\n", x["name"].as_str().unwrap_or(""), f(&x["value"]), goal_mark(v, &x["goal"], true)));
+    }
+    let c = &r["control_plane"];
+    md.push_str(&format!(
+        "\n## 3. Control plane\n\nEach operation is one `mptcpify` CLI invocation (process start included), {} times each, with {} rules loaded.\n\n| measure | value | goal |\n|---|---:|---|\n",
+        c["ops"], c["rules_loaded"]
+    ));
+    let ms = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.1} ms"));
+    for (name, v, g) in [
+        ("enable p50", &c["enable_ms"]["p50"], &c["enable_ms"]["goal_p50"]),
+        ("enable p99", &c["enable_ms"]["p99"], &Value::Null),
+        ("disable p50", &c["disable_ms"]["p50"], &c["disable_ms"]["goal_p50"]),
+        ("disable p99", &c["disable_ms"]["p99"], &Value::Null),
+        ("cold load + attach (first enable)", &c["cold_load_attach_ms"]["median"], &c["cold_load_attach_ms"]["goal"]),
+    ] {
+        let mark = goal_mark(v.as_f64().unwrap_or(f64::NAN), g, false).replace(" ✅", " ms ✅").replace(" ❌", " ms ❌");
+        md.push_str(&format!("| {name} | {} | {} |\n", ms(v), if g.is_null() { String::new() } else { format!("< {mark}") }));
+    }
+    md.push_str("| agent RSS | n/a (no agent yet) | < 30 MiB |\n");
+    md
+}
+
+/// Host side: build, boot the VM, measure, write `target/bench/`.
+pub fn run(smoke: bool) -> Result<()> {
+    setup::all()?;
+    let a = test::build()?;
+    let sockbench = a.privileged.parent().and_then(Path::parent).map(|d| d.join("sockbench")).ok_or_else(|| anyhow!("no target dir"))?;
+    let out = workspace_root().join("target/bench");
+    std::fs::create_dir_all(&out)?;
+    let _ = std::fs::remove_file(out.join("results.json"));
+    let mut opts = vm::VmOptions::new(kernels::resolve("6.12")?);
+    opts.env = a.env();
+    opts.env.push(("MPTCPIFY_SOCKBENCH".into(), sockbench.display().to_string()));
+    opts.rw_dirs = vec![out.clone()];
+    opts.timeout = Duration::from_secs(if smoke { 900 } else { 4 * 3600 });
+    let me = std::env::current_exe()?.display().to_string();
+    let mut argv = vec![me, "bench-in-vm".into(), "--out".into(), out.display().to_string()];
+    if smoke {
+        argv.push("--smoke".into());
+    }
+    let status = vm::run_in_vm(&opts, &workspace_root(), &argv)?.status;
+    if status != 0 {
+        bail!("the benchmark failed in the VM (exit status {status})");
+    }
+    let text = std::fs::read_to_string(out.join("results.json")).context("the VM wrote no results")?;
+    let results: Value = serde_json::from_str(&text)?;
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .unwrap_or_else(|| "an unknown CPU".into());
+    let md = markdown(&results, &format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get())));
+    std::fs::write(out.join("results.md"), &md)?;
+    println!("{md}");
+    println!("bench: results in {}", out.display());
+    Ok(())
+}
