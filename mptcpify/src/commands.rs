@@ -58,11 +58,10 @@ pub fn add_resolved(resolved: &[Target], action: Action, log_level: LogLevel) ->
             (Key::Cgroup(id), Some(origin)) => st.set_origin(*id, *origin),
             _ => Ok(()),
         });
-        if let Err(e) = recorded.and_then(|()| st.sync_config()) {
+        if let Err(e) = recorded {
             for t in added {
                 let _ = st.remove(&t.key);
             }
-            let _ = st.sync_config();
             return Err(e);
         }
         Ok(outcomes)
@@ -92,7 +91,6 @@ pub async fn disable(targets: &Targets, all: bool, cgroup_ids: &[u64]) -> Result
     let mut st = State::open()?;
     let keys: Vec<Key> = resolved.iter().map(|t| t.key).collect();
     rules::remove_all(&mut st, &keys)?;
-    st.sync_config()?;
     for t in &resolved {
         println!("removed: {}", t.label);
     }
@@ -332,7 +330,7 @@ pub async fn sync() -> Result<()> {
             None => println!("sync: {kind} {text}: cgroup gone; the rule is kept until it reappears"),
         }
     }
-    st.sync_config()?;
+    st.recount()?;
     println!("sync: {changed} rule(s) changed");
     Ok(())
 }

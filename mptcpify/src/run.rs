@@ -74,7 +74,6 @@ impl Drop for RunCgroup {
         if let Ok(_lock) = state::Lock::take() {
             if let Ok(mut st) = State::open() {
                 let _ = st.remove(&Key::Cgroup(self.id));
-                let _ = st.sync_config();
             }
         }
         let _ = std::fs::remove_dir(&self.path);

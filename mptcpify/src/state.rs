@@ -119,8 +119,27 @@ impl State {
         self.config.set(0, config, 0).context("writing the program config")
     }
 
-    /// Recounts the rules into the program's config, which lets it skip empty tables.
-    pub fn sync_config(&mut self) -> Result<()> {
+    /// Keeps the program's per-table counts (which let it skip empty tables) in step with one
+    /// insert (`delta` 1) or removal (-1); O(1), so edits stay fast with many rules loaded.
+    fn adjust_counts(&mut self, key: &Key, action: u32, delta: i32) -> Result<()> {
+        let mut c = self.config()?;
+        let count = match key {
+            Key::Cgroup(_) => &mut c.cgroup_rules,
+            Key::Pid(_) => &mut c.pid_rules,
+            Key::Comm(_) => &mut c.comm_rules,
+            Key::Uid(_) => &mut c.uid_rules,
+            Key::All => return Ok(()),
+        };
+        *count = count.saturating_add_signed(delta);
+        if action == ACTION_EXCLUDE {
+            c.exclusions = c.exclusions.saturating_add_signed(delta);
+        }
+        self.set_config(c)
+    }
+
+    /// Recounts every table into the program's config (repairs counts an interrupted edit left
+    /// behind; `mptcpify sync` calls it).
+    pub fn recount(&mut self) -> Result<()> {
         let mut config = self.config()?;
         let all = self.entries()?;
         let count = |f: fn(&Key) -> bool| all.iter().filter(|(k, _)| f(k)).count() as u32;
@@ -172,19 +191,21 @@ impl RuleStore for State {
 
     fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()> {
         match *key {
-            Key::Cgroup(id) => insert(&mut self.cgroups, id, rule, "cgroup"),
-            Key::Pid(p) => insert(&mut self.pids, p, rule, "pid"),
-            Key::Comm(c) => insert(&mut self.comms, c, rule, "comm"),
-            Key::Uid(u) => insert(&mut self.uids, u, rule, "uid"),
+            Key::Cgroup(id) => insert(&mut self.cgroups, id, rule, "cgroup")?,
+            Key::Pid(p) => insert(&mut self.pids, p, rule, "pid")?,
+            Key::Comm(c) => insert(&mut self.comms, c, rule, "comm")?,
+            Key::Uid(u) => insert(&mut self.uids, u, rule, "uid")?,
             Key::All => {
                 let mut config = self.config()?;
                 config.all = 1;
-                self.set_config(config)
+                return self.set_config(config);
             }
         }
+        self.adjust_counts(key, rule.action, 1)
     }
 
     fn remove(&mut self, key: &Key) -> Result<()> {
+        let action = self.get(key)?.map(|r| r.action);
         let result = match key {
             Key::Cgroup(id) => {
                 let _ = self.origins.remove(id);
@@ -199,7 +220,11 @@ impl RuleStore for State {
                 return self.set_config(config);
             }
         };
-        result.with_context(|| format!("removing the rule of {key}"))
+        result.with_context(|| format!("removing the rule of {key}"))?;
+        match action {
+            Some(action) => self.adjust_counts(key, action, -1),
+            None => Ok(()),
+        }
     }
 
     fn entries(&self) -> Result<Vec<(Key, Rule)>> {

@@ -197,18 +197,15 @@ fn rx_bytes(dev: &str) -> u64 {
 
 /// One iperf3 transfer server -> client (`-R`); wrappers decide how the sockets are made.
 fn iperf(env: &Env, mode: &str, secs: u32) -> Result<Value> {
-    let (srv, cli) = match mode {
-        "tcp" => ("iperf3".to_owned(), "iperf3".to_owned()),
-        "mptcpify" => (
-            env.in_cgroup("mptcpify-bench/iperf-srv", "iperf3"),
-            env.in_cgroup("mptcpify-bench/iperf-cli", "iperf3"),
-        ),
-        "mptcpize" => ("mptcpize run iperf3".to_owned(), "mptcpize run iperf3".to_owned()),
-        _ => unreachable!(),
+    // Into the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup2 mount.
+    let command = |ns: &str, cgroup: &str, args: &str| match mode {
+        "tcp" => format!("ip netns exec {ns} iperf3 {args}"),
+        "mptcpify" => env.in_cgroup(cgroup, &format!("ip netns exec {ns} iperf3 {args}")),
+        _ => format!("ip netns exec {ns} mptcpize run iperf3 {args}"),
     };
     let server = Command::new("sh")
         .arg("-c")
-        .arg(format!("exec ip netns exec mb-srv {srv} -s -1 -B 10.88.1.2"))
+        .arg(command("mb-srv", "mptcpify-bench/iperf-srv", "-s -1 -B 10.88.1.2"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -216,17 +213,20 @@ fn iperf(env: &Env, mode: &str, secs: u32) -> Result<Value> {
     let joins = netns_counter("mb-cli", "MPTcpExtMPJoinSynAckRx");
     let capable = netns_counter("mb-cli", "MPTcpExtMPCapableSYNACKRX");
     let (rx1, rx2) = (rx_bytes("c1"), rx_bytes("c2"));
-    let out = sh(&format!("ip netns exec mb-cli {cli} -c 10.88.1.2 -R -t {secs} -J"));
+    let out = sh(&command("mb-cli", "mptcpify-bench/iperf-cli", &format!("-c 10.88.1.2 -R -t {secs} -J")));
     let mut server = server;
     let _ = server.kill();
     let _ = server.wait();
     let out = out?;
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| anyhow!("no throughput in iperf3 output"))?;
+    let connections = netns_counter("mb-cli", "MPTcpExtMPCapableSYNACKRX") - capable;
+    let joined = netns_counter("mb-cli", "MPTcpExtMPJoinSynAckRx") - joins;
     Ok(json!({
         "mbit_per_s": bps / 1e6,
-        "mptcp_connections": netns_counter("mb-cli", "MPTcpExtMPCapableSYNACKRX") - capable,
-        "extra_subflows": netns_counter("mb-cli", "MPTcpExtMPJoinSynAckRx") - joins,
+        // iperf3 opens a control and a data connection.
+        "mptcp_connections": connections,
+        "extra_subflows": if connections == 0 { 0.0 } else { joined as f64 / connections as f64 },
         "path1_mbytes": (rx_bytes("c1") - rx1) as f64 / 1e6,
         "path2_mbytes": (rx_bytes("c2") - rx2) as f64 / 1e6,
     }))
@@ -269,6 +269,7 @@ fn throughput(env: &Env, size: Size) -> Result<Value> {
             "mode": m,
             "mbit_per_s": med(m, "mbit_per_s"),
             "extra_subflows_per_connection": med(m, "extra_subflows"),
+            "mptcp_connections": med(m, "mptcp_connections"),
             "path1_mbytes": med(m, "path1_mbytes"),
             "path2_mbytes": med(m, "path2_mbytes"),
             "runs": runs[m],
@@ -420,17 +421,27 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
     md
 }
 
-/// Host side: build, boot the VM, measure, write `target/bench/`.
+/// Host side: build, boot the VM, measure, write `target/bench/`. The full run measures release
+/// builds; the smoke run (CI) reuses the test build.
 pub fn run(smoke: bool) -> Result<()> {
     setup::all()?;
-    let a = test::build()?;
-    let sockbench = a.privileged.parent().and_then(Path::parent).map(|d| d.join("sockbench")).ok_or_else(|| anyhow!("no target dir"))?;
+    let bins = if smoke {
+        let a = test::build()?;
+        a.privileged.parent().and_then(Path::parent).ok_or_else(|| anyhow!("no target dir"))?.to_path_buf()
+    } else {
+        crate::run(Command::new("cargo")
+            .args(["build", "--release", "-q", "-p", "mptcpify", "-p", "mptcpify-tests", "--bins"])
+            .current_dir(workspace_root()))?;
+        workspace_root().join("target/release")
+    };
     let out = workspace_root().join("target/bench");
     std::fs::create_dir_all(&out)?;
     let _ = std::fs::remove_file(out.join("results.json"));
     let mut opts = vm::VmOptions::new(kernels::resolve("6.12")?);
-    opts.env = a.env();
-    opts.env.push(("MPTCPIFY_SOCKBENCH".into(), sockbench.display().to_string()));
+    opts.env = vec![
+        ("MPTCPIFY_BIN".into(), bins.join("mptcpify").display().to_string()),
+        ("MPTCPIFY_SOCKBENCH".into(), bins.join("sockbench").display().to_string()),
+    ];
     opts.rw_dirs = vec![out.clone()];
     opts.timeout = Duration::from_secs(if smoke { 900 } else { 4 * 3600 });
     let me = std::env::current_exe()?.display().to_string();

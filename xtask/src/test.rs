@@ -184,7 +184,12 @@ pub fn all() -> Result<()> {
         Where::Host => "host kernel".to_owned(),
         Where::Vm(k) => format!("{k} VM"),
     };
+    eprintln!("== benchmark smoke run (6.12 VM)");
+    let t = Instant::now();
+    crate::bench::run(true)?;
+    let bench_secs = t.elapsed().as_secs();
     println!();
+    println!("benchmark smoke run: completed in {bench_secs} s");
     println!(
         "privileged suite ({place_name}): {} passed, 0 failed, 0 skipped in {privileged_secs} s",
         privileged.passed
