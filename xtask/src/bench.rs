@@ -314,8 +314,13 @@ fn control_plane(env: &Env, size: Size) -> Result<Value> {
         en.push(timed(|| env.mptcpify("enable --cgroup mptcpify-bench/ctl2 >/dev/null"))?);
         dis.push(timed(|| env.mptcpify("disable --cgroup mptcpify-bench/ctl2 >/dev/null"))?);
     }
+    // What starting any process costs here, for scale: each operation above is a CLI start.
+    let mut baseline: Vec<f64> = (0..size.control_ops.min(200)).map(|_| timed(|| sh("/bin/true"))).collect::<Result<_>>()?;
+    let mut status: Vec<f64> = (0..size.control_ops.min(200)).map(|_| timed(|| env.mptcpify("status --json >/dev/null"))).collect::<Result<_>>()?;
     env.mptcpify("reset >/dev/null")?;
     Ok(json!({
+        "process_start_ms": { "p50": percentile(&mut baseline, 0.5) },
+        "status_ms": { "p50": percentile(&mut status, 0.5) },
         "ops": size.control_ops,
         "rules_loaded": 2 * size.rules,
         "enable_ms": { "p50": percentile(&mut en, 0.5), "p99": percentile(&mut en, 0.99), "goal_p50": 20.0 },
@@ -413,6 +418,8 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         ("disable p50", &c["disable_ms"]["p50"], &c["disable_ms"]["goal_p50"]),
         ("disable p99", &c["disable_ms"]["p99"], &Value::Null),
         ("cold load + attach (first enable)", &c["cold_load_attach_ms"]["median"], &c["cold_load_attach_ms"]["goal"]),
+        ("for scale: `sh -c /bin/true` p50", &c["process_start_ms"]["p50"], &Value::Null),
+        ("for scale: `mptcpify status --json` p50", &c["status_ms"]["p50"], &Value::Null),
     ] {
         let mark = goal_mark(v.as_f64().unwrap_or(f64::NAN), g, false).replace(" ✅", " ms ✅").replace(" ❌", " ms ❌");
         md.push_str(&format!("| {name} | {} | {} |\n", ms(v), if g.is_null() { String::new() } else { format!("< {mark}") }));
