@@ -115,10 +115,9 @@ async fn current_id(root: &Path, origin: &Origin) -> Result<Option<u64>> {
     let (_, text) = targets::describe_origin(origin);
     let relative = match origin.kind {
         ORIGIN_PATH | ORIGIN_RUN => text,
-        ORIGIN_UNIT => match systemd::unit_cgroup(&text).await {
-            Ok(p) => p,
-            Err(e) if e.to_string().contains("not running") || e.to_string().contains("not know") => return Ok(None),
-            Err(e) => return Err(e),
+        ORIGIN_UNIT => match systemd::unit_cgroup(&text).await? {
+            Some(p) => p,
+            None => return Ok(None),
         },
         _ => bail!("unknown origin kind {}", origin.kind),
     };

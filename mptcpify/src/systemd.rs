@@ -23,13 +23,14 @@ fn interface_of(unit: &str) -> Result<&'static str> {
     })
 }
 
-/// The cgroup of a running unit, relative to the cgroup2 root (e.g. `/system.slice/nginx.service`).
-pub async fn unit_cgroup(unit: &str) -> Result<String> {
+/// The cgroup of a running unit, relative to the cgroup2 root (e.g. `/system.slice/nginx.service`);
+/// `None` when systemd has no such unit loaded or it is not running (so it has no cgroup).
+pub async fn unit_cgroup(unit: &str) -> Result<Option<String>> {
     let iface = interface_of(unit)?;
     let conn = Connection::system().await.context(
         "connecting to the system D-Bus to ask systemd for the unit's cgroup (is systemd running?)",
     )?;
-    let reply = conn
+    let reply = match conn
         .call_method(
             Some("org.freedesktop.systemd1"),
             "/org/freedesktop/systemd1",
@@ -38,7 +39,11 @@ pub async fn unit_cgroup(unit: &str) -> Result<String> {
             &(unit,),
         )
         .await
-        .map_err(|e| anyhow!("systemd does not know {unit} as a loaded unit (is it running?): {e}"))?;
+    {
+        Ok(reply) => reply,
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => return Ok(None),
+        Err(e) => return Err(anyhow!("asking systemd for {unit}: {e}")),
+    };
     let path: OwnedObjectPath = reply.body().deserialize()?;
     let props = PropertiesProxy::builder(&conn)
         .destination("org.freedesktop.systemd1")?
@@ -50,10 +55,7 @@ pub async fn unit_cgroup(unit: &str) -> Result<String> {
         .await
         .with_context(|| format!("reading {unit}'s ControlGroup"))?;
     let cgroup = String::try_from(value).context("ControlGroup is not a string")?;
-    if cgroup.is_empty() {
-        bail!("{unit} is not running, so it has no cgroup; start it first");
-    }
-    Ok(cgroup)
+    Ok(Some(cgroup).filter(|c| !c.is_empty()))
 }
 
 #[cfg(test)]

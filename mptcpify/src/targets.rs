@@ -66,7 +66,9 @@ pub async fn resolve(targets: &Targets, mounts: &Mounts, for_removal: bool) -> R
             });
         }
         for unit in &targets.units {
-            let relative = systemd::unit_cgroup(unit).await?;
+            let Some(relative) = systemd::unit_cgroup(unit).await? else {
+                bail!("systemd does not know {unit} as a running unit, so it has no cgroup: start it first");
+            };
             let cg = cgroup::resolve(&root, relative.trim_start_matches('/'))
                 .with_context(|| format!("systemd says {unit} is in {relative}"))?;
             out.push(Target {
