@@ -468,6 +468,16 @@ pub fn run(smoke: bool) -> Result<()> {
         .unwrap_or_else(|| "an unknown CPU".into());
     let md = markdown(&results, &format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get())));
     std::fs::write(out.join("results.md"), &md)?;
+    if !smoke {
+        let doc = format!(
+            "# Benchmarks\n\nThe latest full run of `cargo xtask bench` (written by it; raw numbers in \
+             `target/bench/results.json`). Reproduce on a Debian machine as root with\n\n```sh\ncargo xtask bench\n```\n\n\
+             It boots Debian's 6.12 kernel in QEMU (TCG: no KVM here, so absolute times are those of an \
+             emulated CPU, many times slower than hardware; compare ratios, which are taken within one run \
+             from interleaved rounds). CI runs `cargo xtask bench --smoke` inside `cargo xtask test`.\n\n{md}"
+        );
+        std::fs::write(workspace_root().join("BENCHMARKS.md"), doc)?;
+    }
     println!("{md}");
     println!("bench: results in {}", out.display());
     Ok(())
