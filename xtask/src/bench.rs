@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{kernels, setup, test, vm, workspace_root};
+use crate::{kernels, setup, test, topology, vm, workspace_root};
 
 /// How much to measure.
 #[derive(Clone, Copy)]
@@ -157,30 +157,7 @@ fn hook_cost(env: &Env, size: Size) -> Result<Value> {
 /// Two namespaces joined by two veth pairs, each path shaped to `mbit` with 5 ms delay each way.
 fn two_paths(mbit: u32) -> Result<()> {
     let _ = sh("ip netns del mb-cli 2>/dev/null; ip netns del mb-srv 2>/dev/null");
-    sh(&format!(r#"
-set -e
-ip netns add mb-cli; ip netns add mb-srv
-ip link add c1 netns mb-cli type veth peer name s1 netns mb-srv
-ip link add c2 netns mb-cli type veth peer name s2 netns mb-srv
-ip -n mb-cli addr add 10.88.1.1/24 dev c1; ip -n mb-srv addr add 10.88.1.2/24 dev s1
-ip -n mb-cli addr add 10.88.2.1/24 dev c2; ip -n mb-srv addr add 10.88.2.2/24 dev s2
-for ns in mb-cli mb-srv; do
-  ip -n $ns link set lo up
-  ip netns exec $ns sysctl -qw net.mptcp.enabled=1
-  ip -n $ns mptcp limits set subflow 2 add_addr_accepted 2
-done
-for d in c1 c2; do ip -n mb-cli link set $d up; done
-for d in s1 s2; do ip -n mb-srv link set $d up; done
-for p in "mb-cli c1" "mb-cli c2" "mb-srv s1" "mb-srv s2"; do
-  set -- $p
-  ip netns exec $1 tc qdisc add dev $2 root handle 1: tbf rate {mbit}mbit burst 64kb latency 100ms
-  ip netns exec $1 tc qdisc add dev $2 parent 1:1 handle 10: netem delay 5ms limit 10000
-done
-ip -n mb-cli mptcp endpoint add 10.88.2.1 dev c2 subflow
-ip -n mb-cli rule add from 10.88.2.1 table 2
-ip -n mb-cli route add default dev c2 table 2
-ip -n mb-srv route add 10.88.2.1 dev s2
-"#))?;
+    sh(&format!("set -e\n{}", topology::script("mb", 88, Some(mbit))))?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{kernels, setup, test, vm, workspace_root};
+use crate::{kernels, setup, test, topology, vm, workspace_root};
 
 const SCRIPT: &str = r#"
 set -eu
@@ -28,21 +28,7 @@ say "mptcpify enable --cgroup mptcpify-demo"
 in_cg python3 -c "$PROBE"
 
 say "two network namespaces joined by two veth pairs (two paths)"
-ip netns add demo-srv; ip netns add demo-cli
-ip link add c1 netns demo-cli type veth peer name s1 netns demo-srv
-ip link add c2 netns demo-cli type veth peer name s2 netns demo-srv
-ip -n demo-cli addr add 10.77.1.1/24 dev c1; ip -n demo-srv addr add 10.77.1.2/24 dev s1
-ip -n demo-cli addr add 10.77.2.1/24 dev c2; ip -n demo-srv addr add 10.77.2.2/24 dev s2
-for ns in demo-cli demo-srv; do
-  ip -n $ns link set lo up; for d in $(ip -n $ns -o link show | awk -F': ' '/[cs][12]@/ {print $2}' | cut -d@ -f1); do ip -n $ns link set $d up; done
-  ip -n $ns mptcp limits set subflow 2 add_addr_accepted 2
-done
-# The client opens a second subflow from its second address, routed out of its second link.
-ip -n demo-cli mptcp endpoint add 10.77.2.1 dev c2 subflow
-ip -n demo-cli rule add from 10.77.2.1 table 2
-ip -n demo-cli route add default dev c2 table 2
-ip -n demo-srv route add 10.77.2.1 dev s2
-echo "   path 1: c1 10.77.1.1 <-> s1 10.77.1.2, path 2: c2 10.77.2.1 <-> s2 (client subflow endpoint)"
+@TOPOLOGY@echo "   path 1: c1 10.77.1.1 <-> s1 10.77.1.2, path 2: c2 10.77.2.1 <-> s2 (client subflow endpoint)"
 
 say "unmodified python3 server and client, both in the enabled cgroup"
 in_cg ip netns exec demo-srv python3 -c '
@@ -83,10 +69,11 @@ pub fn run() -> Result<()> {
     setup::all()?;
     let a = test::build()?;
     let env = a.env();
-    let argv: Vec<String> = vec!["bash".into(), "-c".into(), SCRIPT.into()];
+    let script = SCRIPT.replace("@TOPOLOGY@", &topology::script("demo", 77, None));
+    let argv: Vec<String> = vec!["bash".into(), "-c".into(), script.clone()];
     let on_host = Command::new(&a.mptcpify).arg("probe").output().is_ok_and(|o| o.status.success());
     let status = if on_host {
-        Command::new("bash").arg("-c").arg(SCRIPT).envs(env).status()?.code().unwrap_or(1)
+        Command::new("bash").arg("-c").arg(&script).envs(env).status()?.code().unwrap_or(1)
     } else {
         eprintln!("(this host's kernel refuses fmod_ret programs: running the demo in a Debian 6.12 VM)");
         let mut opts = vm::VmOptions::new(kernels::resolve("6.12")?);

@@ -5,6 +5,7 @@ mod kernels;
 mod modules;
 mod setup;
 mod test;
+mod topology;
 mod vm;
 
 use std::{
