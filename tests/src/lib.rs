@@ -58,6 +58,20 @@ pub fn static_sockprobe_bin() -> PathBuf {
     )
 }
 
+/// A copy of `bin` that any user can run: the build tree may sit in a directory only root can
+/// enter (a fresh clone in a `mktemp -d` folder), and some tests drop to uid 65534.
+pub fn world_runnable(bin: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = Path::new("/tmp/mptcpify-t-bin");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join(bin.file_name().unwrap());
+    let _ = std::fs::remove_file(&copy);
+    std::fs::copy(bin, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    copy
+}
+
 pub fn mptcpify(args: &[&str]) -> Output {
     Command::new(mptcpify_bin()).args(args).output().expect("running mptcpify")
 }

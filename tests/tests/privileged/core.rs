@@ -244,10 +244,11 @@ fn a_thread_id_is_refused_with_its_process() {
 fn not_root_is_refused() {
     let _g = setup();
     let cg = TestCgroup::new("mptcpify-t-notroot");
+    let bin = world_runnable(&mptcpify_bin());
     for args in [vec!["enable", "--cgroup", cg.relative.as_str()], vec!["status"], vec!["reset"]] {
         let out = std::process::Command::new("setpriv")
             .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-            .arg(mptcpify_bin())
+            .arg(&bin)
             .args(&args)
             .output()
             .expect("setpriv (util-linux)");

@@ -78,7 +78,7 @@ fn doctor_fails_without_privileges() {
     let _g = setup();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
-        .arg(mptcpify_bin())
+        .arg(world_runnable(&mptcpify_bin()))
         .args(["doctor", "--json"])
         .output()
         .unwrap();

@@ -62,7 +62,7 @@ fn run_drops_to_the_sudo_caller_or_the_given_user() {
     assert_eq!(id(&[("SUDO_UID", "65534")], &["run", "--", "id", "-g"]), "65534");
     assert_eq!(id(&[("SUDO_UID", "65534")], &["run", "--user", "root", "--", "id", "-u"]), "0");
     assert_eq!(id(&[], &["run", "--user", "nobody", "--", "id", "-un"]), "nobody");
-    let bin = sockprobe_bin();
+    let bin = world_runnable(&sockprobe_bin());
     let out = id(&[("SUDO_UID", "65534")], &["run", "--", bin.to_str().unwrap(), "tcp4"]);
     assert_eq!(parse_probe(&out)["tcp4"]["proto"], IPPROTO_MPTCP, "upgraded as the dropped user too");
     fails(&["run", "--user", "no-such-user-xyz", "--", "true"], "no user named");

@@ -7,7 +7,7 @@ use mptcpify_tests::*;
 /// The probe under another command name.
 fn renamed_probe(name: &str) -> std::path::PathBuf {
     let path = std::path::PathBuf::from("/tmp").join(name);
-    std::fs::copy(sockprobe_bin(), &path).unwrap();
+    std::fs::copy(world_runnable(&sockprobe_bin()), &path).unwrap();
     path
 }
 
