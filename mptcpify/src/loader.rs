@@ -63,9 +63,8 @@ pub fn hook_btf_id() -> Result<u32> {
     })?;
     btf.id_by_type_name_kind(HOOK_FUNCTION, BtfKind::Func).map_err(|_| {
         anyhow!(
-            "this kernel ({}) has no {HOOK_FUNCTION}() hook in its BTF; mptcpify needs Linux >= 6.6 \
+            "this kernel has no {HOOK_FUNCTION}() hook in its BTF; mptcpify needs Linux >= 6.6 \
              with CONFIG_MPTCP and BTF; this is {}",
-            kernel_release(),
             kernel_release()
         )
     })
@@ -87,10 +86,8 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     // Without the offsets the program cannot see the caller's net.mptcp.enabled; it still works,
     // and `doctor` reports the missing protection.
     let netns = netns::find().ok();
-    let (on, o) = match &netns {
-        Some(o) => ([1u8], *o),
-        None => ([0u8], netns::NetnsOffsets { task_nsproxy: 0, nsproxy_net_ns: 0, net_gen: 0, pernet_mptcp_enabled: 0, pernet_id_addr: 0 }),
-    };
+    let on = [u8::from(netns.is_some())];
+    let o = netns.unwrap_or_default();
     let (a, b, c, d, e) = (
         o.task_nsproxy.to_ne_bytes(),
         o.nsproxy_net_ns.to_ne_bytes(),

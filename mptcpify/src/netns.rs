@@ -5,7 +5,7 @@
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Btf, Type};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetnsOffsets {
     pub task_nsproxy: u32,
     pub nsproxy_net_ns: u32,
