@@ -53,6 +53,13 @@ fn systemd() {
     static START: Once = Once::new();
     START.call_once(|| {
         std::fs::write(UNIT_FILE, "[Service]\nExecStart=/bin/sleep 1000\n").unwrap();
+        // tmpfiles would empty /tmp at "boot", and the build tree may live there (a clone made
+        // with mktemp -d). /etc is the VM's writable overlay.
+        for unit in ["systemd-tmpfiles-setup.service", "systemd-tmpfiles-clean.timer"] {
+            let mask = Path::new("/etc/systemd/system").join(unit);
+            let _ = std::fs::remove_file(&mask);
+            std::os::unix::fs::symlink("/dev/null", mask).unwrap();
+        }
         Command::new("unshare")
             .args(["--pid", "--fork", "--mount-proc", "/lib/systemd/systemd", "--system", "--unit=dbus.service",
                 "--log-target=null", "--show-status=false"])
