@@ -62,6 +62,21 @@ pub fn resolve(root: &Path, arg: &str) -> Result<Cgroup> {
     Ok(Cgroup { path, relative, id: meta.ino() })
 }
 
+/// Every cgroup under `root`, by id: one walk of the tree for any number of lookups.
+pub fn index(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
+    let mut out = std::collections::HashMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(m) = std::fs::metadata(&dir) {
+            out.insert(m.ino(), dir.clone());
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+        }
+    }
+    out
+}
+
 /// Finds the path of cgroup `id` by walking the tree under `root`; `None` if it is gone.
 pub fn find_by_id(root: &Path, id: u64) -> Option<PathBuf> {
     let mut stack = vec![root.to_path_buf()];
@@ -107,7 +122,8 @@ mod tests {
         assert_eq!(rel.relative, "/system.slice/nginx.service");
         let ino = std::fs::metadata(t.path().join("system.slice/nginx.service")).unwrap().ino();
         assert_eq!(rel.id, ino);
-        assert_eq!(find_by_id(t.path(), ino), Some(rel.path));
+        assert_eq!(find_by_id(t.path(), ino), Some(rel.path.clone()));
+        assert_eq!(index(t.path()).get(&ino), Some(&rel.path));
     }
 
     #[test]

@@ -124,12 +124,9 @@ async fn current_id(root: &Path, origin: &Origin) -> Result<Option<u64>> {
     Ok(cgroup::resolve(root, relative.trim_start_matches('/')).ok().map(|c| c.id))
 }
 
-async fn freshness(root: Option<&Path>, id: u64, origin: Option<&Origin>) -> Freshness {
+async fn freshness(root: Option<&Path>, exists: bool, id: u64, origin: Option<&Origin>) -> Freshness {
     let (Some(root), Some(origin)) = (root, origin) else {
-        return match root.and_then(|r| cgroup::find_by_id(r, id)) {
-            Some(_) => Freshness::Current,
-            None => Freshness::Gone,
-        };
+        return if exists { Freshness::Current } else { Freshness::Gone };
     };
     match current_id(root, origin).await {
         Ok(Some(now)) if now == id => Freshness::Current,
@@ -196,6 +193,8 @@ pub async fn status_data() -> Result<Status> {
     status.monitor = Some(st.config()?.monitor_pid).filter(|&p| p != 0);
     status.counters = st.counters()?.into_iter().map(|(c, v)| (c.name(), v)).collect();
     let root = Mounts::read()?.cgroup2;
+    // One walk of the cgroup tree, however many rules there are.
+    let paths = root.as_deref().map(cgroup::index).unwrap_or_default();
     for (key, rule) in st.entries()? {
         let action = Action::from_code(rule.action);
         let mut r = RuleStatus {
@@ -211,12 +210,12 @@ pub async fn status_data() -> Result<Status> {
             Key::Cgroup(id) => {
                 let origin = st.origin(id);
                 r.key = id.into();
-                r.target = root.as_deref().and_then(|rt| cgroup::find_by_id(rt, id)).map(|p| p.display().to_string());
+                r.target = paths.get(&id).map(|p| p.display().to_string());
                 r.origin = origin.as_ref().map(|o| {
                     let (kind, text) = targets::describe_origin(o);
                     serde_json::json!({ "kind": kind, "text": text })
                 });
-                r.freshness = Some(freshness(root.as_deref(), id, origin.as_ref()).await);
+                r.freshness = Some(freshness(root.as_deref(), r.target.is_some(), id, origin.as_ref()).await);
             }
             Key::Pid(pid) => {
                 r.key = pid.into();
