@@ -48,9 +48,16 @@ pub const EVENTS_BYTES: u32 = 256 * 1024;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
     pub action: u32,
-    pub _pad: u32,
+    /// Who made the rule ([`OWNER_CLI`], [`OWNER_AGENT`]); the kernel program ignores it. The agent
+    /// only ever removes rules it owns, so it and the CLI can share the tables.
+    pub owner: u32,
     pub hits: u64,
 }
+
+/// [`Rule::owner`]: made by a CLI command (`enable`, `exclude`, `run`).
+pub const OWNER_CLI: u32 = 0;
+/// [`Rule::owner`]: made by `mptcpify agent` from its policy or from Kubernetes pods.
+pub const OWNER_AGENT: u32 = 1;
 
 /// [`Rule::action`]: upgrade sockets of the matched process, user, command or cgroup.
 pub const ACTION_ENABLE: u32 = 1;
@@ -66,7 +73,8 @@ pub struct Config {
     pub pid_rules: u32,
     pub comm_rules: u32,
     pub uid_rules: u32,
-    /// Non-zero: every process is selected (`enable --all`), exclusions still apply.
+    /// Non-zero: every process is selected (`enable --all`), exclusions still apply. The value is
+    /// 1 + the owner ([`OWNER_CLI`], [`OWNER_AGENT`]) of the switch.
     pub all: u32,
     /// Number of exclusion rules; 0 lets the first enable match decide at once.
     pub exclusions: u32,
@@ -172,6 +180,8 @@ pub const ORIGIN_TEXT_LEN: usize = 504;
 pub const ORIGIN_PATH: u32 = 1;
 pub const ORIGIN_UNIT: u32 = 2;
 pub const ORIGIN_RUN: u32 = 3;
+/// A Kubernetes pod: `text` is `namespace/name`.
+pub const ORIGIN_POD: u32 = 4;
 
 impl Default for Origin {
     fn default() -> Self {

@@ -76,6 +76,30 @@ pub enum Command {
     /// Check that this kernel accepts the program: load and attach it, then detach at once.
     /// Changes nothing; exit status 0 when it works.
     Probe,
+    /// Keep the rules equal to a policy file (and, with --kubernetes, to this node's selected pods),
+    /// reconciling whenever the file, the cgroup tree or the pods change. Serves Prometheus metrics,
+    /// /healthz and /readyz. On exit the program and rules stay pinned unless --cleanup-on-exit.
+    Agent {
+        /// The policy (TOML): [enable] and [exclude] with cgroups, units, comms, uids, all.
+        #[arg(long, value_name = "FILE", default_value = "/etc/mptcpify/policy.toml")]
+        config: PathBuf,
+        /// Where to serve /metrics, /healthz and /readyz (loopback only by default).
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+        metrics_addr: std::net::SocketAddr,
+        /// On SIGTERM/SIGINT remove the agent's rules (and the program if no CLI rule is left).
+        #[arg(long)]
+        cleanup_on_exit: bool,
+        /// Also enable the pods of this node selected by the annotation or namespace label
+        /// mptcpify.io/enabled=true (API access: in-cluster service account or KUBECONFIG).
+        #[arg(long)]
+        kubernetes: bool,
+        /// This node's name (default: $NODE_NAME, which the DaemonSet sets from spec.nodeName).
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
+        /// Log level of the kernel program, if the agent is the one that loads it.
+        #[arg(long, value_enum, default_value_t = LogLevel::Off)]
+        log_level: LogLevel,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Write the man pages (mptcpify.1 and one per subcommand) into DIR.
@@ -176,6 +200,18 @@ mod tests {
         assert_eq!(user.as_deref(), Some("alice"));
         assert_eq!(command, ["curl", "-v", "--x"]);
         assert!(parse(&["run"]).is_err());
+    }
+
+    #[test]
+    fn agent_defaults_to_loopback_metrics_and_keeps_pins() {
+        let Command::Agent { config, metrics_addr, cleanup_on_exit, kubernetes, .. } = parse(&["agent"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(config, PathBuf::from("/etc/mptcpify/policy.toml"));
+        assert!(metrics_addr.ip().is_loopback());
+        assert!(!cleanup_on_exit && !kubernetes);
+        assert!(parse(&["agent", "--metrics-addr", "localhost"]).is_err(), "an address needs a port");
     }
 
     #[test]

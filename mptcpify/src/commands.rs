@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context as _, Result, bail};
-use mptcpify_common::{ORIGIN_PATH, ORIGIN_RUN, ORIGIN_UNIT, Origin};
+use mptcpify_common::{ORIGIN_PATH, ORIGIN_POD, ORIGIN_RUN, ORIGIN_UNIT, Origin};
 use serde::Serialize;
 
 use crate::{
@@ -125,6 +125,8 @@ async fn current_id(root: &Path, origin: &Origin) -> Result<Option<u64>> {
 }
 
 async fn freshness(root: Option<&Path>, exists: bool, id: u64, origin: Option<&Origin>) -> Freshness {
+    // A pod's cgroup is found from the Kubernetes API, which only the agent watches.
+    let origin = origin.filter(|o| o.kind != ORIGIN_POD);
     let (Some(root), Some(origin)) = (root, origin) else {
         return if exists { Freshness::Current } else { Freshness::Gone };
     };
@@ -298,6 +300,9 @@ pub async fn sync() -> Result<()> {
         for (key, rule) in st.entries()? {
             let Key::Cgroup(id) = key else { continue };
             let Some(origin) = st.origin(id) else { continue };
+            if origin.kind == ORIGIN_POD {
+                continue;
+            }
             let now = current_id(&root, &origin).await?;
             planned.push((id, rule, origin, now));
         }

@@ -4,6 +4,7 @@
 //! SOCK_STREAM, 0|IPPROTO_TCP)` into `IPPROTO_MPTCP` for processes selected by cgroup or PID.
 //! This crate loads it ([`loader`], with the raw calls in [`sys`]), keeps its pinned state
 //! ([`state`]) and edits the rules ([`rules`]) for the CLI in `main.rs`.
+pub mod agent;
 pub mod cgroup;
 pub mod checks;
 pub mod cli;

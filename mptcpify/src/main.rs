@@ -1,7 +1,7 @@
 use clap::{CommandFactory as _, Parser as _};
 use mptcpify::{
     cli::{Cli, Command},
-    commands, doctor, monitor,
+    agent, commands, doctor, monitor,
     rules::Action,
     run,
 };
@@ -39,6 +39,18 @@ async fn dispatch(command: &Command) -> anyhow::Result<i32> {
         Command::Reset => commands::reset().map(|()| 0),
         Command::Logs => commands::logs().await.map(|()| 0),
         Command::Probe => commands::probe().map(|()| 0),
+        Command::Agent { config, metrics_addr, cleanup_on_exit, kubernetes, node_name, log_level } => {
+            let node_name = node_name.clone().or_else(|| std::env::var("NODE_NAME").ok());
+            let opts = agent::Options {
+                config: config.clone(),
+                metrics_addr: *metrics_addr,
+                cleanup_on_exit: *cleanup_on_exit,
+                kubernetes: *kubernetes,
+                node_name,
+                log_level: *log_level,
+            };
+            agent::run(opts).await.map(|()| 0)
+        }
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "mptcpify", &mut std::io::stdout());
             Ok(0)

@@ -185,7 +185,10 @@ impl RuleStore for State {
             Key::Pid(p) => get(&self.pids, p),
             Key::Comm(c) => get(&self.comms, c),
             Key::Uid(u) => get(&self.uids, u),
-            Key::All => Ok((self.config()?.all != 0).then(Rule::default)),
+            Key::All => {
+                let all = self.config()?.all;
+                Ok((all != 0).then(|| Rule { owner: all - 1, ..Default::default() }))
+            }
         }
     }
 
@@ -197,7 +200,7 @@ impl RuleStore for State {
             Key::Uid(u) => insert(&mut self.uids, u, rule, "uid")?,
             Key::All => {
                 let mut config = self.config()?;
-                config.all = 1;
+                config.all = 1 + rule.owner;
                 return self.set_config(config);
             }
         }
@@ -235,7 +238,8 @@ impl RuleStore for State {
         all.extend(entries(&self.uids)?.into_iter().map(|(k, r)| (Key::Uid(k), r)));
         if self.config()?.all != 0 {
             let hits = self.counters.get(&(Counter::UpgradedByAll as u32), 0)?.iter().sum();
-            all.push((Key::All, Rule { action: mptcpify_common::ACTION_ENABLE, _pad: 0, hits }));
+            let owner = self.config()?.all - 1;
+            all.push((Key::All, Rule { action: mptcpify_common::ACTION_ENABLE, owner, hits }));
         }
         all.sort_by_key(|(k, _)| *k);
         Ok(all)

@@ -58,8 +58,66 @@ pub async fn unit_cgroup(unit: &str) -> Result<Option<String>> {
     Ok(Some(cgroup).filter(|c| !c.is_empty()))
 }
 
+/// The cgroup `unit` has when running, or, when it is not, the one it will get: its slice's
+/// cgroup plus its name (how systemd lays out the tree). `None` if systemd knows no such unit.
+/// The agent watches that path, so a unit that (re)starts later is covered as it appears.
+pub async fn unit_cgroup_expected(unit: &str) -> Result<Option<String>> {
+    if let Some(running) = unit_cgroup(unit).await? {
+        return Ok(Some(running));
+    }
+    let iface = interface_of(unit)?;
+    let conn = Connection::system().await.context("connecting to the system D-Bus (is systemd running?)")?;
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.systemd1"),
+            "/org/freedesktop/systemd1",
+            Some("org.freedesktop.systemd1.Manager"),
+            "LoadUnit",
+            &(unit,),
+        )
+        .await
+        .map_err(|e| anyhow!("asking systemd to load {unit}: {e}"))?;
+    let path: OwnedObjectPath = reply.body().deserialize()?;
+    let props = PropertiesProxy::builder(&conn).destination("org.freedesktop.systemd1")?.path(path)?.build().await?;
+    let load_state = String::try_from(
+        props.get(InterfaceName::from_static_str("org.freedesktop.systemd1.Unit")?, "LoadState").await?,
+    )?;
+    if load_state == "not-found" {
+        return Ok(None);
+    }
+    if iface == "org.freedesktop.systemd1.Slice" {
+        return Ok(Some(slice_path(unit)));
+    }
+    let slice = String::try_from(props.get(InterfaceName::from_static_str(iface)?, "Slice").await?)?;
+    let slice = if slice.is_empty() { "-.slice".to_owned() } else { slice };
+    Ok(Some(format!("{}/{unit}", slice_path(&slice).trim_end_matches('/'))))
+}
+
+/// Where systemd puts a slice: `a-b.slice` is `/a.slice/a-b.slice`, `-.slice` is the root.
+fn slice_path(slice: &str) -> String {
+    let Some(stem) = slice.strip_suffix(".slice").filter(|s| *s != "-") else { return "/".into() };
+    let mut path = String::new();
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push_str(&format!("/{prefix}.slice"));
+    }
+    path
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn slices_nest_by_their_dashes() {
+        assert_eq!(slice_path("system.slice"), "/system.slice");
+        assert_eq!(slice_path("user-1000.slice"), "/user.slice/user-1000.slice");
+        assert_eq!(slice_path("a-b-c.slice"), "/a.slice/a-b.slice/a-b-c.slice");
+        assert_eq!(slice_path("-.slice"), "/");
+    }
+
     use super::*;
 
     #[test]

@@ -1,6 +1,6 @@
 //! CLI selectors resolved against the live system into rule keys, before anything changes.
 use anyhow::{Context as _, Result, bail};
-use mptcpify_common::{ORIGIN_PATH, ORIGIN_RUN, ORIGIN_TEXT_LEN, ORIGIN_UNIT, Origin};
+use mptcpify_common::{ORIGIN_PATH, ORIGIN_POD, ORIGIN_RUN, ORIGIN_TEXT_LEN, ORIGIN_UNIT, Origin};
 
 use crate::{cgroup, cli::Targets, mounts::Mounts, process, rules::Key, systemd};
 
@@ -28,6 +28,7 @@ pub fn describe_origin(o: &Origin) -> (&'static str, String) {
         ORIGIN_PATH => "path",
         ORIGIN_UNIT => "unit",
         ORIGIN_RUN => "run",
+        ORIGIN_POD => "pod",
         _ => "unknown",
     };
     (kind, text)

@@ -1,0 +1,187 @@
+//! The policy and the selected pods resolved against the live system into the rules the agent
+//! wants, and the cgroup directories to watch so that a path appearing later is noticed.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use mptcpify_common::{ORIGIN_PATH, ORIGIN_POD, ORIGIN_UNIT};
+
+use super::{
+    kubernetes::pods::{PodInfo, cgroup_paths},
+    policy::{CgroupDriver, Policy, Selector},
+    reconcile::Desired,
+};
+use crate::{cgroup, rules::Action, systemd, targets};
+
+/// A selected pod and the cgroup it was found in (`None`: not created yet).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodCoverage {
+    pub namespace: String,
+    pub name: String,
+    pub cgroup: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Resolved {
+    pub desired: Vec<Desired>,
+    /// Every existing ancestor directory of every wanted cgroup path.
+    pub watch_dirs: BTreeSet<PathBuf>,
+    /// Wanted cgroups that do not exist yet.
+    pub pending: Vec<String>,
+    /// What could not be resolved this round (e.g. systemd unreachable): while any is set, the
+    /// agent removes none of its rules, so a transient failure never drops coverage.
+    pub errors: Vec<String>,
+    pub pods: Vec<PodCoverage>,
+}
+
+/// Existing directories from `root` down to the parent of `relative`.
+fn ancestors(root: &Path, relative: &str) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = relative.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
+    for part in parts.iter().take(parts.len().saturating_sub(1)) {
+        dir.push(part);
+        if !dir.is_dir() {
+            break;
+        }
+        out.push(dir.clone());
+    }
+    out
+}
+
+impl Resolved {
+    /// Resolves one cgroup path; returns its id when it exists.
+    fn path(&mut self, root: &Path, relative: &str, action: Action, origin: (u32, &str), label: &str) -> Option<u64> {
+        self.watch_dirs.extend(ancestors(root, relative));
+        match cgroup::resolve(root, relative.trim_start_matches('/')) {
+            Ok(cg) => match targets::origin(origin.0, origin.1) {
+                Ok(o) => {
+                    self.desired.push(Desired {
+                        key: crate::rules::Key::Cgroup(cg.id),
+                        action,
+                        origin: Some(o),
+                        label: format!("{label}: cgroup {} (id {})", cg.relative, cg.id),
+                    });
+                    Some(cg.id)
+                }
+                Err(e) => {
+                    self.errors.push(format!("{label}: {e:#}"));
+                    None
+                }
+            },
+            Err(_) => {
+                self.pending.push(format!("{label}: {relative}"));
+                None
+            }
+        }
+    }
+}
+
+/// Resolves `policy` and the selected `pods` (already filtered) under the cgroup2 mount `root`.
+pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved {
+    let mut r = Resolved::default();
+    for w in &policy.wanted {
+        match &w.selector {
+            Selector::Cgroup(path) => {
+                r.path(root, path, w.action, (ORIGIN_PATH, path), &format!("cgroup {path}"));
+            }
+            Selector::Unit(unit) => match systemd::unit_cgroup_expected(unit).await {
+                Ok(Some(path)) => {
+                    r.path(root, &path, w.action, (ORIGIN_UNIT, unit), &format!("unit {unit}"));
+                }
+                Ok(None) => r.pending.push(format!("unit {unit}: systemd has no such unit")),
+                Err(e) => r.errors.push(format!("unit {unit}: {e:#}")),
+            },
+            Selector::Key(key) => {
+                r.desired.push(Desired { key: *key, action: w.action, origin: None, label: key.to_string() })
+            }
+        }
+    }
+    let driver = match policy.cgroup_driver {
+        CgroupDriver::Auto if root.join("kubepods.slice").is_dir() => CgroupDriver::Systemd,
+        CgroupDriver::Auto if root.join("kubepods").is_dir() => CgroupDriver::Cgroupfs,
+        d => d,
+    };
+    for pod in pods {
+        let label = format!("pod {}", pod.label());
+        let mut cgroup = None;
+        for path in cgroup_paths(&pod.cgroup_uid, pod.qos, driver) {
+            if cgroup.is_none() {
+                // Only the first existing candidate counts; the rest are still watched.
+                let before = r.pending.len();
+                cgroup = r.path(root, &path, Action::Enable, (ORIGIN_POD, &pod.label()), &label);
+                if cgroup.is_none() {
+                    r.pending.truncate(before);
+                }
+            } else {
+                r.watch_dirs.extend(ancestors(root, &path));
+            }
+        }
+        if cgroup.is_none() {
+            r.pending.push(format!("{label}: its cgroup does not exist yet"));
+        }
+        r.pods.push(PodCoverage { namespace: pod.namespace.clone(), name: pod.name.clone(), cgroup });
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{agent::kubernetes::pods::Qos, rules::Key};
+
+    fn mkcg(root: &Path, rel: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        let p = root.join(rel.trim_start_matches('/'));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("cgroup.procs"), "").unwrap();
+        std::fs::metadata(&p).unwrap().ino()
+    }
+
+    #[tokio::test]
+    async fn paths_resolve_or_wait_with_their_ancestors_watched() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("cgroup.procs"), "").unwrap();
+        let id = mkcg(t.path(), "/a.slice/b.service");
+        let policy = Policy::parse(
+            "[enable]\ncgroups = [\"a.slice/b.service\", \"a.slice/later.service\", \"x/y/z\"]\ncomms = [\"curl\"]\n",
+            "p",
+            &|_| None,
+        )
+        .unwrap();
+        let r = resolve(&policy, &[], t.path()).await;
+        assert_eq!(r.desired.len(), 2, "{r:?}");
+        assert_eq!(r.desired[0].key, Key::Cgroup(id));
+        assert_eq!(r.desired[1].key, Key::comm("curl").unwrap());
+        assert_eq!(r.pending.len(), 2);
+        let want: BTreeSet<PathBuf> = [t.path().to_path_buf(), t.path().join("a.slice")].into();
+        assert_eq!(r.watch_dirs, want, "x does not exist, so only the root watches for it");
+        assert!(r.errors.is_empty());
+    }
+
+    #[tokio::test]
+    async fn pods_find_their_cgroup_under_the_driver_in_use() {
+        let t = tempfile::tempdir().unwrap();
+        let uid = "11111111-2222-3333-4444-555555555555";
+        let id = mkcg(t.path(), "/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555");
+        let pod = |qos| PodInfo {
+            namespace: "ns".into(),
+            name: "p".into(),
+            cgroup_uid: uid.into(),
+            qos,
+            annotation: None,
+            finished: false,
+        };
+        let r = resolve(&Policy::default(), &[pod(Qos::BestEffort)], t.path()).await;
+        assert_eq!(r.pods, [PodCoverage { namespace: "ns".into(), name: "p".into(), cgroup: Some(id) }]);
+        assert_eq!(r.desired[0].key, Key::Cgroup(id));
+        assert!(r.desired[0].label.starts_with("pod ns/p"), "{}", r.desired[0].label);
+        // A pod whose cgroup is not there yet waits, watched where it will appear.
+        let r = resolve(&Policy::default(), &[pod(Qos::Burstable)], t.path()).await;
+        assert_eq!(r.pods[0].cgroup, None);
+        assert!(r.desired.is_empty());
+        assert!(r.watch_dirs.contains(&t.path().join("kubepods")), "{:?}", r.watch_dirs);
+        assert_eq!(r.pending.len(), 1, "{:?}", r.pending);
+    }
+}

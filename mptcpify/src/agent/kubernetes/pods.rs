@@ -1,0 +1,234 @@
+//! Which pods are selected and where kubelet puts their cgroups. Pure: pods arrive already
+//! reduced to [`PodInfo`], so every rule here is unit-tested without a cluster.
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Pod;
+
+use crate::agent::policy::CgroupDriver;
+
+/// The annotation (on a pod) and label (on a namespace) that select pods.
+pub const SELECT_KEY: &str = "mptcpify.io/enabled";
+/// Set by kubelet on the API's copy of a static pod: the UID its cgroup is named after.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// A pod's QoS class, which decides its cgroup's parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+/// What the agent needs of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    /// The UID its cgroup is named after (the mirror UID for static pods).
+    pub cgroup_uid: String,
+    pub qos: Qos,
+    /// Value of the `mptcpify.io/enabled` annotation.
+    pub annotation: Option<String>,
+    /// Succeeded or Failed: its containers are gone, and so is its cgroup.
+    pub finished: bool,
+}
+
+impl PodInfo {
+    pub fn from_pod(pod: &Pod) -> Option<Self> {
+        let meta = &pod.metadata;
+        let annotations = meta.annotations.as_ref();
+        let uid = annotations.and_then(|a| a.get(MIRROR_ANNOTATION)).or(meta.uid.as_ref())?.clone();
+        let status = pod.status.as_ref();
+        let qos = match status.and_then(|s| s.qos_class.as_deref()) {
+            Some("Guaranteed") => Qos::Guaranteed,
+            Some("BestEffort") => Qos::BestEffort,
+            Some("Burstable") => Qos::Burstable,
+            _ => qos_from_spec(pod),
+        };
+        Some(Self {
+            namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: meta.name.clone().unwrap_or_default(),
+            cgroup_uid: uid,
+            qos,
+            annotation: annotations.and_then(|a| a.get(SELECT_KEY)).cloned(),
+            finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
+        })
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// kubelet's QoS rule, for a pod whose status does not say yet: every container with equal
+/// CPU and memory requests and limits is Guaranteed, none with any is BestEffort.
+fn qos_from_spec(pod: &Pod) -> Qos {
+    let Some(spec) = &pod.spec else { return Qos::BestEffort };
+    let containers: Vec<_> = spec.containers.iter().chain(spec.init_containers.iter().flatten()).collect();
+    let mut any = false;
+    let mut all_guaranteed = true;
+    for c in &containers {
+        let res = c.resources.as_ref();
+        let limits = res.and_then(|r| r.limits.as_ref());
+        let requests = res.and_then(|r| r.requests.as_ref());
+        any |= limits.is_some_and(|l| !l.is_empty()) || requests.is_some_and(|r| !r.is_empty());
+        for resource in ["cpu", "memory"] {
+            let limit = limits.and_then(|l| l.get(resource));
+            // A request left out defaults to the limit.
+            let request = requests.and_then(|r| r.get(resource)).or(limit);
+            if limit.is_none() || request != limit {
+                all_guaranteed = false;
+            }
+        }
+    }
+    match (any, all_guaranteed) {
+        (false, _) => Qos::BestEffort,
+        (true, true) => Qos::Guaranteed,
+        (true, false) => Qos::Burstable,
+    }
+}
+
+/// Whether a pod gets MPTCP: its annotation says so, or its namespace's label does and the pod
+/// does not opt out.
+pub fn selected(pod: &PodInfo, namespace_labels: &BTreeMap<String, Option<String>>) -> bool {
+    if pod.finished {
+        return false;
+    }
+    match pod.annotation.as_deref() {
+        Some("true") => true,
+        Some("false") => false,
+        _ => namespace_labels.get(&pod.namespace).is_some_and(|l| l.as_deref() == Some("true")),
+    }
+}
+
+/// The pod's cgroup relative to the cgroup2 root, as kubelet names it for `driver` (systemd
+/// escapes the UID's `-` as `_`); `Auto` gives both candidates, systemd first.
+pub fn cgroup_paths(uid: &str, qos: Qos, driver: CgroupDriver) -> Vec<String> {
+    let systemd = || {
+        let uid = uid.replace('-', "_");
+        match qos {
+            Qos::Guaranteed => format!("/kubepods.slice/kubepods-pod{uid}.slice"),
+            Qos::Burstable => format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice"),
+            Qos::BestEffort => format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice"),
+        }
+    };
+    let cgroupfs = || {
+        let uid = uid.replace('_', "-");
+        match qos {
+            Qos::Guaranteed => format!("/kubepods/pod{uid}"),
+            Qos::Burstable => format!("/kubepods/burstable/pod{uid}"),
+            Qos::BestEffort => format!("/kubepods/besteffort/pod{uid}"),
+        }
+    };
+    match driver {
+        CgroupDriver::Systemd => vec![systemd()],
+        CgroupDriver::Cgroupfs => vec![cgroupfs()],
+        CgroupDriver::Auto => vec![systemd(), cgroupfs()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{
+        api::core::v1::{Container, PodSpec, PodStatus, ResourceRequirements},
+        apimachinery::pkg::api::resource::Quantity,
+    };
+
+    use super::*;
+
+    const UID: &str = "0f9e8a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b";
+
+    fn info(annotation: Option<&str>, ns: &str) -> PodInfo {
+        PodInfo {
+            namespace: ns.into(),
+            name: "web".into(),
+            cgroup_uid: UID.into(),
+            qos: Qos::Burstable,
+            annotation: annotation.map(Into::into),
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn selection_by_annotation_and_namespace_label() {
+        let ns: BTreeMap<_, _> =
+            [("on".to_owned(), Some("true".to_owned())), ("off".to_owned(), None), ("other".to_owned(), Some("yes".to_owned()))]
+                .into();
+        assert!(selected(&info(Some("true"), "off"), &ns), "annotation alone selects");
+        assert!(selected(&info(None, "on"), &ns), "namespace label selects");
+        assert!(!selected(&info(Some("false"), "on"), &ns), "annotation false opts out");
+        assert!(!selected(&info(None, "off"), &ns));
+        assert!(!selected(&info(None, "other"), &ns), "only the value true selects");
+        assert!(!selected(&info(None, "unknown-namespace"), &ns));
+        assert!(selected(&info(Some("maybe"), "on"), &ns), "other annotation values defer to the namespace");
+        let mut done = info(Some("true"), "on");
+        done.finished = true;
+        assert!(!selected(&done, &ns), "finished pods have no cgroup");
+    }
+
+    #[test]
+    fn cgroup_paths_for_both_drivers_and_all_qos_classes() {
+        let u = "0f9e8a4c_1b2d_4e5f_8a9b_0c1d2e3f4a5b";
+        let cases = [
+            (Qos::Guaranteed, CgroupDriver::Systemd, format!("/kubepods.slice/kubepods-pod{u}.slice")),
+            (Qos::Burstable, CgroupDriver::Systemd, format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice")),
+            (Qos::BestEffort, CgroupDriver::Systemd, format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice")),
+            (Qos::Guaranteed, CgroupDriver::Cgroupfs, format!("/kubepods/pod{UID}")),
+            (Qos::Burstable, CgroupDriver::Cgroupfs, format!("/kubepods/burstable/pod{UID}")),
+            (Qos::BestEffort, CgroupDriver::Cgroupfs, format!("/kubepods/besteffort/pod{UID}")),
+        ];
+        for (qos, driver, want) in cases {
+            assert_eq!(cgroup_paths(UID, qos, driver), [want.clone()], "{qos:?} {driver:?}");
+            // A UID already written with underscores names the same cgroup.
+            assert_eq!(cgroup_paths(u, qos, driver), [want], "{qos:?} {driver:?} from _");
+        }
+        assert_eq!(cgroup_paths(UID, Qos::Burstable, CgroupDriver::Auto).len(), 2);
+    }
+
+    fn pod(qos_class: Option<&str>, containers: Vec<Container>) -> Pod {
+        let mut p = Pod::default();
+        p.metadata.name = Some("web".into());
+        p.metadata.namespace = Some("shop".into());
+        p.metadata.uid = Some(UID.into());
+        p.spec = Some(PodSpec { containers, ..Default::default() });
+        p.status = Some(PodStatus { qos_class: qos_class.map(Into::into), phase: Some("Running".into()), ..Default::default() });
+        p
+    }
+
+    fn container(requests: &[(&str, &str)], limits: &[(&str, &str)]) -> Container {
+        let q = |kv: &[(&str, &str)]| {
+            (!kv.is_empty()).then(|| kv.iter().map(|(k, v)| (k.to_string(), Quantity(v.to_string()))).collect())
+        };
+        Container {
+            name: "c".into(),
+            resources: Some(ResourceRequirements { requests: q(requests), limits: q(limits), ..Default::default() }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn qos_from_status_or_from_resources() {
+        let both = [("cpu", "1"), ("memory", "1Gi")];
+        assert_eq!(PodInfo::from_pod(&pod(Some("BestEffort"), vec![container(&[], &both)])).unwrap().qos, Qos::BestEffort);
+        assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&[], &both)])).unwrap().qos, Qos::Guaranteed);
+        assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&both, &both)])).unwrap().qos, Qos::Guaranteed);
+        assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&[("cpu", "1")], &[])])).unwrap().qos, Qos::Burstable);
+        assert_eq!(
+            PodInfo::from_pod(&pod(None, vec![container(&[], &both), container(&[], &[])])).unwrap().qos,
+            Qos::Burstable
+        );
+        assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&[], &[])])).unwrap().qos, Qos::BestEffort);
+    }
+
+    #[test]
+    fn static_pods_use_the_mirror_uid_and_finished_pods_are_marked() {
+        let mut p = pod(Some("Burstable"), vec![]);
+        p.metadata.annotations = Some([(MIRROR_ANNOTATION.to_owned(), "abc123".to_owned()), (SELECT_KEY.to_owned(), "true".to_owned())].into());
+        let i = PodInfo::from_pod(&p).unwrap();
+        assert_eq!(i.cgroup_uid, "abc123");
+        assert_eq!(i.annotation.as_deref(), Some("true"));
+        assert_eq!(i.label(), "shop/web");
+        p.status.as_mut().unwrap().phase = Some("Succeeded".into());
+        assert!(PodInfo::from_pod(&p).unwrap().finished);
+    }
+}

@@ -1,0 +1,314 @@
+//! `mptcpify agent`: keeps the kernel's rules equal to a declarative policy (and, with
+//! `--kubernetes`, to the selected pods of this node), reconciling at start, when the policy file
+//! changes, when watched cgroups appear or vanish and when pods change. It adopts what is loaded
+//! (never detaches to start), and on SIGTERM leaves program and rules pinned so sockets keep being
+//! upgraded across restarts and upgrades.
+pub mod desired;
+pub mod kubernetes;
+pub mod metrics;
+pub mod policy;
+pub mod reconcile;
+mod watches;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use mptcpify_common::{OWNER_AGENT, Rule};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+    time::Instant,
+};
+
+use self::{
+    kubernetes::{pods, watch::Cluster},
+    metrics::{Health, SharedHealth},
+    policy::Policy,
+    reconcile::{Actual, Plan},
+    watches::Watches,
+};
+use crate::{
+    checks,
+    loader::{self, LogLevel},
+    mounts::Mounts,
+    rules::{Action, Key, RuleStore as _},
+    state::{self, State},
+};
+
+/// Changes that arrive within this window are reconciled together.
+const SETTLE: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub config: PathBuf,
+    pub metrics_addr: SocketAddr,
+    pub cleanup_on_exit: bool,
+    pub kubernetes: bool,
+    pub node_name: Option<String>,
+    pub log_level: LogLevel,
+}
+
+fn read_policy(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| {
+        format!("reading the policy file {} (create it; an empty file means no rules)", path.display())
+    })
+}
+
+struct Agent {
+    opts: Options,
+    root: PathBuf,
+    policy: Policy,
+    /// The file's text as last read, valid or not, so a bad file is reported once.
+    seen_text: String,
+    cluster: Option<kubernetes::watch::Shared>,
+    health: SharedHealth,
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    checks::require_privileges()?;
+    let mounts = Mounts::read()?;
+    mounts.require_bpffs()?;
+    let root = mounts.cgroup2_root()?;
+    let text = read_policy(&opts.config)?;
+    let policy = Policy::parse(&text, &opts.config.display().to_string(), &policy::system_users)?;
+    let node = match (opts.kubernetes, &opts.node_name) {
+        (false, _) => None,
+        (true, Some(n)) if !n.is_empty() => Some(n.clone()),
+        (true, _) => bail!(
+            "--kubernetes needs this node's name: set NODE_NAME (the DaemonSet sets it from spec.nodeName) or give --node-name"
+        ),
+    };
+    let client = match &node {
+        Some(_) => Some(kubernetes::watch::client().await?),
+        None => None,
+    };
+    let health: SharedHealth = Arc::new(Mutex::new(Health {
+        policy_valid: true,
+        kubernetes_synced: node.as_ref().map(|_| false),
+        not_ready_reason: "starting".into(),
+        ..Default::default()
+    }));
+    // Bind before loading anything: a taken port must not leave a half-started agent behind.
+    let bound = metrics::serve(opts.metrics_addr, health.clone()).await?;
+    log::info!("metrics, /healthz and /readyz on http://{bound}");
+    let mut watches = Watches::new(&opts.config)?;
+    attach(opts.log_level)?;
+    health.lock().expect("health lock").attached = true;
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cluster = node.map(|node| {
+        let shared: kubernetes::watch::Shared = Arc::new(Mutex::new(Cluster::default()));
+        log::info!("watching the pods of node {node} and the namespaces' {} label", pods::SELECT_KEY);
+        tokio::spawn(kubernetes::watch::run(client.expect("client made with the node"), node, shared.clone(), tx.clone()));
+        shared
+    });
+    let mut agent = Agent { opts, root, policy, seen_text: text, cluster, health };
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut due = Some(Instant::now());
+    loop {
+        let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            Some(event) = watches.next() => {
+                watches.note(&event);
+                due.get_or_insert(Instant::now() + SETTLE);
+            }
+            Some(()) = rx.recv() => { due.get_or_insert(Instant::now() + SETTLE); }
+            _ = tokio::time::sleep_until(wake), if due.is_some() => {
+                due = None;
+                // New watches may have missed what appeared before they were added: look again.
+                if agent.reconcile(&mut watches).await {
+                    due = Some(Instant::now());
+                }
+            }
+        }
+    }
+    if agent.opts.cleanup_on_exit {
+        cleanup()?;
+    } else {
+        log::info!("exiting; the program and rules stay pinned (`mptcpify reset` or --cleanup-on-exit removes them)");
+    }
+    Ok(())
+}
+
+/// Loads and pins the program unless it is already attached, which is adopted as it is.
+fn attach(log_level: LogLevel) -> Result<()> {
+    let _lock = state::Lock::take()?;
+    if state::is_loaded() {
+        let ids = State::link_ids()?;
+        log::info!("adopting the attached program (link {}, program {})", ids.link_id, ids.program_id);
+    } else {
+        loader::load_and_pin(log_level)?;
+        let ids = State::link_ids()?;
+        log::info!("loaded and attached the program (link {}, program {})", ids.link_id, ids.program_id);
+    }
+    Ok(())
+}
+
+/// `--cleanup-on-exit`: removes the agent's rules, and the program too if no CLI rule is left.
+fn cleanup() -> Result<()> {
+    let _lock = state::Lock::take()?;
+    if !state::is_loaded() {
+        return Ok(());
+    }
+    let mut st = State::open()?;
+    let entries = st.entries()?;
+    let mine: Vec<Key> = entries.iter().filter(|(_, r)| r.owner == OWNER_AGENT).map(|(k, _)| *k).collect();
+    for k in &mine {
+        st.remove(k)?;
+    }
+    if entries.len() == mine.len() {
+        state::remove_all()?;
+        log::info!("cleanup: removed {} rule(s) and detached the program", mine.len());
+    } else {
+        log::info!("cleanup: removed {} rule(s); CLI rules remain, so the program stays attached", mine.len());
+    }
+    Ok(())
+}
+
+impl Agent {
+    /// Re-reads the policy if its file changed; an invalid file keeps the running policy.
+    fn refresh_policy(&mut self) -> bool {
+        let path = &self.opts.config;
+        let text = match read_policy(path) {
+            Ok(t) => t,
+            Err(e) => {
+                if !self.seen_text.is_empty() || self.health.lock().expect("health lock").policy_valid {
+                    log::error!("{e:#}; the running policy stays in force");
+                }
+                self.seen_text.clear();
+                return false;
+            }
+        };
+        if text == self.seen_text {
+            return self.health.lock().expect("health lock").policy_valid;
+        }
+        self.seen_text = text;
+        match Policy::parse(&self.seen_text, &path.display().to_string(), &policy::system_users) {
+            Ok(p) => {
+                if p != self.policy {
+                    log::info!("policy {} changed: {} selector(s)", path.display(), p.wanted.len());
+                }
+                self.policy = p;
+                true
+            }
+            Err(e) => {
+                log::error!("rejected policy: {e}; the running policy stays in force");
+                false
+            }
+        }
+    }
+
+    /// One reconciliation; returns whether it added watches (so another pass should follow).
+    async fn reconcile(&mut self, watches: &mut Watches) -> bool {
+        let valid = self.refresh_policy();
+        let (selected, synced) = match &self.cluster {
+            None => (Vec::new(), true),
+            Some(c) => {
+                let c = c.lock().expect("cluster lock");
+                let sel: Vec<pods::PodInfo> =
+                    c.pods.values().filter(|p| pods::selected(p, &c.namespaces)).cloned().collect();
+                (sel, c.synced())
+            }
+        };
+        let resolved = desired::resolve(&self.policy, &selected, &self.root).await;
+        let result = self.apply(&resolved, synced);
+        let added = watches.update(&resolved.watch_dirs);
+        let mut h = self.health.lock().expect("health lock");
+        h.reconcile_runs += 1;
+        h.policy_valid = valid;
+        h.pending = resolved.pending.len();
+        h.pods = resolved.pods;
+        if let Some(s) = h.kubernetes_synced.as_mut() {
+            *s = synced;
+        }
+        let mut failed = !valid || !resolved.errors.is_empty();
+        for e in &resolved.errors {
+            log::warn!("not resolved (no rule of the agent is removed until it is): {e}");
+        }
+        match result {
+            Ok(plan) => {
+                h.conflicts = plan.conflicts.len();
+                h.attached = true;
+                failed |= !plan.conflicts.is_empty();
+            }
+            Err(e) => {
+                log::error!("reconcile failed: {e:#}");
+                failed = true;
+            }
+        }
+        if failed {
+            h.reconcile_errors += 1;
+        }
+        h.ready = synced && h.attached;
+        h.not_ready_reason = if synced { String::new() } else { "waiting for the first list of pods and namespaces".into() };
+        added
+    }
+
+    /// Diffs and applies under the lock (re-loading the program if someone reset it).
+    fn apply(&self, resolved: &desired::Resolved, synced: bool) -> Result<Plan> {
+        let _lock = state::Lock::take()?;
+        if !state::is_loaded() {
+            log::warn!("the program is not attached (was `mptcpify reset` run?); loading it again");
+            loader::load_and_pin(self.opts.log_level)?;
+        }
+        let mut st = State::open()?;
+        let actual: Vec<Actual> = st
+            .entries()?
+            .into_iter()
+            .map(|(key, r)| Actual { key, action: Action::from_code(r.action), owner: r.owner })
+            .collect();
+        let mut plan = reconcile::plan(&resolved.desired, &actual);
+        for c in &plan.conflicts {
+            log::warn!("conflict: {c}");
+        }
+        if !resolved.errors.is_empty() || !synced {
+            plan.remove.clear();
+        }
+        let mut errors = Vec::new();
+        for key in &plan.replace {
+            if let Err(e) = st.remove(key) {
+                errors.push(format!("{key}: {e:#}"));
+            }
+        }
+        for d in &plan.add {
+            let added = st
+                .insert_new(&d.key, Rule { action: d.action.code(), owner: OWNER_AGENT, hits: 0 })
+                .and_then(|()| match (d.key, &d.origin) {
+                    (Key::Cgroup(id), Some(o)) => st.set_origin(id, *o).inspect_err(|_| {
+                        let _ = st.remove(&d.key);
+                    }),
+                    _ => Ok(()),
+                });
+            match added {
+                Ok(()) => log::info!("{}: {}", if d.action == Action::Enable { "enabled" } else { "excluded" }, d.label),
+                Err(e) => errors.push(format!("{}: {e:#}", d.label)),
+            }
+        }
+        for key in &plan.remove {
+            let what = match key {
+                Key::Cgroup(id) => st.origin(*id).map(|o| {
+                    let (kind, text) = crate::targets::describe_origin(&o);
+                    format!("{key} ({kind} {text})")
+                }),
+                _ => None,
+            }
+            .unwrap_or_else(|| key.to_string());
+            match st.remove(key) {
+                Ok(()) => log::info!("removed: {what}"),
+                Err(e) => errors.push(format!("{what}: {e:#}")),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(anyhow!("{}", errors.join("; ")));
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,181 @@
+//! Reconciliation as a pure diff: the rules the agent wants against the rules in the kernel. The
+//! agent only removes rules it owns; a CLI rule for the same key satisfies the policy as it is,
+//! and one with the opposite action is reported, never overwritten.
+use std::collections::BTreeMap;
+
+use mptcpify_common::{OWNER_AGENT, Origin};
+
+use crate::rules::{Action, Key};
+
+/// A rule the agent wants, resolved to its kernel key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub key: Key,
+    pub action: Action,
+    /// What a cgroup rule was made from (path, unit or pod), stored beside it.
+    pub origin: Option<Origin>,
+    /// For logs: `cgroup /system.slice/x.service (id 42)`, `pod default/web`.
+    pub label: String,
+}
+
+/// A rule as the kernel holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actual {
+    pub key: Key,
+    pub action: Action,
+    pub owner: u32,
+}
+
+/// What to change so that the kernel holds the desired rules.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Agent rules of the right key but the wrong action: removed before `add` re-adds them.
+    pub replace: Vec<Key>,
+    pub add: Vec<Desired>,
+    /// Agent rules nothing wants any more: removed after `add`, so a moved cgroup has no gap.
+    pub remove: Vec<Key>,
+    /// Agent rules already in place (adopted as they are, hits kept).
+    pub kept: usize,
+    /// Wanted keys a CLI rule already covers with the same action.
+    pub covered_by_cli: usize,
+    /// Wants that cannot be met, for the log and the error metric.
+    pub conflicts: Vec<String>,
+}
+
+impl Plan {
+    pub fn is_noop(&self) -> bool {
+        self.replace.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Diffs `desired` against `actual`.
+pub fn plan(desired: &[Desired], actual: &[Actual]) -> Plan {
+    let mut out = Plan::default();
+    // One want per key; an exclusion beats an enable of the same cgroup (as in the kernel).
+    let mut wants: BTreeMap<Key, &Desired> = BTreeMap::new();
+    for d in desired {
+        match wants.get(&d.key) {
+            None => {
+                wants.insert(d.key, d);
+            }
+            Some(prev) if prev.action == d.action => {}
+            Some(prev) => {
+                out.conflicts.push(format!("{} and {} are the same {}: it is excluded", prev.label, d.label, d.key));
+                if d.action == Action::Exclude {
+                    wants.insert(d.key, d);
+                }
+            }
+        }
+    }
+    let have: BTreeMap<Key, &Actual> = actual.iter().map(|a| (a.key, a)).collect();
+    for (key, want) in &wants {
+        match have.get(key) {
+            None => out.add.push((*want).clone()),
+            Some(a) if a.action == want.action && a.owner == OWNER_AGENT => out.kept += 1,
+            Some(a) if a.action == want.action => out.covered_by_cli += 1,
+            Some(a) if a.owner == OWNER_AGENT => {
+                out.replace.push(*key);
+                out.add.push((*want).clone());
+            }
+            Some(_) => out.conflicts.push(format!(
+                "{} is wanted {} but a CLI rule {} it; `mptcpify disable` that rule to let the policy apply",
+                want.label,
+                verb(want.action),
+                if want.action == Action::Enable { "excludes" } else { "enables" },
+            )),
+        }
+    }
+    out.remove =
+        actual.iter().filter(|a| a.owner == OWNER_AGENT && !wants.contains_key(&a.key)).map(|a| a.key).collect();
+    out
+}
+
+fn verb(a: Action) -> &'static str {
+    match a {
+        Action::Enable => "enabled",
+        Action::Exclude => "excluded",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mptcpify_common::OWNER_CLI;
+
+    use super::*;
+
+    fn want(key: Key, action: Action) -> Desired {
+        Desired { key, action, origin: None, label: key.to_string() }
+    }
+
+    fn have(key: Key, action: Action, owner: u32) -> Actual {
+        Actual { key, action, owner }
+    }
+
+    #[test]
+    fn from_nothing_everything_is_added() {
+        let d = [want(Key::Cgroup(1), Action::Enable), want(Key::Uid(5), Action::Exclude)];
+        let p = plan(&d, &[]);
+        assert_eq!(p.add, d);
+        assert!(p.remove.is_empty() && p.replace.is_empty() && p.conflicts.is_empty());
+    }
+
+    #[test]
+    fn a_restarted_agent_adopts_its_rules_without_change() {
+        let d = [want(Key::Cgroup(1), Action::Enable), want(Key::All, Action::Enable)];
+        let a = [have(Key::Cgroup(1), Action::Enable, OWNER_AGENT), have(Key::All, Action::Enable, OWNER_AGENT)];
+        let p = plan(&d, &a);
+        assert!(p.is_noop(), "{p:?}");
+        assert_eq!(p.kept, 2);
+    }
+
+    #[test]
+    fn a_recreated_cgroup_moves_add_before_remove() {
+        let d = [want(Key::Cgroup(20), Action::Enable)];
+        let a = [have(Key::Cgroup(10), Action::Enable, OWNER_AGENT)];
+        let p = plan(&d, &a);
+        assert_eq!(p.add, d);
+        assert_eq!(p.remove, [Key::Cgroup(10)]);
+    }
+
+    #[test]
+    fn cli_rules_are_never_removed_or_overwritten() {
+        let d = [want(Key::Pid(7), Action::Enable), want(Key::Uid(9), Action::Enable)];
+        let a = [
+            have(Key::Pid(7), Action::Enable, OWNER_CLI),
+            have(Key::Uid(9), Action::Exclude, OWNER_CLI),
+            have(Key::Comm(*b"ssh\0\0\0\0\0\0\0\0\0\0\0\0\0"), Action::Exclude, OWNER_CLI),
+        ];
+        let p = plan(&d, &a);
+        assert!(p.is_noop(), "{p:?}");
+        assert_eq!(p.covered_by_cli, 1);
+        assert_eq!(p.conflicts.len(), 1);
+        assert!(p.conflicts[0].contains("uid 9 is wanted enabled but a CLI rule excludes it"), "{:?}", p.conflicts);
+    }
+
+    #[test]
+    fn an_agent_rule_with_the_wrong_action_is_replaced() {
+        let d = [want(Key::Cgroup(3), Action::Exclude)];
+        let a = [have(Key::Cgroup(3), Action::Enable, OWNER_AGENT)];
+        let p = plan(&d, &a);
+        assert_eq!(p.replace, [Key::Cgroup(3)]);
+        assert_eq!(p.add, d);
+        assert!(p.remove.is_empty());
+    }
+
+    #[test]
+    fn dropped_wants_remove_only_agent_rules() {
+        let a = [have(Key::Cgroup(3), Action::Enable, OWNER_AGENT), have(Key::Cgroup(4), Action::Enable, OWNER_CLI)];
+        let p = plan(&[], &a);
+        assert_eq!(p.remove, [Key::Cgroup(3)]);
+    }
+
+    #[test]
+    fn the_same_key_wanted_both_ways_is_excluded_and_reported() {
+        let d = [want(Key::Cgroup(3), Action::Enable), want(Key::Cgroup(3), Action::Exclude)];
+        let p = plan(&d, &[]);
+        assert_eq!(p.add, [d[1].clone()]);
+        assert_eq!(p.conflicts.len(), 1);
+        let d = [want(Key::Cgroup(3), Action::Enable), want(Key::Cgroup(3), Action::Enable)];
+        assert_eq!(plan(&d, &[]).add.len(), 1, "duplicates collapse");
+    }
+}
