@@ -155,6 +155,8 @@ pub struct Status {
 #[derive(Debug, Serialize)]
 pub struct RuleStatus {
     pub action: Action,
+    /// `cli` or `agent`: the agent only ever removes its own rules.
+    pub owner: &'static str,
     pub kind: &'static str,
     /// cgroup id, pid or uid; the command name for comm rules; null for `all`.
     pub key: serde_json::Value,
@@ -201,6 +203,7 @@ pub async fn status_data() -> Result<Status> {
         let action = Action::from_code(rule.action);
         let mut r = RuleStatus {
             action,
+            owner: if rule.owner == mptcpify_common::OWNER_AGENT { "agent" } else { "cli" },
             kind: key.kind().name(),
             key: serde_json::Value::Null,
             target: None,

@@ -3,6 +3,8 @@
 //!
 //! The tests assume root in a kernel with the hook (`cargo xtask test` boots one); they fail,
 //! never skip, anywhere else.
+pub mod kube_api;
+
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader, Write as _},
@@ -269,4 +271,124 @@ impl Drop for WaitingProbe {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One HTTP/1.0 GET on loopback (the agent's metrics and health endpoints): `(status, body)`.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let status = reply.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = reply.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `check` every 10 ms until it returns `Some`, for at most `limit`.
+pub fn wait_for<T>(limit: std::time::Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A running `mptcpify agent`, its stderr collected; killed (SIGKILL) if still running on drop.
+pub struct AgentProcess {
+    pub child: Child,
+    pub metrics: String,
+    pub log: std::sync::Arc<Mutex<String>>,
+}
+
+impl AgentProcess {
+    /// Starts `mptcpify agent --config POLICY --metrics-addr 127.0.0.1:0 EXTRA…` and waits until
+    /// `/readyz` answers 200.
+    pub fn start(policy: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(mptcpify_bin())
+            .args(["agent", "--config"])
+            .arg(policy)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(extra)
+            .envs(envs.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the agent");
+        let log = std::sync::Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("on http://").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let metrics = rx.recv_timeout(std::time::Duration::from_secs(60)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("the agent never served metrics: {}", log.lock().unwrap())
+        });
+        let agent = Self { child, metrics, log };
+        let ready =
+            wait_for(std::time::Duration::from_secs(60), || matches!(agent.get("/readyz"), Ok((200, _))).then_some(()));
+        assert!(ready.is_some(), "the agent never became ready: {}", agent.log());
+        agent
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(&self.metrics, path)
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics").expect("scraping the agent");
+        assert_eq!(status, 200);
+        body
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends `signal` and waits for the exit; returns the exit code.
+    pub fn stop(mut self, signal: i32) -> Option<i32> {
+        send_signal(self.child.id(), signal);
+        let status = self.child.wait().unwrap();
+        // Let the log thread drain what the agent wrote last.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        status.code()
+    }
+}
+
+fn send_signal(pid: u32, signal: i32) {
+    let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Replaces `path` with `text` the way editors and ConfigMap updates do: write aside, rename.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The value of the sample `line_prefix` (name and labels) in a Prometheus exposition.
+pub fn metric(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(line_prefix)?.strip_prefix(' ')?.trim().parse().ok())
 }

@@ -1,7 +1,9 @@
 //! Privileged tests: the real program in a kernel with the hook, checked on real sockets.
 //! Run as root in the 6.12 VM by `cargo xtask test` (one binary, so one boot).
+mod agent;
 mod core;
 mod doctor;
+mod kubernetes;
 mod monitor;
 mod run;
 mod selectors;

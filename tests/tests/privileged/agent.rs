@@ -1,0 +1,177 @@
+//! `mptcpify agent` on the real kernel: a policy applied, file edits and cgroup churn followed,
+//! rules surviving a killed agent and adopted by the next one.
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use mptcpify_tests::*;
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+fn policy_dir() -> (tempfile_free::Dir, PathBuf) {
+    let d = tempfile_free::Dir::new("agent");
+    let p = d.0.join("policy.toml");
+    (d, p)
+}
+
+/// A scratch directory without a tempfile dependency.
+mod tempfile_free {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new(name: &str) -> Self {
+            let p = std::path::PathBuf::from(format!("/tmp/mptcpify-t-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&p);
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn rules_by_owner(owner: &str) -> Vec<serde_json::Value> {
+    let s = status_json();
+    s["rules"].as_array().unwrap().iter().filter(|r| r["owner"] == owner).cloned().collect()
+}
+
+#[test]
+fn agent_applies_the_policy_and_follows_file_edits() {
+    let _g = setup();
+    let a = TestCgroup::new("agent-t/a");
+    let b = TestCgroup::new("agent-t/b");
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\ncgroups = [\"agent-t/a\"]\n").unwrap();
+    // A CLI rule made before the agent starts is left alone.
+    ok(&["enable", "--comm", "cli-owned"]);
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_MPTCP, "{}", agent.log());
+    assert_eq!(proto_of(Some(&b), "tcp4"), IPPROTO_TCP);
+    let mine = rules_by_owner("agent");
+    assert_eq!(mine.len(), 1, "{mine:?}");
+    assert_eq!(mine[0]["origin"]["text"], "/agent-t/a");
+    assert_eq!(rules_by_owner("cli").len(), 1);
+
+    // Edit: a moves to b. Editors replace the file; the agent sees the rename.
+    replace_file(&policy, "[enable]\ncgroups = [\"agent-t/b\"]\n");
+    let switched = wait_for(Duration::from_secs(1), || {
+        (proto_of(Some(&b), "tcp4") == IPPROTO_MPTCP && proto_of(Some(&a), "tcp4") == IPPROTO_TCP).then_some(())
+    });
+    assert!(switched.is_some(), "policy edit not applied within 1 s: {}", agent.log());
+    assert_eq!(rules_by_owner("cli").len(), 1, "the CLI rule survived the reconcile");
+
+    // An invalid file is rejected with its line; the running policy stays.
+    replace_file(&policy, "[enable]\ncgroups = [\"agent-t/a\"]\ncomms = [\"this-name-is-too-long\"]\n");
+    let rejected = wait_for(Duration::from_secs(5), || agent.log().contains("policy.toml:3:").then_some(()));
+    assert!(rejected.is_some(), "no line-numbered rejection: {}", agent.log());
+    assert!(agent.log().contains("at most 15"), "{}", agent.log());
+    assert_eq!(proto_of(Some(&b), "tcp4"), IPPROTO_MPTCP, "the running policy stays in force");
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_TCP);
+    let m = agent.metrics();
+    assert_eq!(metric(&m, "mptcpify_policy_valid"), Some(0.0), "{m}");
+    assert_eq!(metric(&m, "mptcpify_program_attached"), Some(1.0), "{m}");
+    assert!(metric(&m, "mptcpify_reconcile_runs_total").unwrap() >= 2.0, "{m}");
+    assert!(metric(&m, "mptcpify_reconcile_errors_total").unwrap() >= 1.0, "{m}");
+    let b_id =
+        status_json()["rules"].as_array().unwrap().iter().find(|r| r["owner"] == "agent").unwrap()["key"].clone();
+    let upgraded = metric(
+        &m,
+        &format!(
+            "mptcpify_rule_sockets_total{{action=\"enable\",kind=\"cgroup\",key=\"{b_id}\",target=\"path /agent-t/b\",owner=\"agent\",decision=\"upgraded\"}}"
+        ),
+    );
+    assert!(upgraded.is_some_and(|v| v >= 2.0), "per-rule upgrades missing: {m}");
+    assert!(metric(&m, "mptcpify_sockets_total{decision=\"upgraded\"}").is_some_and(|v| v >= 3.0), "{m}");
+
+    // SIGTERM keeps program and rules.
+    assert_eq!(agent.stop(SIGTERM), Some(0));
+    assert_eq!(proto_of(Some(&b), "tcp4"), IPPROTO_MPTCP, "rules outlive the agent");
+    assert_eq!(rules_by_owner("agent").len(), 1);
+}
+
+#[test]
+fn a_killed_agents_rules_keep_working_and_its_successor_adopts_them() {
+    let _g = setup();
+    let a = TestCgroup::new("agent-k/a");
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\ncgroups = [\"agent-k/a\"]\n[exclude]\ncomms = [\"nope\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    assert!(agent.log().contains("loaded and attached"), "{}", agent.log());
+    let link = status_json()["link"].clone();
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_MPTCP);
+    assert_eq!(agent.stop(SIGKILL), None, "killed");
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_MPTCP, "rules work without the agent");
+    let hits_before: u64 = rules_by_owner("agent").iter().map(|r| r["hits"].as_u64().unwrap()).sum();
+    assert!(hits_before >= 2);
+
+    // The successor adopts: same link and program, rules untouched (their hits kept).
+    let agent = AgentProcess::start(&policy, &["--cleanup-on-exit"], &[]);
+    assert!(agent.log().contains("adopting the attached program"), "{}", agent.log());
+    assert!(!agent.log().contains("enabled:"), "nothing re-added: {}", agent.log());
+    assert_eq!(status_json()["link"], link, "no detach, no reload");
+    let hits_after: u64 = rules_by_owner("agent").iter().map(|r| r["hits"].as_u64().unwrap()).sum();
+    assert!(hits_after >= hits_before, "{hits_after} < {hits_before}");
+
+    // --cleanup-on-exit removes the agent's rules; with a CLI rule left, the program stays.
+    ok(&["enable", "--comm", "keepme"]);
+    assert_eq!(agent.stop(SIGTERM), Some(0));
+    assert!(rules_by_owner("agent").is_empty());
+    assert_eq!(status_json()["loaded"], true);
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_TCP);
+    ok(&["disable", "--comm", "keepme"]);
+    let agent = AgentProcess::start(&policy, &["--cleanup-on-exit"], &[]);
+    assert_eq!(agent.stop(SIGTERM), Some(0));
+    assert_eq!(status_json()["loaded"], false, "nothing else left: the program is detached too");
+    assert!(mptcpify_pins().is_empty());
+}
+
+#[test]
+fn recreated_and_late_cgroups_are_covered_within_a_second() {
+    let _g = setup();
+    let svc = TestCgroup::new("agent-r/svc");
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\ncgroups = [\"agent-r/svc\", \"agent-late/x/y\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    assert_eq!(proto_of(Some(&svc), "tcp4"), IPPROTO_MPTCP);
+    let old_id = rules_by_owner("agent")[0]["key"].clone();
+    // A restarted service: its cgroup is removed and made again (a new id).
+    drop(svc);
+    let start = Instant::now();
+    let svc = TestCgroup::new("agent-r/svc");
+    let covered = wait_for(Duration::from_secs(1), || (proto_of(Some(&svc), "tcp4") == IPPROTO_MPTCP).then_some(()));
+    assert!(covered.is_some(), "recreated cgroup not covered within 1 s: {}", agent.log());
+    eprintln!("recreated cgroup covered after {:?}", start.elapsed());
+    let keys: Vec<_> = rules_by_owner("agent").iter().map(|r| r["key"].clone()).collect();
+    assert!(!keys.contains(&old_id), "the stale id was dropped: {keys:?}");
+
+    // A path none of whose parents existed at start: created in one go, covered as it appears.
+    let start = Instant::now();
+    let late = TestCgroup::new("agent-late/x/y");
+    let covered = wait_for(Duration::from_secs(1), || (proto_of(Some(&late), "tcp4") == IPPROTO_MPTCP).then_some(()));
+    assert!(covered.is_some(), "late cgroup not covered within 1 s: {}", agent.log());
+    eprintln!("late cgroup covered after {:?}", start.elapsed());
+    assert_eq!(metric(&agent.metrics(), "mptcpify_pending_cgroups"), Some(0.0));
+    drop(agent);
+    drop(late);
+    let _ = std::fs::remove_dir(cgroup_root().join("agent-late/x"));
+    let _ = std::fs::remove_dir(cgroup_root().join("agent-late"));
+}
+
+#[test]
+fn a_bad_policy_or_port_stops_the_agent_before_it_changes_anything() {
+    let _g = setup();
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\nuids = [\"no-such-user-xyz\"]\n").unwrap();
+    fails(&["agent", "--config", policy.to_str().unwrap()], "policy.toml:2: no user named");
+    fails(&["agent", "--config", "/no/such/policy.toml"], "create it");
+    std::fs::write(&policy, "").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    fails(&["agent", "--config", policy.to_str().unwrap(), "--metrics-addr", &addr], "listening for metrics");
+    fails(&["agent", "--config", policy.to_str().unwrap(), "--kubernetes"], "NODE_NAME");
+    assert!(mptcpify_pins().is_empty(), "nothing was loaded");
+}
