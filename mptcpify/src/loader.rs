@@ -85,7 +85,14 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     let mut globals: HashMap<&str, (&[u8], bool)> = HashMap::from([("AYA_LOG_LEVEL", (&level[..], true))]);
     // Without the offsets the program cannot see the caller's net.mptcp.enabled; it still works,
     // and `doctor` reports the missing protection.
-    let netns = netns::find().ok();
+    let netns = netns::find()
+        .inspect_err(|e| {
+            log::warn!(
+                "netns check off: {e:#}; a selected process in a network namespace with net.mptcp.enabled=0 \
+                 would get ENOPROTOOPT from socket()"
+            )
+        })
+        .ok();
     let on = [u8::from(netns.is_some())];
     let o = netns.unwrap_or_default();
     let (a, b, c, d, e) = (

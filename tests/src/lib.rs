@@ -311,7 +311,22 @@ impl AgentProcess {
     /// Starts `mptcpify agent --config POLICY --metrics-addr 127.0.0.1:0 EXTRA…` and waits until
     /// `/readyz` answers 200.
     pub fn start(policy: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(mptcpify_bin())
+        Self::start_with(&[], policy, extra, envs)
+    }
+
+    /// [`start`](Self::start) under a wrapper command (`prefix` then the agent's command line).
+    pub fn start_with(prefix: &[&str], policy: &Path, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        let agent = mptcpify_bin();
+        let (program, wrapper_args) = match prefix.split_first() {
+            Some((p, rest)) => (std::ffi::OsStr::new(p), rest),
+            None => (agent.as_os_str(), &[][..]),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(wrapper_args);
+        if !prefix.is_empty() {
+            cmd.arg(&agent);
+        }
+        let mut child = cmd
             .args(["agent", "--config"])
             .arg(policy)
             .args(["--metrics-addr", "127.0.0.1:0"])
@@ -391,4 +406,33 @@ pub fn replace_file(path: &Path, text: &str) {
 /// The value of the sample `line_prefix` (name and labels) in a Prometheus exposition.
 pub fn metric(text: &str, line_prefix: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(line_prefix)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The repository's deployment files.
+pub fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("deploy")
+}
+
+/// Every document of a multi-document YAML file, as JSON values.
+pub fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
+    use serde::Deserialize as _;
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The one DaemonSet of the plain manifests.
+pub fn manifest_daemonset() -> k8s_openapi::api::apps::v1::DaemonSet {
+    let docs = yaml_documents(&deploy_dir().join("kubernetes/mptcpify.yaml"));
+    let ds = docs.into_iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet in mptcpify.yaml");
+    serde_json::from_value(ds).expect("the DaemonSet parses")
+}
+
+/// The capabilities the DaemonSet's agent container adds (it drops ALL).
+pub fn daemonset_capabilities() -> Vec<String> {
+    let ds = manifest_daemonset();
+    let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+    c.security_context.as_ref().unwrap().capabilities.as_ref().unwrap().add.clone().unwrap_or_default()
 }
