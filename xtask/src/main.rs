@@ -26,7 +26,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need: apt packages, nightly rust-src, bpf-linker, kernels.
-    Setup,
+    Setup {
+        /// Only what building needs (nightly rust-src, bpf-linker): no VM kernels, QEMU or test
+        /// tools. The Dockerfile uses this.
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Run CMD as root in a VM with the host filesystem visible; exit with CMD's status.
     Vm {
         /// 6.12 (Debian trixie, has the hook), 6.1 (bookworm, lacks it) or a kernel directory.
@@ -76,7 +81,8 @@ pub fn workspace_root() -> PathBuf {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Setup => setup::all().map(|()| 0),
+        Cmd::Setup { build_only: true } => setup::rust_tools().map(|()| 0),
+        Cmd::Setup { build_only: false } => setup::all().map(|()| 0),
         Cmd::Vm { kernel, rw, cmd } => vm::cli(&kernel, &cmd, &rw),
         Cmd::Test => test::all().map(|()| 0),
         Cmd::Demo => demo::run().map(|()| 0),

@@ -17,6 +17,7 @@ const PACKAGES: &[&str] = &[
     "kmod",
     "iproute2",
     "python3",
+    "python3-venv",
     "libc6-dev",
     // Benchmarks: the real two-path workload and the LD_PRELOAD tool we compare with.
     "iperf3",
@@ -76,9 +77,30 @@ pub fn rust_tools() -> Result<()> {
         .env("RUSTFLAGS", format!("-L {lib} -l dylib={llvm} -C link-arg=-Wl,-rpath,{lib}")))
 }
 
+/// Helm's template engine for rendering and linting the chart in tests: the `helm-python-sdk`
+/// wheel from PyPI embeds Helm itself (no helm binary or Go toolchain can be fetched here).
+pub const HELM_SDK: &str = "helm-python-sdk==0.2.2";
+
+/// The virtualenv's python that can `import helm_python`.
+pub fn helm_python() -> std::path::PathBuf {
+    crate::workspace_root().join("target/tools/helm-venv/bin/python")
+}
+
+pub fn helm() -> Result<()> {
+    let py = helm_python();
+    if Command::new(&py).args(["-c", "import helm_python"]).output().is_ok_and(|o| o.status.success()) {
+        return Ok(());
+    }
+    let venv = py.parent().and_then(|p| p.parent()).expect("venv dir");
+    eprintln!("setup: installing {HELM_SDK} into {}", venv.display());
+    run(Command::new("python3").arg("-m").arg("venv").arg(venv))?;
+    run(Command::new(&py).args(["-m", "pip", "install", "-q", HELM_SDK]))
+}
+
 pub fn all() -> Result<()> {
     apt_packages()?;
     rust_tools()?;
+    helm()?;
     crate::kernels::fetch_all()?;
     Ok(())
 }

@@ -149,6 +149,17 @@ pub fn all() -> Result<()> {
     setup::all()?;
     eprintln!("== unit tests (host, no root needed)");
     run(Command::new("cargo").args(["test", "-q"]).current_dir(workspace_root()))?;
+    eprintln!("== deployment files: manifests, and the Helm chart as Helm renders it, as Kubernetes API types");
+    let rendered = workspace_root().join("target/helm-rendered");
+    let _ = std::fs::remove_dir_all(&rendered);
+    run(Command::new(crate::setup::helm_python())
+        .arg(workspace_root().join("deploy/helm/render.py"))
+        .arg(workspace_root().join("deploy/helm/mptcpify"))
+        .arg(&rendered))?;
+    run(Command::new("cargo")
+        .args(["test", "-q", "-p", "mptcpify-tests", "--test", "deploy"])
+        .env("MPTCPIFY_RENDERED_CHART", &rendered)
+        .current_dir(workspace_root()))?;
     let a = build()?;
     let place = if host_accepts_program(&a) {
         eprintln!("== privileged suite on this host's kernel (it accepts fmod_ret programs)");
