@@ -147,3 +147,66 @@ fn units_that_are_unknown_stopped_or_not_cgroup_units_are_refused() {
     fails(&["enable", "--unit", UNIT], &format!("{UNIT} as a running unit, so it has no cgroup: start it first"));
     assert!(mptcpify_pins().is_empty(), "a refused enable loaded nothing");
 }
+
+fn unit_property(unit_path: &str, iface: &str, prop: &str) -> String {
+    let out = busctl(&["get-property", "org.freedesktop.systemd1", unit_path, iface, prop]).unwrap_or_default();
+    out.split_whitespace().nth(1).unwrap_or("").trim_matches('"').to_owned()
+}
+
+#[test]
+fn the_agent_runs_from_its_shipped_unit_and_follows_a_unit_across_restarts() {
+    let _g = setup();
+    systemd();
+    // The shipped unit file, pointed at this build: the binary is copied out of the build tree,
+    // which may sit in a /tmp that the unit's PrivateTmp= hides.
+    let dir = Path::new("/etc/mptcpify-t");
+    std::fs::create_dir_all(dir).unwrap();
+    let bin = dir.join("mptcpify");
+    let _ = std::fs::remove_file(&bin);
+    std::fs::copy(mptcpify_bin(), &bin).unwrap();
+    std::fs::write(dir.join("policy.toml"), format!("[enable]\nunits = [\"{UNIT}\"]\n")).unwrap();
+    let shipped = std::fs::read_to_string(deploy_dir().join("systemd/mptcpify-agent.service")).unwrap();
+    let unit = shipped.replace(
+        "ExecStart=/usr/local/bin/mptcpify agent --config /etc/mptcpify/policy.toml",
+        "ExecStart=/etc/mptcpify-t/mptcpify agent --config /etc/mptcpify-t/policy.toml",
+    );
+    assert_ne!(unit, shipped, "the shipped ExecStart line changed; update this test");
+    std::fs::write("/etc/systemd/system/mptcpify-agent.service", unit).unwrap();
+    manager("Reload", "", &[]).unwrap();
+    manager("StartUnit", "ss", &[UNIT, "replace"]).unwrap();
+    manager("StartUnit", "ss", &["mptcpify-agent.service", "replace"]).unwrap();
+    const AGENT_PATH: &str = "/org/freedesktop/systemd1/unit/mptcpify_2dagent_2eservice";
+    let cgroup = control_group();
+    let covered = wait_for(Duration::from_secs(60), || (proto_in_unit(&cgroup) == IPPROTO_MPTCP).then_some(()));
+    let state = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Unit", "ActiveState");
+    assert!(covered.is_some(), "the agent (unit state {state}) never enabled {UNIT}");
+
+    // It runs with only the unit's three capabilities.
+    let pid = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Service", "MainPID");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert_eq!(eff.split_whitespace().nth(1), Some("000000c400000000"), "{eff}");
+
+    // The unit restarts (a new cgroup, a new id): covered again without `sync`.
+    let old_id = status_json()["rules"][0]["key"].clone();
+    let start = Instant::now();
+    manager("RestartUnit", "ss", &[UNIT, "replace"]).unwrap();
+    let covered = wait_for(Duration::from_secs(5), || {
+        let moved = status_json()["rules"][0]["key"] != old_id;
+        (moved && proto_in_unit(&control_group()) == IPPROTO_MPTCP).then_some(())
+    });
+    assert!(covered.is_some(), "restarted unit not covered: {}", status_json());
+    eprintln!("restarted unit covered {:?} after the restart was requested", start.elapsed());
+    let cgroup = control_group();
+
+    // Restarting the agent keeps the program attached: same link, sockets upgraded throughout.
+    let link = status_json()["link"].clone();
+    manager("RestartUnit", "ss", &["mptcpify-agent.service", "replace"]).unwrap();
+    assert_eq!(proto_in_unit(&cgroup), IPPROTO_MPTCP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status_json()["link"], link);
+    manager("StopUnit", "ss", &["mptcpify-agent.service", "replace"]).unwrap();
+    assert_eq!(proto_in_unit(&cgroup), IPPROTO_MPTCP, "a stopped agent leaves its rules in force");
+    let _ = std::fs::remove_file("/etc/systemd/system/mptcpify-agent.service");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -36,7 +36,7 @@ impl VmOptions {
     pub fn new(kernel: PathBuf) -> Self {
         Self {
             kernel,
-            mem: "512M".into(),
+            mem: "1G".into(),
             cpus: 2,
             timeout: Duration::from_secs(900),
             env: Vec::new(),
