@@ -182,7 +182,10 @@ fn the_agent_runs_from_its_shipped_unit_and_follows_a_unit_across_restarts() {
     assert!(covered.is_some(), "the agent (unit state {state}) never enabled {UNIT}");
 
     // It runs with only the unit's three capabilities.
-    let pid = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Service", "MainPID");
+    // (MainPID is a PID of systemd's namespace; the unit's cgroup lists it in ours.)
+    let agent_cg = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Service", "ControlGroup");
+    let procs = std::fs::read_to_string(cgroup_root().join(agent_cg.trim_start_matches('/')).join("cgroup.procs")).unwrap();
+    let pid = procs.lines().next().expect("the agent's process").to_owned();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
     assert_eq!(eff.split_whitespace().nth(1), Some("000000c400000000"), "{eff}");
