@@ -203,7 +203,7 @@ pub async fn status_data() -> Result<Status> {
         let action = Action::from_code(rule.action);
         let mut r = RuleStatus {
             action,
-            owner: if rule.owner == mptcpify_common::OWNER_AGENT { "agent" } else { "cli" },
+            owner: rules::owner_name(rule.owner),
             kind: key.kind().name(),
             key: serde_json::Value::Null,
             target: None,

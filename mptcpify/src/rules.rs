@@ -66,6 +66,11 @@ impl fmt::Display for Key {
     }
 }
 
+/// How `status` and the metrics name [`Rule::owner`].
+pub fn owner_name(owner: u32) -> &'static str {
+    if owner == mptcpify_common::OWNER_AGENT { "agent" } else { "cli" }
+}
+
 /// Whether a rule upgrades or protects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -236,9 +236,10 @@ impl RuleStore for State {
         all.extend(entries(&self.pids)?.into_iter().map(|(k, r)| (Key::Pid(k), r)));
         all.extend(entries(&self.comms)?.into_iter().map(|(k, r)| (Key::Comm(k), r)));
         all.extend(entries(&self.uids)?.into_iter().map(|(k, r)| (Key::Uid(k), r)));
-        if self.config()?.all != 0 {
+        let switch = self.config()?.all;
+        if switch != 0 {
             let hits = self.counters.get(&(Counter::UpgradedByAll as u32), 0)?.iter().sum();
-            let owner = self.config()?.all - 1;
+            let owner = switch - 1;
             all.push((Key::All, Rule { action: mptcpify_common::ACTION_ENABLE, owner, hits }));
         }
         all.sort_by_key(|(k, _)| *k);

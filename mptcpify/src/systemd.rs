@@ -23,19 +23,19 @@ fn interface_of(unit: &str) -> Result<&'static str> {
     })
 }
 
-/// The cgroup of a running unit, relative to the cgroup2 root (e.g. `/system.slice/nginx.service`);
-/// `None` when systemd has no such unit loaded or it is not running (so it has no cgroup).
-pub async fn unit_cgroup(unit: &str) -> Result<Option<String>> {
-    let iface = interface_of(unit)?;
-    let conn = Connection::system().await.context(
-        "connecting to the system D-Bus to ask systemd for the unit's cgroup (is systemd running?)",
-    )?;
+fn system_bus_error(e: zbus::Error) -> anyhow::Error {
+    anyhow!(e).context("connecting to the system D-Bus to ask systemd about a unit (is systemd running?)")
+}
+
+/// The properties of `unit`, found with the manager's `method` (`GetUnit`: loaded units only;
+/// `LoadUnit`: loads it from disk if needed). `None` when `GetUnit` finds no such unit.
+async fn unit_properties(conn: &Connection, method: &str, unit: &str) -> Result<Option<PropertiesProxy<'static>>> {
     let reply = match conn
         .call_method(
             Some("org.freedesktop.systemd1"),
             "/org/freedesktop/systemd1",
             Some("org.freedesktop.systemd1.Manager"),
-            "GetUnit",
+            method,
             &(unit,),
         )
         .await
@@ -45,50 +45,50 @@ pub async fn unit_cgroup(unit: &str) -> Result<Option<String>> {
         Err(e) => return Err(anyhow!("asking systemd for {unit}: {e}")),
     };
     let path: OwnedObjectPath = reply.body().deserialize()?;
-    let props = PropertiesProxy::builder(&conn)
-        .destination("org.freedesktop.systemd1")?
-        .path(path)?
-        .build()
-        .await?;
+    let props = PropertiesProxy::builder(conn).destination("org.freedesktop.systemd1")?.path(path)?.build().await?;
+    Ok(Some(props))
+}
+
+async fn string_property(props: &PropertiesProxy<'_>, iface: &'static str, name: &str) -> Result<String> {
     let value: OwnedValue = props
-        .get(InterfaceName::from_static_str(iface)?, "ControlGroup")
+        .get(InterfaceName::from_static_str(iface)?, name)
         .await
-        .with_context(|| format!("reading {unit}'s ControlGroup"))?;
-    let cgroup = String::try_from(value).context("ControlGroup is not a string")?;
+        .with_context(|| format!("reading the unit's {name}"))?;
+    String::try_from(value).with_context(|| format!("{name} is not a string"))
+}
+
+async fn running_cgroup(conn: &Connection, unit: &str) -> Result<Option<String>> {
+    let iface = interface_of(unit)?;
+    let Some(props) = unit_properties(conn, "GetUnit", unit).await? else { return Ok(None) };
+    let cgroup = string_property(&props, iface, "ControlGroup").await?;
     Ok(Some(cgroup).filter(|c| !c.is_empty()))
+}
+
+/// The cgroup of a running unit, relative to the cgroup2 root (e.g. `/system.slice/nginx.service`);
+/// `None` when systemd has no such unit loaded or it is not running (so it has no cgroup).
+pub async fn unit_cgroup(unit: &str) -> Result<Option<String>> {
+    interface_of(unit)?;
+    let conn = Connection::system().await.map_err(system_bus_error)?;
+    running_cgroup(&conn, unit).await
 }
 
 /// The cgroup `unit` has when running, or, when it is not, the one it will get: its slice's
 /// cgroup plus its name (how systemd lays out the tree). `None` if systemd knows no such unit.
 /// The agent watches that path, so a unit that (re)starts later is covered as it appears.
 pub async fn unit_cgroup_expected(unit: &str) -> Result<Option<String>> {
-    if let Some(running) = unit_cgroup(unit).await? {
+    let iface = interface_of(unit)?;
+    let conn = Connection::system().await.map_err(system_bus_error)?;
+    if let Some(running) = running_cgroup(&conn, unit).await? {
         return Ok(Some(running));
     }
-    let iface = interface_of(unit)?;
-    let conn = Connection::system().await.context("connecting to the system D-Bus (is systemd running?)")?;
-    let reply = conn
-        .call_method(
-            Some("org.freedesktop.systemd1"),
-            "/org/freedesktop/systemd1",
-            Some("org.freedesktop.systemd1.Manager"),
-            "LoadUnit",
-            &(unit,),
-        )
-        .await
-        .map_err(|e| anyhow!("asking systemd to load {unit}: {e}"))?;
-    let path: OwnedObjectPath = reply.body().deserialize()?;
-    let props = PropertiesProxy::builder(&conn).destination("org.freedesktop.systemd1")?.path(path)?.build().await?;
-    let load_state = String::try_from(
-        props.get(InterfaceName::from_static_str("org.freedesktop.systemd1.Unit")?, "LoadState").await?,
-    )?;
-    if load_state == "not-found" {
+    let Some(props) = unit_properties(&conn, "LoadUnit", unit).await? else { return Ok(None) };
+    if string_property(&props, "org.freedesktop.systemd1.Unit", "LoadState").await? == "not-found" {
         return Ok(None);
     }
     if iface == "org.freedesktop.systemd1.Slice" {
         return Ok(Some(slice_path(unit)));
     }
-    let slice = String::try_from(props.get(InterfaceName::from_static_str(iface)?, "Slice").await?)?;
+    let slice = string_property(&props, iface, "Slice").await?;
     let slice = if slice.is_empty() { "-.slice".to_owned() } else { slice };
     Ok(Some(format!("{}/{unit}", slice_path(&slice).trim_end_matches('/'))))
 }
@@ -110,6 +110,8 @@ fn slice_path(slice: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn slices_nest_by_their_dashes() {
         assert_eq!(slice_path("system.slice"), "/system.slice");
@@ -117,8 +119,6 @@ mod tests {
         assert_eq!(slice_path("a-b-c.slice"), "/a.slice/a-b.slice/a-b-c.slice");
         assert_eq!(slice_path("-.slice"), "/");
     }
-
-    use super::*;
 
     #[test]
     fn unit_types_map_to_their_interface() {

@@ -34,6 +34,12 @@ pub fn describe_origin(o: &Origin) -> (&'static str, String) {
     (kind, text)
 }
 
+/// An origin as one phrase for logs and metric labels: `unit nginx.service`, `pod shop/web`.
+pub fn origin_label(o: &Origin) -> String {
+    let (kind, text) = describe_origin(o);
+    format!("{kind} {text}")
+}
+
 /// A user id from a number or a name in the user database.
 pub fn uid(spec: &str) -> Result<u32> {
     if let Ok(n) = spec.parse::<u32>() {

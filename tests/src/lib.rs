@@ -305,6 +305,8 @@ pub struct AgentProcess {
     pub child: Child,
     pub metrics: String,
     pub log: std::sync::Arc<Mutex<String>>,
+    /// Copies the agent's stderr into `log` until the agent exits.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AgentProcess {
@@ -339,7 +341,7 @@ impl AgentProcess {
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("on http://").nth(1) {
                     let _ = tx.send(addr.trim().to_owned());
@@ -353,7 +355,7 @@ impl AgentProcess {
             let _ = child.kill();
             panic!("the agent never served metrics: {}", log.lock().unwrap())
         });
-        let agent = Self { child, metrics, log };
+        let agent = Self { child, metrics, log, reader: Some(reader) };
         let ready =
             wait_for(std::time::Duration::from_secs(60), || matches!(agent.get("/readyz"), Ok((200, _))).then_some(()));
         assert!(ready.is_some(), "the agent never became ready: {}", agent.log());
@@ -378,8 +380,10 @@ impl AgentProcess {
     pub fn stop(mut self, signal: i32) -> Option<i32> {
         send_signal(self.child.id(), signal);
         let status = self.child.wait().unwrap();
-        // Let the log thread drain what the agent wrote last.
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Everything the agent wrote last is in the log once its stderr is closed.
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
         status.code()
     }
 }

@@ -36,12 +36,9 @@ fn manager(method: &str, sig: &str, args: &[&str]) -> Result<String, String> {
 fn control_group() -> String {
     let start = Instant::now();
     loop {
-        if let Ok(out) = busctl(&["get-property", "org.freedesktop.systemd1", "/org/freedesktop/systemd1/unit/mptcpify_2dt_2eservice",
-            "org.freedesktop.systemd1.Service", "ControlGroup"]) {
-            let cg = out.trim().trim_start_matches("s ").trim_matches('"').to_owned();
-            if !cg.is_empty() && cgroup_root().join(cg.trim_start_matches('/')).join("cgroup.procs").exists() {
-                return cg;
-            }
+        let cg = unit_property("/org/freedesktop/systemd1/unit/mptcpify_2dt_2eservice", "org.freedesktop.systemd1.Service", "ControlGroup");
+        if !cg.is_empty() && cgroup_root().join(cg.trim_start_matches('/')).join("cgroup.procs").exists() {
+            return cg;
         }
         assert!(start.elapsed() < Duration::from_secs(60), "{UNIT} did not start");
         std::thread::sleep(Duration::from_millis(200));

@@ -51,7 +51,7 @@ fn ancestors(root: &Path, relative: &str) -> Vec<PathBuf> {
 }
 
 impl Resolved {
-    /// Resolves one cgroup path; returns its id when it exists.
+    /// Resolves one cgroup path and watches where it appears; returns its id when it exists.
     fn path(&mut self, root: &Path, relative: &str, action: Action, origin: (u32, &str), label: &str) -> Option<u64> {
         self.watch_dirs.extend(ancestors(root, relative));
         match cgroup::resolve(root, relative.trim_start_matches('/')) {
@@ -70,10 +70,7 @@ impl Resolved {
                     None
                 }
             },
-            Err(_) => {
-                self.pending.push(format!("{label}: {relative}"));
-                None
-            }
+            Err(_) => None,
         }
     }
 }
@@ -84,11 +81,15 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
     for w in &policy.wanted {
         match &w.selector {
             Selector::Cgroup(path) => {
-                r.path(root, path, w.action, (ORIGIN_PATH, path), &format!("cgroup {path}"));
+                if r.path(root, path, w.action, (ORIGIN_PATH, path), &format!("cgroup {path}")).is_none() {
+                    r.pending.push(format!("cgroup {path}: does not exist yet"));
+                }
             }
             Selector::Unit(unit) => match systemd::unit_cgroup_expected(unit).await {
                 Ok(Some(path)) => {
-                    r.path(root, &path, w.action, (ORIGIN_UNIT, unit), &format!("unit {unit}"));
+                    if r.path(root, &path, w.action, (ORIGIN_UNIT, unit), &format!("unit {unit}")).is_none() {
+                        r.pending.push(format!("unit {unit}: {path} does not exist yet"));
+                    }
                 }
                 Ok(None) => r.pending.push(format!("unit {unit}: systemd has no such unit")),
                 Err(e) => r.errors.push(format!("unit {unit}: {e:#}")),
@@ -107,13 +108,9 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
         let label = format!("pod {}", pod.label());
         let mut cgroup = None;
         for path in cgroup_paths(&pod.cgroup_uid, pod.qos, driver) {
+            // Only the first existing candidate counts; the rest are still watched.
             if cgroup.is_none() {
-                // Only the first existing candidate counts; the rest are still watched.
-                let before = r.pending.len();
                 cgroup = r.path(root, &path, Action::Enable, (ORIGIN_POD, &pod.label()), &label);
-                if cgroup.is_none() {
-                    r.pending.truncate(before);
-                }
             } else {
                 r.watch_dirs.extend(ancestors(root, &path));
             }

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use mptcpify_common::{Counter, OWNER_AGENT};
+use mptcpify_common::Counter;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -25,7 +25,7 @@ use prometheus_client::{
 
 use super::desired::PodCoverage;
 use crate::{
-    rules::{Action, Key, RuleStore as _, comm_str},
+    rules::{Action, Key, RuleStore as _, comm_str, owner_name},
     state::{self, State},
     targets,
 };
@@ -80,11 +80,7 @@ fn snapshot(health: &SharedHealth) -> Snapshot {
     for (key, rule) in st.entries().unwrap_or_default() {
         let (key_text, target) = match key {
             Key::Cgroup(id) => {
-                let t = st.origin(id).map(|o| {
-                    let (kind, text) = targets::describe_origin(&o);
-                    format!("{kind} {text}")
-                });
-                (id.to_string(), t.unwrap_or_default())
+                (id.to_string(), st.origin(id).map(|o| targets::origin_label(&o)).unwrap_or_default())
             }
             Key::Pid(p) => (p.to_string(), String::new()),
             Key::Comm(c) => (comm_str(&c), String::new()),
@@ -96,7 +92,7 @@ fn snapshot(health: &SharedHealth) -> Snapshot {
             kind: key.kind().name(),
             key: key_text,
             target,
-            owner: if rule.owner == OWNER_AGENT { "agent" } else { "cli" },
+            owner: owner_name(rule.owner),
             hits: rule.hits,
         });
     }

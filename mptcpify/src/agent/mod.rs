@@ -294,10 +294,7 @@ impl Agent {
         }
         for key in &plan.remove {
             let what = match key {
-                Key::Cgroup(id) => st.origin(*id).map(|o| {
-                    let (kind, text) = crate::targets::describe_origin(&o);
-                    format!("{key} ({kind} {text})")
-                }),
+                Key::Cgroup(id) => st.origin(*id).map(|o| format!("{key} ({})", crate::targets::origin_label(&o))),
                 _ => None,
             }
             .unwrap_or_else(|| key.to_string());

@@ -10,28 +10,11 @@ use mptcpify_tests::*;
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
 
-fn policy_dir() -> (tempfile_free::Dir, PathBuf) {
-    let d = tempfile_free::Dir::new("agent");
-    let p = d.0.join("policy.toml");
+/// A scratch directory (removed on drop) and the policy file's path in it.
+fn policy_dir() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("policy.toml");
     (d, p)
-}
-
-/// A scratch directory without a tempfile dependency.
-mod tempfile_free {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(name: &str) -> Self {
-            let p = std::path::PathBuf::from(format!("/tmp/mptcpify-t-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            Self(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 fn rules_by_owner(owner: &str) -> Vec<serde_json::Value> {

@@ -28,11 +28,10 @@ fn container_cgroup(qos: &str, uid: &str) -> TestCgroup {
 fn selected_pods_get_mptcp_until_they_are_deleted() {
     let _g = setup();
     let api = FakeApi::start();
-    let dir = std::path::PathBuf::from(format!("/tmp/mptcpify-t-kube-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let policy = dir.join("policy.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, "[kubernetes]\ncgroup_driver = \"auto\"\n").unwrap();
-    let kubeconfig = api.kubeconfig(&dir);
+    let kubeconfig = api.kubeconfig(dir.path());
 
     let (web, db, batch, other) = (
         "0a000000-0000-4000-8000-000000000001",
@@ -110,5 +109,4 @@ fn selected_pods_get_mptcp_until_they_are_deleted() {
     for d in ["kubepods.slice/kubepods-burstable.slice", "kubepods.slice/kubepods-besteffort.slice", "kubepods.slice"] {
         let _ = std::fs::remove_dir(cgroup_root().join(d));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
