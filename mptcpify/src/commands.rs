@@ -146,6 +146,9 @@ pub struct Status {
     pub mptcp_sysctl: checks::MptcpSysctl,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<LinkIds>,
+    /// The attached program's size and run statistics (see [`state::ProgramStats`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub program: Option<state::ProgramStats>,
     /// PID of the listening `mptcpify monitor`, if any.
     pub monitor: Option<u32>,
     pub counters: BTreeMap<&'static str, u64>,
@@ -185,6 +188,7 @@ pub async fn status_data() -> Result<Status> {
         kernel: loader::kernel_release(),
         mptcp_sysctl: checks::mptcp_sysctl(),
         link: None,
+        program: None,
         monitor: None,
         counters: Default::default(),
         rules: Vec::new(),
@@ -192,7 +196,9 @@ pub async fn status_data() -> Result<Status> {
     if !status.loaded {
         return Ok(status);
     }
-    status.link = Some(State::link_ids()?);
+    let link = State::link_ids()?;
+    status.link = Some(link);
+    status.program = state::program_stats(link.program_id)?;
     let st = State::open()?;
     status.monitor = Some(st.config()?.monitor_pid).filter(|&p| p != 0);
     status.counters = st.counters()?.into_iter().map(|(c, v)| (c.name(), v)).collect();

@@ -60,6 +60,32 @@ pub struct LinkIds {
     pub program_id: u32,
 }
 
+/// What the kernel says about the attached program: its size after verification and, while
+/// `kernel.bpf_stats_enabled=1`, how often it ran and for how long (the program body only, not
+/// the trampoline that calls it).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ProgramStats {
+    pub verified_instructions: Option<u32>,
+    pub jited_bytes: u32,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+pub fn program_stats(program_id: u32) -> Result<Option<ProgramStats>> {
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing loaded BPF programs")?;
+        if info.id() == program_id {
+            return Ok(Some(ProgramStats {
+                verified_instructions: info.verified_instruction_count(),
+                jited_bytes: info.size_jitted(),
+                run_count: info.run_count(),
+                run_time_ns: info.run_time().as_nanos() as u64,
+            }));
+        }
+    }
+    Ok(None)
+}
+
 pub fn open_map(name: &str) -> Result<MapData> {
     let path = Path::new(PIN_DIR).join(name);
     MapData::from_pin(&path).with_context(|| format!("opening pinned map {}", path.display()))

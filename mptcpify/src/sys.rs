@@ -181,3 +181,13 @@ pub fn async_fd<T: std::os::fd::AsRawFd>(inner: T) -> io::Result<tokio::io::unix
     // is registered, and `inner` is the only owner of that descriptor.
     unsafe { tokio::io::unix::AsyncFd::register(inner) }.map_err(|e| e.into_parts().1)
 }
+
+/// Returns the heap the loader freed (the kernel's parsed BTF, tens of MiB) to the kernel, so a
+/// long-running agent does not keep it resident. glibc only; a no-op in effect elsewhere.
+pub fn release_free_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own allocator state.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -148,6 +148,7 @@ fn attach(log_level: LogLevel) -> Result<()> {
         loader::load_and_pin(log_level)?;
         let ids = State::link_ids()?;
         log::info!("loaded and attached the program (link {}, program {})", ids.link_id, ids.program_id);
+        crate::sys::release_free_memory();
     }
     Ok(())
 }
@@ -258,6 +259,7 @@ impl Agent {
         if !state::is_loaded() {
             log::warn!("the program is not attached (was `mptcpify reset` run?); loading it again");
             loader::load_and_pin(self.opts.log_level)?;
+            crate::sys::release_free_memory();
         }
         let mut st = State::open()?;
         let actual: Vec<Actual> = st

@@ -363,3 +363,21 @@ fn debug_logging_is_off_by_default_and_streams_when_asked() {
     let line = first_log_record(&cg, std::time::Duration::from_secs(10)).expect("no log record within 10 s");
     assert!(line.contains(&format!("cgroup rule {id}: socket(2, 1) -> MPTCP")), "{line}");
 }
+
+#[test]
+fn status_reports_the_programs_size_and_run_statistics() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-stats");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let program = status_json()["program"].clone();
+    assert!(program["verified_instructions"].as_u64().is_some_and(|n| n > 10), "{program}");
+    assert!(program["jited_bytes"].as_u64().is_some_and(|n| n > 0), "{program}");
+    // Run statistics are kept only while kernel.bpf_stats_enabled=1.
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").unwrap();
+    let before = status_json()["program"]["run_count"].as_u64().unwrap();
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP);
+    let after = status_json()["program"].clone();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").unwrap();
+    assert!(after["run_count"].as_u64().unwrap() > before, "{after}");
+    assert!(after["run_time_ns"].as_u64().unwrap() > 0, "{after}");
+}
