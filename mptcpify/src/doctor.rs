@@ -140,7 +140,8 @@ pub async fn checks() -> Vec<Check> {
         check("btf", Level::Fail, "no /sys/kernel/btf/vmlinux", Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()))
     });
 
-    let hook = loader::hook_btf_id();
+    let btf = loader::kernel_btf();
+    let hook = btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(loader::hook_btf_id);
     out.push(match &hook {
         Ok(id) => check("hook", Level::Ok, format!("update_socket_protocol in BTF (id {id})"), None),
         Err(e) => check("hook", Level::Fail, e.to_string(), Some("boot a Linux >= 6.6 kernel with CONFIG_MPTCP".into())),
@@ -180,7 +181,9 @@ pub async fn checks() -> Vec<Check> {
             Some("use a kernel built with CONFIG_MPTCP=y".into())),
     });
 
-    out.push(match netns::find() {
+    let netns = btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(netns::find);
+    drop(btf);
+    out.push(match netns {
         Ok(_) => check("never-break", Level::Ok, "the program reads each namespace's net.mptcp.enabled", None),
         Err(e) => check("never-break", Level::Warn,
             format!("cannot read net.mptcp.enabled per namespace ({e:#}): in a namespace with MPTCP disabled, selected sockets would fail"),

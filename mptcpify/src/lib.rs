@@ -10,6 +10,8 @@ pub mod checks;
 pub mod cli;
 pub mod commands;
 pub mod doctor;
+pub mod kallsyms;
+pub mod kernel_btf;
 pub mod loader;
 pub mod monitor;
 pub mod mounts;

@@ -11,11 +11,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::{Btf, maps::MapData};
-use aya_obj::{EbpfSectionKind, Object, btf::BtfKind};
+use aya::maps::MapData;
+use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{HOOK_FUNCTION, PROGRAM_NAME, netns_globals};
 
-use crate::{netns, state, sys};
+use crate::{kernel_btf::KernelBtf, netns, state, sys};
 
 /// The kernel program, built by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcpify"));
@@ -52,16 +52,20 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The BTF id of the hook, or the error a user needs when the kernel cannot have it.
-pub fn hook_btf_id() -> Result<u32> {
-    let btf = Btf::from_sys_fs().map_err(|e| {
+/// The running kernel's BTF, or the error a user needs when the kernel has none.
+pub fn kernel_btf() -> Result<KernelBtf> {
+    KernelBtf::read().map_err(|e| {
         anyhow!(
-            "this kernel ({}) exposes no BTF (/sys/kernel/btf/vmlinux: {e}); mptcpify needs \
-             Linux >= 6.6 with CONFIG_MPTCP and CONFIG_DEBUG_INFO_BTF",
+            "this kernel ({}) exposes no usable BTF ({e:#}); mptcpify needs Linux >= 6.6 with \
+             CONFIG_MPTCP and CONFIG_DEBUG_INFO_BTF",
             kernel_release()
         )
-    })?;
-    btf.id_by_type_name_kind(HOOK_FUNCTION, BtfKind::Func).map_err(|_| {
+    })
+}
+
+/// The BTF id of the hook, or the error a user needs when the kernel cannot have it.
+pub fn hook_btf_id(btf: &KernelBtf) -> Result<u32> {
+    btf.func_id(HOOK_FUNCTION).ok_or_else(|| {
         anyhow!(
             "this kernel has no {HOOK_FUNCTION}() hook in its BTF; mptcpify needs Linux >= 6.6 \
              with CONFIG_MPTCP and BTF; this is {}",
@@ -78,14 +82,17 @@ pub struct Attached {
 
 /// Loads the program and attaches it to the hook, without pinning anything.
 pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
-    let btf_id = hook_btf_id()?;
+    let started = std::time::Instant::now();
+    let btf = kernel_btf()?;
+    let btf_id = hook_btf_id(&btf)?;
+    log::debug!("kernel BTF indexed in {:?}", started.elapsed());
 
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
     let level = [log_level.as_global()];
     let mut globals: HashMap<&str, (&[u8], bool)> = HashMap::from([("AYA_LOG_LEVEL", (&level[..], true))]);
     // Without the offsets the program cannot see the caller's net.mptcp.enabled; it still works,
     // and `doctor` reports the missing protection.
-    let netns = netns::find()
+    let netns = netns::find(&btf)
         .inspect_err(|e| {
             log::warn!(
                 "netns check off: {e:#}; a selected process in a network namespace with net.mptcp.enabled=0 \
@@ -93,6 +100,8 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
             )
         })
         .ok();
+    drop(btf);
+    log::debug!("netns offsets found after {:?}", started.elapsed());
     let on = [u8::from(netns.is_some())];
     let o = netns.unwrap_or_default();
     let (a, b, c, d, e) = (
@@ -159,6 +168,7 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
                 anyhow!("{hint}\nverifier log:\n{}", e.verifier_log)
             }
         })?;
+    log::debug!("program verified and loaded after {:?}", started.elapsed());
     let link = sys::attach_modify_return(prog.as_fd()).map_err(|e| {
         anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release())
     })?;

@@ -2,8 +2,9 @@
 //!
 //! aya 0.14 has no `BPF_MODIFY_RETURN` support: it cannot load a TRACING program with that
 //! expected attach type, nor create its link. This module does exactly those steps (plus the
-//! pin of the link and the writes that seed global-data maps, which aya keeps private) with
-//! `repr(C)` prefixes of `union bpf_attr`; the kernel zero-extends a shorter attr.
+//! pin of the link, the writes that seed global-data maps, which aya keeps private, and the
+//! load and run of the tiny syscall program of [`crate::kallsyms`]) with `repr(C)` prefixes of
+//! `union bpf_attr`; the kernel zero-extends a shorter attr.
 use std::{
     ffi::{CStr, CString},
     io,
@@ -70,17 +71,40 @@ pub fn load_modify_return(
     license: &CStr,
     attach_btf_id: u32,
 ) -> Result<OwnedFd, LoadError> {
-    let mut attr = ProgLoadAttr {
+    load(ProgLoadAttr {
         prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
         expected_attach_type: bpf_attach_type::BPF_MODIFY_RETURN as u32,
-        insn_cnt: insns.len() as u32,
-        insns: insns.as_ptr() as u64,
-        license: license.as_ptr() as u64,
         attach_btf_id,
-        ..Default::default()
-    };
-    let n = name.len().min(15);
-    attr.prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        ..ProgLoadAttr::new(name, insns, license)
+    })
+}
+
+/// Loads `insns` as a sleepable `BPF_PROG_TYPE_SYSCALL` program (run with [`run_syscall`]).
+pub fn load_syscall(name: &str, insns: &[bpf_insn], license: &CStr) -> Result<OwnedFd, LoadError> {
+    load(ProgLoadAttr {
+        prog_type: bpf_prog_type::BPF_PROG_TYPE_SYSCALL as u32,
+        // The kernel only takes sleepable syscall programs.
+        prog_flags: aya_obj::generated::BPF_F_SLEEPABLE,
+        ..ProgLoadAttr::new(name, insns, license)
+    })
+}
+
+impl ProgLoadAttr {
+    /// `insns` and `license` must outlive the load: the attr holds their addresses.
+    fn new(name: &str, insns: &[bpf_insn], license: &CStr) -> Self {
+        let mut attr = ProgLoadAttr {
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            ..Default::default()
+        };
+        let n = name.len().min(15);
+        attr.prog_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+        attr
+    }
+}
+
+fn load(mut attr: ProgLoadAttr) -> Result<OwnedFd, LoadError> {
     match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
         Ok(fd) => Ok(owned_fd(fd)),
         Err(first) => {
@@ -99,6 +123,37 @@ pub fn load_modify_return(
             }
         }
     }
+}
+
+/// `BPF_PROG_TEST_RUN` attr up to `ctx_out`.
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+}
+
+/// Runs a syscall program once on `ctx`, which the kernel copies in and, after the run, back
+/// out (the program's results); returns the program's return value.
+pub fn run_syscall(prog: BorrowedFd<'_>, ctx: &mut [u8]) -> io::Result<u32> {
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        ctx_size_in: ctx.len() as u32,
+        ctx_in: ctx.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(bpf_cmd::BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(attr.retval)
 }
 
 /// `BPF_LINK_CREATE` attr for tracing links (target from the program's `attach_btf_id`).

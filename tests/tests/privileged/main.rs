@@ -3,6 +3,7 @@
 mod agent;
 mod core;
 mod doctor;
+mod kernel_facts;
 mod kubernetes;
 mod monitor;
 mod run;

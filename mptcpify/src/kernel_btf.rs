@@ -1,0 +1,273 @@
+//! The few facts mptcpify needs from the running kernel's BTF: the hook's type id and a handful
+//! of struct member offsets.
+//!
+//! General parsers (aya-obj, btf-rs) decode all of its ~150k types into owned values first:
+//! measured at ~500 ms under emulation, the largest part of a cold load. This reads the type
+//! section once to learn where each type starts and decodes only the types asked about. The
+//! format is the kernel's UAPI (`include/uapi/linux/btf.h`); the unit tests check every answer
+//! against btf-rs on the build machine's kernel.
+use anyhow::{Result, anyhow, bail};
+
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const HEADER_LEN: usize = 24;
+const TYPE_HEADER_LEN: usize = 12;
+
+// BTF kinds (`BTF_KIND_*`).
+const INT: u32 = 1;
+const ARRAY: u32 = 3;
+const STRUCT: u32 = 4;
+const UNION: u32 = 5;
+const ENUM: u32 = 6;
+const TYPEDEF: u32 = 8;
+const VOLATILE: u32 = 9;
+const CONST: u32 = 10;
+const RESTRICT: u32 = 11;
+const FUNC: u32 = 12;
+const FUNC_PROTO: u32 = 13;
+const VAR: u32 = 14;
+const DATASEC: u32 = 15;
+const DECL_TAG: u32 = 17;
+const TYPE_TAG: u32 = 18;
+const ENUM64: u32 = 19;
+const MAX_KIND: u32 = 20;
+
+pub struct KernelBtf {
+    data: Vec<u8>,
+    /// Byte offset in `data` of each type; index = type id - 1 (id 0 is `void`).
+    types: Vec<usize>,
+    strings: std::ops::Range<usize>,
+}
+
+/// One type's fixed header.
+struct TypeHeader {
+    name_off: u32,
+    kind: u32,
+    vlen: usize,
+    kind_flag: bool,
+    /// `size` or `type`, depending on the kind.
+    size_or_type: u32,
+}
+
+impl KernelBtf {
+    /// Reads and indexes the running kernel's BTF.
+    pub fn read() -> Result<Self> {
+        let data = std::fs::read(KERNEL_BTF).map_err(|e| anyhow!("{KERNEL_BTF}: {e}"))?;
+        Self::parse(data).map_err(|e| anyhow!("{KERNEL_BTF}: {e}"))
+    }
+
+    pub fn parse(data: Vec<u8>) -> Result<Self> {
+        if data.len() < HEADER_LEN || u16::from_ne_bytes([data[0], data[1]]) != MAGIC {
+            bail!("not BTF of this machine's byte order (bad magic)");
+        }
+        let u32_at = |at: usize| u32::from_ne_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+        let (hdr_len, type_off, type_len, str_off, str_len) = (u32_at(4), u32_at(8), u32_at(12), u32_at(16), u32_at(20));
+        let section = |off: usize, len: usize| {
+            let start = hdr_len.checked_add(off)?;
+            let end = start.checked_add(len)?;
+            (end <= data.len()).then_some(start..end)
+        };
+        let (Some(type_section), Some(strings)) = (section(type_off, type_len), section(str_off, str_len)) else {
+            bail!("section bounds beyond the end of the data");
+        };
+        let mut btf = KernelBtf { data, types: Vec::with_capacity(200_000), strings };
+        let mut at = type_section.start;
+        while at < type_section.end {
+            let header = btf.header_at(at).filter(|_| at + TYPE_HEADER_LEN <= type_section.end);
+            let Some(header) = header else { bail!("type {} truncated", btf.types.len() + 1) };
+            let trailer = match header.kind {
+                INT | VAR | DECL_TAG => 4,
+                ARRAY => 12,
+                STRUCT | UNION | DATASEC | ENUM64 => 12 * header.vlen,
+                ENUM | FUNC_PROTO => 8 * header.vlen,
+                k if k < MAX_KIND && k != 0 => 0,
+                k => bail!("type {} has unknown kind {k}", btf.types.len() + 1),
+            };
+            btf.types.push(at);
+            at += TYPE_HEADER_LEN + trailer;
+        }
+        if at != type_section.end {
+            bail!("last type runs past the type section");
+        }
+        Ok(btf)
+    }
+
+    fn u32_at(&self, at: usize) -> Option<u32> {
+        Some(u32::from_ne_bytes(self.data.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    fn header_at(&self, at: usize) -> Option<TypeHeader> {
+        let info = self.u32_at(at + 4)?;
+        Some(TypeHeader {
+            name_off: self.u32_at(at)?,
+            kind: (info >> 24) & 0x1f,
+            vlen: (info & 0xffff) as usize,
+            kind_flag: info >> 31 == 1,
+            size_or_type: self.u32_at(at + 8)?,
+        })
+    }
+
+    fn header(&self, id: u32) -> Option<(usize, TypeHeader)> {
+        let at = *self.types.get((id as usize).checked_sub(1)?)?;
+        Some((at, self.header_at(at)?))
+    }
+
+    /// The NUL-terminated string at `off` in the string section.
+    fn name(&self, off: u32) -> &[u8] {
+        let strings = &self.data[self.strings.clone()];
+        let rest = strings.get(off as usize..).unwrap_or_default();
+        &rest[..rest.iter().position(|&b| b == 0).unwrap_or(rest.len())]
+    }
+
+    /// Ids of the types of `kind` named `name`, in id order.
+    fn ids(&self, kind: u32, name: &str) -> impl Iterator<Item = u32> {
+        (1..=self.types.len() as u32).filter(move |&id| {
+            self.header(id).is_some_and(|(_, h)| h.kind == kind && self.name(h.name_off) == name.as_bytes())
+        })
+    }
+
+    /// The type id of the kernel function `name` (what a tracing program attaches to).
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.ids(FUNC, name).next()
+    }
+
+    /// Byte offset of `member` in `struct name`, looking through anonymous struct and union
+    /// members. Forward declarations (no members) are skipped.
+    pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
+        let id = self
+            .ids(STRUCT, name)
+            .find(|&id| self.header(id).is_some_and(|(_, h)| h.vlen > 0))
+            .ok_or_else(|| anyhow!("struct {name} is not in this kernel's BTF"))?;
+        self.find_member(id, member, 0)
+            .map(|bits| bits / 8)
+            .ok_or_else(|| anyhow!("struct {name} has no member {member} in this kernel"))
+    }
+
+    /// Bit offset of `member` in the struct or union `id`; `depth` bounds malformed cycles.
+    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+        let (at, h) = self.header(id)?;
+        if !matches!(h.kind, STRUCT | UNION) || depth > 32 {
+            return None;
+        }
+        for i in 0..h.vlen {
+            let m = at + TYPE_HEADER_LEN + 12 * i;
+            let (name_off, ty, offset) = (self.u32_at(m)?, self.u32_at(m + 4)?, self.u32_at(m + 8)?);
+            // With kind_flag the top 8 bits hold a bitfield's size.
+            let bits = if h.kind_flag { offset & 0xff_ffff } else { offset };
+            let name = self.name(name_off);
+            if name == member.as_bytes() {
+                return Some(bits);
+            }
+            if name.is_empty() {
+                if let Some(inner) = self.find_member(self.skip_modifiers(ty), member, depth + 1) {
+                    return Some(bits + inner);
+                }
+            }
+        }
+        None
+    }
+
+    /// Follows typedef/const/volatile/restrict/type-tag links to the type they qualify.
+    fn skip_modifiers(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.header(id) {
+                Some((_, h)) if matches!(h.kind, TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG) => id = h.size_or_type,
+                _ => break,
+            }
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernels() -> Option<(KernelBtf, btf_rs::Btf)> {
+        // Every Linux with BTF; the build machine has it (and CI's is the same machine).
+        let bytes = std::fs::read(KERNEL_BTF).ok()?;
+        Some((KernelBtf::parse(bytes.clone()).unwrap(), btf_rs::Btf::from_bytes(&bytes).unwrap()))
+    }
+
+    #[test]
+    fn every_type_is_indexed() {
+        let Some((btf, reference)) = kernels() else { return };
+        assert!(btf.types.len() > 10_000, "{}", btf.types.len());
+        let last = btf.types.len() as u32;
+        assert!(reference.resolve_type_by_id(last).is_ok());
+        assert!(reference.resolve_type_by_id(last + 1).is_err(), "btf-rs knows more types than we indexed");
+    }
+
+    #[test]
+    fn function_ids_agree_with_btf_rs() {
+        let Some((btf, reference)) = kernels() else { return };
+        for name in ["update_socket_protocol", "__sys_socket", "tcp_connect", "do_sys_openat2"] {
+            let expected = reference
+                .resolve_ids_by_name(name)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|&id| matches!(reference.resolve_type_by_id(id), Ok(btf_rs::Type::Func(_))));
+            assert_eq!(btf.func_id(name), expected, "{name}");
+        }
+        assert_eq!(btf.func_id("no_such_function_xyz"), None);
+    }
+
+    /// Every member of a few large structs, anonymous unions included, at btf-rs's offset.
+    #[test]
+    fn member_offsets_agree_with_btf_rs() {
+        let Some((btf, reference)) = kernels() else { return };
+        let mut checked = 0;
+        for name in ["task_struct", "nsproxy", "net", "sock", "sk_buff"] {
+            let ty = reference
+                .resolve_types_by_name(name)
+                .unwrap()
+                .into_iter()
+                .find(|t| matches!(t, btf_rs::Type::Struct(s) if !s.members.is_empty()))
+                .unwrap();
+            let btf_rs::Type::Struct(s) = ty else { unreachable!() };
+            for m in &s.members {
+                let member = reference.resolve_name(m).unwrap_or_default();
+                if member.is_empty() {
+                    continue;
+                }
+                assert_eq!(btf.member_offset(name, &member).unwrap(), m.bit_offset() / 8, "{name}.{member}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{checked}");
+        // Through anonymous members: sk_buff starts with union { struct { next; prev;
+        // union { dev; dev_scratch; }; }; rbnode; ... }.
+        assert_eq!(btf.member_offset("sk_buff", "prev").unwrap(), 8);
+        assert_eq!(btf.member_offset("sk_buff", "dev").unwrap(), 16);
+        // A named member's fields are not the outer struct's.
+        assert!(btf.member_offset("sock", "skc_family").is_err());
+        let e = btf.member_offset("nsproxy", "no_such_member").unwrap_err().to_string();
+        assert!(e.contains("has no member no_such_member"), "{e}");
+        let e = btf.member_offset("no_such_struct_xyz", "a").unwrap_err().to_string();
+        assert!(e.contains("not in this kernel's BTF"), "{e}");
+    }
+
+    fn refusal(data: Vec<u8>) -> String {
+        match KernelBtf::parse(data) {
+            Ok(btf) => panic!("accepted, {} types", btf.types.len()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn damaged_data_is_refused_not_misread() {
+        assert!(refusal(vec![0; 10]).contains("bad magic"));
+        assert!(refusal(vec![0; 64]).contains("bad magic"));
+        let Ok(bytes) = std::fs::read(KERNEL_BTF) else { return };
+        let mut cut = bytes.clone();
+        cut.truncate(bytes.len() / 2);
+        assert!(refusal(cut).contains("beyond the end"));
+        // A type section that ends inside a type.
+        let mut short = bytes;
+        let type_len = u32::from_ne_bytes(short[12..16].try_into().unwrap());
+        short[12..16].copy_from_slice(&(type_len - 2).to_ne_bytes());
+        let e = refusal(short);
+        assert!(e.contains("runs past") || e.contains("truncated"), "{e}");
+    }
+}
