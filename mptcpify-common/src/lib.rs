@@ -80,8 +80,29 @@ pub struct Config {
     pub exclusions: u32,
     /// PID of the listening `mptcpify monitor`; 0: no events are produced.
     pub monitor_pid: u32,
-    pub _pad: u32,
+    /// Bumped by user space after every change to the cgroup rules. The program caches the
+    /// result of its per-level cgroup walk per caller cgroup, tagged with this number, so a
+    /// change makes every cached walk stale at once (see [`CgroupDecision`]).
+    pub cgroup_generation: u32,
 }
+
+/// Cached result of walking one cgroup's ancestors through the cgroup rules. Exact while
+/// [`Config::cgroup_generation`] is unchanged: cgroup ids are never reused and a cgroup cannot
+/// move to another parent, so its ancestors are fixed; only the rules can change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupDecision {
+    pub generation: u32,
+    /// [`CGROUP_NO_MATCH`], [`ACTION_ENABLE`] or [`ACTION_EXCLUDE`].
+    pub action: u32,
+    /// The deciding ancestor: the first exclusion, else the highest enabled one.
+    pub cgroup: u64,
+}
+
+/// [`CgroupDecision::action`]: no ancestor has a rule.
+pub const CGROUP_NO_MATCH: u32 = 0;
+/// Caller cgroups whose walk is cached; an LRU map, so the busiest stay.
+pub const CGROUP_DECISIONS_ENTRIES: u32 = 8192;
 
 /// Which kind of rule decided.
 #[repr(u8)]
@@ -270,6 +291,7 @@ mod pod {
     // SAFETY: plain `repr(C)` integers and byte arrays, explicit padding.
     unsafe impl aya::Pod for super::Rule {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::CgroupDecision {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::Origin {}
 }

@@ -25,14 +25,15 @@ use aya_ebpf::{
         },
     },
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::FEntryContext,
 };
 use aya_log_ebpf::debug;
 use mptcpify_common::{
-    ACTION_EXCLUDE, AF_INET, AF_INET6, COMM_LEN, COUNTER_SLOTS, Config, Counter, Decision,
-    EVENTS_BYTES, Event, IPPROTO_MPTCP, IPPROTO_TCP, MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule,
-    RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
+    ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH,
+    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event,
+    IPPROTO_MPTCP, IPPROTO_TCP, MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule, RuleKind, SOCK_STREAM,
+    SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -47,6 +48,9 @@ static UID_RULES: HashMap<u32, Rule> = HashMap::with_max_entries(MAX_RULES, 0);
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+/// The program's own cache of cgroup walks (see [`cgroup_decision`]); user space never opens it.
+#[map]
+static CGROUP_DECISIONS: LruHashMap<u64, CgroupDecision> = LruHashMap::with_max_entries(CGROUP_DECISIONS_ENTRIES, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// Written and read by user space only; defined here so it is created and pinned with the rest.
@@ -142,13 +146,12 @@ fn select(cfg: &Config) -> Match {
         }
     }
     if cfg.cgroup_rules != 0 {
-        // Level 0 is the root; a level below the caller's own yields 0.
-        for level in 0..MAX_CGROUP_DEPTH {
-            let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
-            if id == 0 {
-                break;
-            }
-            if m.consider(RuleKind::Cgroup, id, CGROUP_RULES.get_ptr_mut(id)) || (stop_at_first && m.found) {
+        let d = cgroup_decision(cfg);
+        if d.action != CGROUP_NO_MATCH {
+            // The rule itself, for its hit count. Gone if it was removed since `d` was read:
+            // then it no longer decides.
+            let rule = CGROUP_RULES.get_ptr_mut(&d.cgroup);
+            if m.consider(RuleKind::Cgroup, d.cgroup, rule) {
                 return m;
             }
         }
@@ -157,6 +160,45 @@ fn select(cfg: &Config) -> Match {
         m = Match { found: true, exclude: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
     }
     m
+}
+
+/// What the cgroup rules say about the caller's cgroup: the first exclusion among its
+/// ancestors (root first), else the highest enabled ancestor. Walking costs one helper call and
+/// one lookup per level, so the answer is cached per caller cgroup for as long as the rules'
+/// generation stands; most calls then cost one lookup.
+#[inline(always)]
+fn cgroup_decision(cfg: &Config) -> CgroupDecision {
+    // Read before walking, and through a volatile read because `cfg` is shared with user space:
+    // a change made during the walk then leaves this entry stale, never wrongly fresh.
+    let generation = unsafe { core::ptr::read_volatile(&raw const cfg.cgroup_generation) };
+    let caller = unsafe { bpf_get_current_cgroup_id() };
+    if let Some(cached) = unsafe { CGROUP_DECISIONS.get(&caller) } {
+        if cached.generation == generation {
+            return *cached;
+        }
+    }
+    let mut d = CgroupDecision { generation, action: CGROUP_NO_MATCH, cgroup: 0 };
+    // Level 0 is the root; a level below the caller's own yields 0.
+    for level in 0..MAX_CGROUP_DEPTH {
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
+        if id == 0 {
+            break;
+        }
+        if let Some(rule) = unsafe { CGROUP_RULES.get(&id) } {
+            if rule.action == ACTION_EXCLUDE {
+                d.action = ACTION_EXCLUDE;
+                d.cgroup = id;
+                break;
+            }
+            if d.action == CGROUP_NO_MATCH {
+                d.action = ACTION_ENABLE;
+                d.cgroup = id;
+            }
+        }
+    }
+    // A full LRU map evicts its least recently used entry; a failed insert only costs a walk.
+    let _ = CGROUP_DECISIONS.insert(&caller, &d, 0);
+    d
 }
 
 /// `net.mptcp.enabled` of the caller's network namespace, read the way `mptcp_is_enabled()`

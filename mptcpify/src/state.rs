@@ -149,6 +149,10 @@ impl State {
     /// insert (`delta` 1) or removal (-1); O(1), so edits stay fast with many rules loaded.
     fn adjust_counts(&mut self, key: &Key, action: u32, delta: i32) -> Result<()> {
         let mut c = self.config()?;
+        if matches!(key, Key::Cgroup(_)) {
+            // After the map edit, so the program's cached cgroup walks never outlive it.
+            c.cgroup_generation = c.cgroup_generation.wrapping_add(1);
+        }
         let count = match key {
             Key::Cgroup(_) => &mut c.cgroup_rules,
             Key::Pid(_) => &mut c.pid_rules,
@@ -174,6 +178,7 @@ impl State {
         config.comm_rules = count(|k| matches!(k, Key::Comm(_)));
         config.uid_rules = count(|k| matches!(k, Key::Uid(_)));
         config.exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
+        config.cgroup_generation = config.cgroup_generation.wrapping_add(1);
         self.set_config(config)
     }
 

@@ -82,6 +82,43 @@ fn an_exclusion_wins_at_any_depth() {
     assert_eq!(proto_of(Some(&parent), "tcp4"), IPPROTO_MPTCP);
 }
 
+/// The program caches each caller cgroup's walk through the cgroup rules; every edit must show
+/// on the very next socket of a caller whose answer is cached. `other` keeps a cgroup rule in
+/// place throughout, so the program keeps consulting its cache.
+#[test]
+fn cached_cgroup_decisions_follow_every_rule_change() {
+    use std::os::unix::fs::MetadataExt as _;
+    let _g = setup();
+    let parent = TestCgroup::new("mptcpify-t-cache");
+    let leaf = TestCgroup::new("mptcpify-t-cache/a/b");
+    let other = TestCgroup::new("mptcpify-t-cache-other");
+    let unrelated = TestCgroup::new("mptcpify-t-cache-unrelated");
+    let rule_hits = |cg: &TestCgroup| -> u64 {
+        let id = std::fs::metadata(&cg.path).unwrap().ino();
+        let status = status_json();
+        let rule = status["rules"].as_array().unwrap().iter().find(|r| r["key"] == id);
+        rule.unwrap_or_else(|| panic!("no rule for {}: {status}", cg.relative))["hits"].as_u64().unwrap()
+    };
+    ok(&["enable", "--cgroup", &other.relative]);
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_TCP, "no rule above the leaf (walk cached)");
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_TCP, "same answer from the cache");
+    ok(&["enable", "--cgroup", &parent.relative]);
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_MPTCP, "a new ancestor rule beats a cached no-match");
+    let hits = rule_hits(&parent);
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_MPTCP);
+    assert_eq!(rule_hits(&parent), hits + 1, "a cached decision still counts its rule's hit");
+    ok(&["exclude", "--cgroup", &leaf.relative]);
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_TCP, "a new exclusion beats a cached enable");
+    ok(&["disable", "--cgroup", &leaf.relative]);
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_MPTCP, "a removed exclusion no longer decides");
+    ok(&["enable", "--cgroup", &unrelated.relative]);
+    ok(&["disable", "--cgroup", &unrelated.relative]);
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_MPTCP, "unrelated edits change nothing here");
+    ok(&["disable", "--cgroup", &parent.relative]);
+    assert_eq!(proto_of(Some(&leaf), "tcp4"), IPPROTO_TCP, "a removed ancestor rule no longer decides");
+    assert_eq!(proto_of(Some(&other), "tcp4"), IPPROTO_MPTCP);
+}
+
 #[test]
 fn enable_and_exclude_of_one_target_conflict_and_change_nothing() {
     let _g = setup();
