@@ -54,6 +54,9 @@ enum Cmd {
         /// A short run that only proves the benchmark works (CI runs it).
         #[arg(long)]
         smoke: bool,
+        /// Only render target/bench/results.json again (results.md, BENCHMARKS.md); no VM.
+        #[arg(long, conflicts_with = "smoke")]
+        render_only: bool,
     },
     /// Internal: the measuring part of `bench`, run as root in the VM.
     #[command(name = "bench-in-vm", hide = true)]
@@ -86,7 +89,10 @@ fn main() -> ExitCode {
         Cmd::Vm { kernel, rw, cmd } => vm::cli(&kernel, &cmd, &rw),
         Cmd::Test => test::all().map(|()| 0),
         Cmd::Demo => demo::run().map(|()| 0),
-        Cmd::Bench { smoke } => bench::run(smoke).map(|()| 0),
+        Cmd::Bench { render_only: true, .. } => {
+            bench::write_reports(&workspace_root().join("target/bench"), false).map(|()| 0)
+        }
+        Cmd::Bench { smoke, render_only: false } => bench::run(smoke).map(|()| 0),
         Cmd::BenchInVm { out, smoke } => bench::in_vm(&out, smoke).map(|()| 0),
     };
     match result {
