@@ -167,8 +167,9 @@ impl State {
         self.set_config(c)
     }
 
-    /// Recounts every table into the program's config (repairs counts an interrupted edit left
-    /// behind; `mptcpify sync` calls it).
+    /// Recounts every table into the program's config and bumps the cgroup generation (repairs
+    /// counts, and cached cgroup walks, that an interrupted edit left behind; `mptcpify sync`
+    /// calls it).
     pub fn recount(&mut self) -> Result<()> {
         let mut config = self.config()?;
         let all = self.entries()?;
