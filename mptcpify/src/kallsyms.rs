@@ -5,13 +5,16 @@
 //! `bpf_kallsyms_lookup_name()` (Linux >= 5.16), callable from a `BPF_PROG_TYPE_SYSCALL` program
 //! run once with `BPF_PROG_TEST_RUN`, under the same rule as the file (addresses are shown only
 //! with `kernel.kptr_restrict` and CAP_SYSLOG allowing it). That program is a dozen instructions,
-//! assembled here; the file stays as the fallback.
+//! assembled here (see [`crate::asm`]); the file stays as the fallback.
 use anyhow::{Result, anyhow, bail};
 use std::os::fd::AsFd as _;
 
 use aya_obj::generated::{bpf_func_id, bpf_insn};
 
-use crate::sys;
+use crate::{
+    asm::{ADD64_IMM, CALL, EXIT, FP, LD_IMM64, LDX_DW, MOV64_IMM, MOV64_REG, ST_DW, STX_DW, insn},
+    sys,
+};
 
 /// The address of `symbol`, from the kernel's own lookup or, where that program cannot run,
 /// from `/proc/kallsyms`.
@@ -42,22 +45,6 @@ pub fn file_lookup(symbol: &str) -> Result<u64> {
     kallsyms_address(&kallsyms_text()?, symbol).ok_or_else(|| {
         anyhow!("{symbol} is not in /proc/kallsyms (needs CONFIG_KALLSYMS_ALL and kernel.kptr_restrict < 2)")
     })
-}
-
-// Opcodes (`BPF_*` class | op | source), as the kernel's `filter.h` macros build them.
-const MOV64_REG: u8 = 0xbf;
-const MOV64_IMM: u8 = 0xb7;
-const ADD64_IMM: u8 = 0x07;
-const LD_IMM64: u8 = 0x18;
-const STX_DW: u8 = 0x7b;
-const ST_DW: u8 = 0x7a;
-const LDX_DW: u8 = 0x79;
-const CALL: u8 = 0x85;
-const EXIT: u8 = 0x95;
-const FP: u8 = 10;
-
-fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> bpf_insn {
-    bpf_insn { code, _bitfield_align_1: [], _bitfield_1: bpf_insn::new_bitfield_1(dst, src), off, imm }
 }
 
 /// The program: copies `symbol` (NUL-terminated) onto its stack, calls

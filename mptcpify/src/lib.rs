@@ -5,6 +5,7 @@
 //! This crate loads it ([`loader`], with the raw calls in [`sys`]), keeps its pinned state
 //! ([`state`]) and edits the rules ([`rules`]) for the CLI in `main.rs`.
 pub mod agent;
+pub mod asm;
 pub mod cgroup;
 pub mod checks;
 pub mod cli;

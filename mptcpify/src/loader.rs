@@ -175,6 +175,18 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     Ok(Attached { link, maps })
 }
 
+/// Attaches a program that does nothing but decline (returns 0) to the hook, for as long as the
+/// returned link lives: the benchmark's floor, what any fmod_ret program on this hook costs
+/// (the kernel's trampoline) before it does any work.
+pub fn attach_empty_program() -> Result<OwnedFd> {
+    use crate::asm::{EXIT, MOV64_IMM, insn};
+    let btf_id = hook_btf_id(&kernel_btf()?)?;
+    let insns = [insn(MOV64_IMM, 0, 0, 0, 0), insn(EXIT, 0, 0, 0, 0)];
+    let prog = sys::load_modify_return("mptcpify_empty", &insns, c"GPL", btf_id)
+        .map_err(|e| anyhow!("loading the empty program: {}", e.error))?;
+    sys::attach_modify_return(prog.as_fd()).context("attaching the empty program")
+}
+
 /// Loads, attaches and pins everything. On any error nothing is left pinned.
 pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
     let final_dir = Path::new(state::PIN_DIR);

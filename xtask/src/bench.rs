@@ -103,6 +103,7 @@ fn hook_cost(env: &Env, size: Size) -> Result<Value> {
         ("no_program", "no program loaded (TCP)"),
         ("explicit_mptcp", "no program, socket(…, IPPROTO_MPTCP) in the code"),
         ("mptcpize", "LD_PRELOAD mptcpize, no program (MPTCP)"),
+        ("empty_program", "an empty fmod_ret program (returns 0): the kernel's trampoline alone (TCP)"),
         ("loaded_not_selected", "program loaded, caller not selected (TCP)"),
         ("selected_cgroup", "caller selected by cgroup (MPTCP)"),
         ("selected_depth8_10k", "selected by cgroup at depth 8, 10,000 cgroup + 10,000 PID rules (MPTCP)"),
@@ -118,7 +119,12 @@ fn hook_cost(env: &Env, size: Size) -> Result<Value> {
             protos.insert(name, p);
         };
         // Rotate the order of the unloaded configurations per round.
-        let unloaded = [("no_program", "", ""), ("explicit_mptcp", "mptcp", ""), ("mptcpize", "", "mptcpize run ")];
+        let unloaded = [
+            ("no_program", "", ""),
+            ("explicit_mptcp", "mptcp", ""),
+            ("mptcpize", "", "mptcpize run "),
+            ("empty_program", "empty-hook", ""),
+        ];
         for i in 0..unloaded.len() {
             let (name, extra, prefix) = unloaded[(i + round) % unloaded.len()];
             record(name, env.sockbench("mptcpify-bench/sel", n, extra, prefix)?);
@@ -136,12 +142,18 @@ fn hook_cost(env: &Env, size: Size) -> Result<Value> {
     }
     let profile = profile_program(env, n, &deep_cg)?;
     env.mptcpify("reset >/dev/null")?;
-    let med: BTreeMap<&str, f64> = samples.iter_mut().map(|(k, v)| (*k, median(v))).collect();
+    // On copies: `samples` stays in round order for the per-round ratios below.
+    let med: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, median(&mut v.clone()))).collect();
     let rows: Vec<Value> = configs
         .iter()
         .map(|(k, label)| json!({ "config": k, "label": label, "median_ns": med[k], "protocol": protos[k], "samples": samples[k] }))
         .collect();
-    let ratio = |a: &str, b: &str| med[a] / med[b];
+    // Each round measures every configuration once, close together in time: the median of the
+    // per-round ratios cancels the slow drift of an emulated machine that a ratio of medians keeps.
+    let ratio = |a: &str, b: &str| {
+        let mut per_round: Vec<f64> = samples[a].iter().zip(&samples[b]).map(|(x, y)| x / y).collect();
+        median(&mut per_round)
+    };
     // Of what the hook adds to a socket() that it does not select, how much is the program body.
     let added_ns = med["loaded_not_selected"] - med["no_program"];
     let body_share = profile["not_selected"]["ns_per_run"].as_f64().map(|b| b / added_ns);
@@ -151,9 +163,12 @@ fn hook_cost(env: &Env, size: Size) -> Result<Value> {
         "rows": rows,
         "profile": profile,
         "added_ns_not_selected": added_ns,
+        "added_ns_empty_program": med["empty_program"] - med["no_program"],
         "program_body_share_of_added": body_share,
         "ratios": [
             { "name": "loaded, not selected / no program", "value": ratio("loaded_not_selected", "no_program"), "goal": 1.01 },
+            { "name": "empty fmod_ret program / no program (the floor for any program on this hook)", "value": ratio("empty_program", "no_program"), "goal": null },
+            { "name": "loaded, not selected / empty fmod_ret program (what mptcpify's decision adds)", "value": ratio("loaded_not_selected", "empty_program"), "goal": null },
             { "name": "selected (depth 8, 10k+10k rules) / explicit IPPROTO_MPTCP", "value": ratio("selected_depth8_10k", "explicit_mptcp"), "goal": 1.02 },
             { "name": "selected (1 rule) / explicit IPPROTO_MPTCP", "value": ratio("selected_cgroup", "explicit_mptcp"), "goal": null },
             { "name": "selected (depth 8, 10k+10k rules) / selected (1 rule)", "value": ratio("selected_depth8_10k", "selected_cgroup"), "goal": null },
@@ -456,7 +471,7 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
     ));
     let h = &r["hook_cost"];
     md.push_str(&format!(
-        "## 1. Cost of the hook on socket()\n\nsocket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0) + close() through libc, {} per sample, {} interleaved rounds; medians.\n\n| configuration | ns per socket+close | protocol |\n|---|---:|---:|\n",
+        "## 1. Cost of the hook on socket()\n\nsocket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0) + close() through libc, {} per sample after an untimed tenth, {} interleaved rounds; medians; each ratio is the median of the per-round ratios.\n\n| configuration | ns per socket+close | protocol |\n|---|---:|---:|\n",
         h["sockets_per_sample"], h["rounds"]
     ));
     for row in h["rows"].as_array().into_iter().flatten() {
@@ -474,7 +489,7 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
              the program is {} verified instructions, {} bytes of JIT code; it runs {:.0} ns per call when the caller is not \
              selected, {:.0} ns when selected by one cgroup rule, {:.0} ns at depth 8 with 10k+10k rules. Loaded-but-not-selected \
              adds {:.0} ns per socket()+close() over no program; the program body is {:.0}% of that, the rest is the fmod_ret \
-             trampoline the kernel runs around it.\n",
+             trampoline the kernel runs around it. For comparison, an empty fmod_ret program (two instructions) adds {:.0} ns.\n",
             p["verified_instructions"],
             p["jited_bytes"],
             p["not_selected"]["ns_per_run"].as_f64().unwrap_or(f64::NAN),
@@ -482,6 +497,7 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
             p["selected_depth8_10k"]["ns_per_run"].as_f64().unwrap_or(f64::NAN),
             h["added_ns_not_selected"].as_f64().unwrap_or(f64::NAN),
             100.0 * h["program_body_share_of_added"].as_f64().unwrap_or(f64::NAN),
+            h["added_ns_empty_program"].as_f64().unwrap_or(f64::NAN),
         ));
     }
     let t = &r["throughput"];
