@@ -4,11 +4,11 @@
 //! emulation, a third of a cold load. The kernel answers the same question for one name through
 //! `bpf_kallsyms_lookup_name()` (Linux >= 5.16), callable from a `BPF_PROG_TYPE_SYSCALL` program
 //! run once with `BPF_PROG_TEST_RUN`, under the same rule as the file (addresses are shown only
-//! with `kernel.kptr_restrict` and CAP_SYSLOG allowing it). That program is a dozen instructions,
-//! assembled here (see [`crate::asm`]); the file stays as the fallback.
-use anyhow::{Result, anyhow, bail};
+//! with `kernel.kptr_restrict` and CAP_SYSLOG allowing it). That program is under twenty
+//! instructions, assembled here (see [`crate::asm`]); the file stays as the fallback.
 use std::os::fd::AsFd as _;
 
+use anyhow::{Result, anyhow, bail};
 use aya_obj::generated::{bpf_func_id, bpf_insn};
 
 use crate::{
