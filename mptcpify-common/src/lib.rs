@@ -2,6 +2,7 @@
 //! counter slots, events and limits. Both sides compile this crate, so a layout change is one
 //! edit.
 #![no_std]
+#![deny(unsafe_code)]
 
 /// `IPPROTO_MPTCP`: what the program makes `socket()` use instead of TCP.
 pub const IPPROTO_MPTCP: i32 = 262;
@@ -16,6 +17,17 @@ pub const SOCK_TYPE_MASK: i32 = 0xf;
 pub const HOOK_FUNCTION: &str = "update_socket_protocol";
 /// Name of the program function in the object file (section `fentry/update_socket_protocol`).
 pub const PROGRAM_NAME: &str = "mptcpify";
+
+/// Where bpffs is mounted; the pins live below it.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Where link and maps are pinned (bpffs, root-only). User space, the tests and xtask all find
+/// the state here.
+pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
+/// Pin of the link in [`PIN_DIR`]; unlinking it detaches the program.
+pub const LINK_PIN: &str = "link";
+/// A first load pins into `PIN_DIR` + this + its PID, then renames that into place, so others
+/// see all of the state or none. bpffs refuses names with dots.
+pub const LOADING_INFIX: &str = "_loading_";
 
 /// cgroup v2 id (the inode number of the cgroup directory) -> [`Rule`].
 pub const CGROUP_RULES_MAP: &str = "CGROUP_RULES";
@@ -33,6 +45,11 @@ pub const CONFIG_MAP: &str = "CONFIG";
 pub const EVENTS_MAP: &str = "EVENTS";
 /// cgroup id -> [`Origin`]: what a cgroup rule was made from. Only user space reads it.
 pub const ORIGINS_MAP: &str = "ORIGINS";
+
+/// Maps pinned beside the link; the rest (.rodata, the log ring buffer, the program's own cache)
+/// live on with the program, which the link holds.
+pub const PINNED_MAPS: [&str; 8] =
+    [CGROUP_RULES_MAP, PID_RULES_MAP, COMM_RULES_MAP, UID_RULES_MAP, COUNTERS_MAP, CONFIG_MAP, EVENTS_MAP, ORIGINS_MAP];
 
 /// Room for 10,000 rules of each kind, with headroom for hash collisions.
 pub const MAX_RULES: u32 = 16384;
@@ -287,11 +304,18 @@ pub mod netns_globals {
 }
 
 #[cfg(feature = "user")]
+#[allow(unsafe_code)]
 mod pod {
-    // SAFETY: plain `repr(C)` integers and byte arrays, explicit padding.
+    // SAFETY (each impl): plain `repr(C)` integers and byte arrays with explicit padding, so every
+    // bit pattern is a valid value and the type has no padding bytes left uninitialised.
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Rule {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::CgroupDecision {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Event {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::Origin {}
 }

@@ -17,11 +17,9 @@
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
-            bpf_ktime_get_boot_ns,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
         },
     },
     macros::map,
@@ -30,10 +28,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use mptcpify_common::{
-    ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH,
-    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event,
-    IPPROTO_MPTCP, IPPROTO_TCP, MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule, RuleKind, SOCK_STREAM,
-    SOCK_TYPE_MASK,
+    ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH, COMM_LEN,
+    COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, IPPROTO_MPTCP, IPPROTO_TCP,
+    MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule, RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -106,7 +103,8 @@ struct Match {
 }
 
 impl Match {
-    const NONE: Match = Match { found: false, exclude: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
+    const NONE: Match =
+        Match { found: false, exclude: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
 
     /// Keeps the first enable match; an exclusion replaces it and ends the search (`true`).
     #[inline(always)]

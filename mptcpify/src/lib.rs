@@ -1,27 +1,17 @@
 //! mptcpify: make unmodified programs use Multipath TCP.
 //!
 //! A kernel program on `update_socket_protocol` (fmod_ret) turns `socket(AF_INET[6],
-//! SOCK_STREAM, 0|IPPROTO_TCP)` into `IPPROTO_MPTCP` for processes selected by cgroup or PID.
-//! This crate loads it ([`loader`], with the raw calls in [`sys`]), keeps its pinned state
-//! ([`state`]) and edits the rules ([`rules`]) for the CLI in `main.rs`.
+//! SOCK_STREAM, 0|IPPROTO_TCP)` into `IPPROTO_MPTCP` for the processes the rules select. The
+//! crate is layered, each folder one layer:
+//! - [`bpf`]: everything that talks BPF to the kernel (the only `unsafe`, in [`bpf::sys`]);
+//! - [`state`]: the pinned state, its lock, the rules and the user-space model of the decision;
+//! - [`host`]: what selectors name on this host (cgroups, units, processes, users, mounts);
+//! - [`commands`]: one module per CLI command, thin over the layers above;
+//! - [`agent`]: the daemon that keeps a declarative policy (and pods) in force.
+#![deny(unsafe_code)]
+
 pub mod agent;
-pub mod asm;
-pub mod cgroup;
-pub mod checks;
-pub mod cli;
+pub mod bpf;
 pub mod commands;
-pub mod doctor;
-pub mod kallsyms;
-pub mod kernel_btf;
-pub mod loader;
-pub mod monitor;
-pub mod mounts;
-pub mod netns;
-pub mod process;
-pub mod rules;
-pub mod run;
-pub mod selection;
+pub mod host;
 pub mod state;
-pub mod systemd;
-pub mod targets;
-pub(crate) mod sys;

@@ -258,9 +258,7 @@ impl WaitingProbe {
     /// Lets it make its sockets; returns what it reported.
     pub fn finish(mut self) -> BTreeMap<String, BTreeMap<String, i64>> {
         self.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
         assert!(out.status.success());
         parse_probe(&String::from_utf8_lossy(&out.stdout))
     }

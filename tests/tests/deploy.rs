@@ -91,7 +91,8 @@ fn check(o: &Objects) {
     // Probes hit the agent's endpoints on the metrics port, which the args bind.
     let port = c.ports.iter().flatten().find(|p| p.name.as_deref() == Some("metrics")).unwrap().container_port;
     assert!(args.contains(&format!("--metrics-addr=0.0.0.0:{port}")), "{args:?}");
-    let probe_path = |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
+    let probe_path =
+        |p: &Option<k8s_openapi::api::core::v1::Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().path.clone();
     assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
     assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
 
@@ -106,7 +107,7 @@ fn check(o: &Objects) {
     let config_arg = args.iter().find_map(|a| a.strip_prefix("--config=")).expect("--config=");
     let policy_mount = mounts.values().find(|m| config_arg.starts_with(&m.mount_path)).expect("the policy is mounted");
     let cm_name = &volumes[&policy_mount.name].config_map.as_ref().unwrap().name;
-    let cm = o.configmaps.iter().find(|c| &c.metadata.name == &Some(cm_name.clone())).expect("the policy ConfigMap");
+    let cm = o.configmaps.iter().find(|c| c.metadata.name == Some(cm_name.clone())).expect("the policy ConfigMap");
     let file = config_arg.rsplit('/').next().unwrap();
     let text = &cm.data.as_ref().unwrap()[file];
     mptcpify::agent::policy::Policy::parse(text, file, &|_| None).expect("the shipped policy is valid");

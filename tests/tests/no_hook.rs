@@ -46,7 +46,8 @@ fn doctor_fails_on_the_missing_hook() {
     let out = mptcpify(&["doctor", "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let level = |name: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["level"].clone();
+    let level =
+        |name: &str| v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap()["level"].clone();
     assert_eq!(level("kernel"), "FAIL", "{v}");
     assert_eq!(level("hook"), "FAIL", "{v}");
     assert_eq!(level("program"), "FAIL", "{v}");

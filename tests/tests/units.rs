@@ -24,7 +24,13 @@ fn busctl(args: &[&str]) -> Result<String, String> {
 }
 
 fn manager(method: &str, sig: &str, args: &[&str]) -> Result<String, String> {
-    let mut a = vec!["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", method];
+    let mut a = vec![
+        "call",
+        "org.freedesktop.systemd1",
+        "/org/freedesktop/systemd1",
+        "org.freedesktop.systemd1.Manager",
+        method,
+    ];
     if !sig.is_empty() {
         a.push(sig);
     }
@@ -36,7 +42,11 @@ fn manager(method: &str, sig: &str, args: &[&str]) -> Result<String, String> {
 fn control_group() -> String {
     let start = Instant::now();
     loop {
-        let cg = unit_property("/org/freedesktop/systemd1/unit/mptcpify_2dt_2eservice", "org.freedesktop.systemd1.Service", "ControlGroup");
+        let cg = unit_property(
+            "/org/freedesktop/systemd1/unit/mptcpify_2dt_2eservice",
+            "org.freedesktop.systemd1.Service",
+            "ControlGroup",
+        );
         if !cg.is_empty() && cgroup_root().join(cg.trim_start_matches('/')).join("cgroup.procs").exists() {
             return cg;
         }
@@ -46,6 +56,8 @@ fn control_group() -> String {
 }
 
 /// Starts systemd once (PID 1 of its own PID namespace) and waits for its D-Bus API.
+// systemd runs until this test binary, and with it the VM, ends: nobody waits for it.
+#[allow(clippy::zombie_processes)]
 fn systemd() {
     static START: Once = Once::new();
     START.call_once(|| {
@@ -58,8 +70,16 @@ fn systemd() {
             std::os::unix::fs::symlink("/dev/null", mask).unwrap();
         }
         Command::new("unshare")
-            .args(["--pid", "--fork", "--mount-proc", "/lib/systemd/systemd", "--system", "--unit=dbus.service",
-                "--log-target=null", "--show-status=false"])
+            .args([
+                "--pid",
+                "--fork",
+                "--mount-proc",
+                "/lib/systemd/systemd",
+                "--system",
+                "--unit=dbus.service",
+                "--log-target=null",
+                "--show-status=false",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -135,7 +155,10 @@ fn a_unit_is_enabled_through_systemd_and_followed_across_a_restart() {
 fn units_that_are_unknown_stopped_or_not_cgroup_units_are_refused() {
     let _g = setup();
     systemd();
-    fails(&["enable", "--unit", "no-such-unit-xyz.service"], "systemd does not know no-such-unit-xyz.service as a running unit");
+    fails(
+        &["enable", "--unit", "no-such-unit-xyz.service"],
+        "systemd does not know no-such-unit-xyz.service as a running unit",
+    );
     fails(&["enable", "--unit", "nginx"], "give the full name");
     manager("Reload", "", &[]).unwrap();
     let _ = manager("StopUnit", "ss", &[UNIT, "replace"]);
@@ -181,7 +204,8 @@ fn the_agent_runs_from_its_shipped_unit_and_follows_a_unit_across_restarts() {
     // It runs with only the unit's three capabilities.
     // (MainPID is a PID of systemd's namespace; the unit's cgroup lists it in ours.)
     let agent_cg = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Service", "ControlGroup");
-    let procs = std::fs::read_to_string(cgroup_root().join(agent_cg.trim_start_matches('/')).join("cgroup.procs")).unwrap();
+    let procs =
+        std::fs::read_to_string(cgroup_root().join(agent_cg.trim_start_matches('/')).join("cgroup.procs")).unwrap();
     let pid = procs.lines().next().expect("the agent's process").to_owned();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();

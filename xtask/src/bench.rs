@@ -25,7 +25,8 @@ pub struct Size {
     rules: u32,
 }
 
-const FULL: Size = Size { rounds: 15, sockets: 20_000, iperf_secs: 8, iperf_rounds: 3, control_ops: 1000, rules: 10_000 };
+const FULL: Size =
+    Size { rounds: 15, sockets: 20_000, iperf_secs: 8, iperf_rounds: 3, control_ops: 1000, rules: 10_000 };
 const SMOKE: Size = Size { rounds: 1, sockets: 500, iperf_secs: 2, iperf_rounds: 1, control_ops: 10, rules: 100 };
 
 fn median(v: &mut [f64]) -> f64 {
@@ -246,7 +247,11 @@ fn agent_memory(env: &Env, paths: usize) -> Result<(f64, f64)> {
     }
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
     let kib = |field: &str| -> f64 {
-        status.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(f64::NAN)
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(f64::NAN)
     };
     let mem = (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0);
     let _ = child.kill();
@@ -269,7 +274,10 @@ fn netns_counter(ns: &str, name: &str) -> u64 {
 }
 
 fn rx_bytes(dev: &str) -> u64 {
-    sh(&format!("ip netns exec mb-cli cat /sys/class/net/{dev}/statistics/rx_bytes")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+    sh(&format!("ip netns exec mb-cli cat /sys/class/net/{dev}/statistics/rx_bytes"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// One iperf3 transfer server -> client (`-R`); wrappers decide how the sockets are made.
@@ -296,7 +304,9 @@ fn iperf(env: &Env, mode: &str, secs: u32) -> Result<Value> {
     let _ = server.wait();
     let out = out?;
     let v: Value = serde_json::from_str(&out).context("iperf3 -J output")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().ok_or_else(|| anyhow!("no throughput in iperf3 output"))?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("no throughput in iperf3 output"))?;
     let connections = netns_counter("mb-cli", "MPTcpExtMPCapableSYNACKRX") - capable;
     let joined = netns_counter("mb-cli", "MPTcpExtMPJoinSynAckRx") - joins;
     Ok(json!({
@@ -342,15 +352,17 @@ fn throughput(env: &Env, size: Size) -> Result<Value> {
     };
     let rows: Vec<Value> = ["tcp", "mptcpify", "mptcpize"]
         .iter()
-        .map(|m| json!({
-            "mode": m,
-            "mbit_per_s": med(m, "mbit_per_s"),
-            "extra_subflows_per_connection": med(m, "extra_subflows"),
-            "mptcp_connections": med(m, "mptcp_connections"),
-            "path1_mbytes": med(m, "path1_mbytes"),
-            "path2_mbytes": med(m, "path2_mbytes"),
-            "runs": runs[m],
-        }))
+        .map(|m| {
+            json!({
+                "mode": m,
+                "mbit_per_s": med(m, "mbit_per_s"),
+                "extra_subflows_per_connection": med(m, "extra_subflows"),
+                "mptcp_connections": med(m, "mptcp_connections"),
+                "path1_mbytes": med(m, "path1_mbytes"),
+                "path2_mbytes": med(m, "path2_mbytes"),
+                "runs": runs[m],
+            })
+        })
         .collect();
     let tcp = med("tcp", "mbit_per_s");
     // Both modes run the same MPTCP stack over the same shaped paths, so they differ by noise
@@ -402,8 +414,11 @@ fn control_plane(env: &Env, size: Size) -> Result<Value> {
     let mut en_own: Vec<f64> = en.iter().zip(&start).map(|(e, s)| e - s).collect();
     let mut dis_own: Vec<f64> = dis.iter().zip(&start).map(|(d, s)| d - s).collect();
     // What starting any process costs here, for scale: each operation above is a CLI start.
-    let mut baseline: Vec<f64> = (0..size.control_ops.min(200)).map(|_| timed(|| sh("/bin/true"))).collect::<Result<_>>()?;
-    let mut status: Vec<f64> = (0..size.control_ops.min(200)).map(|_| timed(|| env.mptcpify("status --json >/dev/null"))).collect::<Result<_>>()?;
+    let mut baseline: Vec<f64> =
+        (0..size.control_ops.min(200)).map(|_| timed(|| sh("/bin/true"))).collect::<Result<_>>()?;
+    let mut status: Vec<f64> = (0..size.control_ops.min(200))
+        .map(|_| timed(|| env.mptcpify("status --json >/dev/null")))
+        .collect::<Result<_>>()?;
     env.mptcpify("reset >/dev/null")?;
     let agent_paths = if size.control_ops >= 1000 { 1000 } else { 10 };
     let (rss, hwm) = agent_memory(env, agent_paths)?;
@@ -472,12 +487,22 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         h["sockets_per_sample"], h["rounds"]
     ));
     for row in h["rows"].as_array().into_iter().flatten() {
-        md.push_str(&format!("| {} | {:.0} | {} |\n", row["label"].as_str().unwrap_or(""), row["median_ns"].as_f64().unwrap_or(f64::NAN), row["protocol"]));
+        md.push_str(&format!(
+            "| {} | {:.0} | {} |\n",
+            row["label"].as_str().unwrap_or(""),
+            row["median_ns"].as_f64().unwrap_or(f64::NAN),
+            row["protocol"]
+        ));
     }
     md.push_str("\n| ratio | value | goal |\n|---|---:|---|\n");
     for x in h["ratios"].as_array().into_iter().flatten() {
         let v = x["value"].as_f64().unwrap_or(f64::NAN);
-        md.push_str(&format!("| {} | {} | {} |\n", x["name"].as_str().unwrap_or(""), f(&x["value"]), goal_mark(v, &x["goal"], false)));
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            x["name"].as_str().unwrap_or(""),
+            f(&x["value"]),
+            goal_mark(v, &x["goal"], false)
+        ));
     }
     let p = &h["profile"];
     if p.is_object() {
@@ -516,7 +541,12 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
     md.push_str("\n| ratio | value | goal |\n|---|---:|---|\n");
     for x in t["ratios"].as_array().into_iter().flatten() {
         let v = x["value"].as_f64().unwrap_or(f64::NAN);
-        md.push_str(&format!("| {} | {} | {} |\n", x["name"].as_str().unwrap_or(""), f(&x["value"]), goal_mark(v, &x["goal"], true)));
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            x["name"].as_str().unwrap_or(""),
+            f(&x["value"]),
+            goal_mark(v, &x["goal"], true)
+        ));
     }
     let c = &r["control_plane"];
     md.push_str(&format!(
@@ -538,8 +568,13 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         ("for scale: `sh -c /bin/true` p50", &c["process_start_ms"]["p50"], &Value::Null),
         ("for scale: `mptcpify status --json` p50", &c["status_ms"]["p50"], &Value::Null),
     ] {
-        let mark = goal_mark(v.as_f64().unwrap_or(f64::NAN), g, false).replace(" ✅", " ms ✅").replace(" ❌", " ms ❌");
-        md.push_str(&format!("| {name} | {} | {} |\n", ms(v), if g.is_null() { String::new() } else { format!("< {mark}") }));
+        let mark =
+            goal_mark(v.as_f64().unwrap_or(f64::NAN), g, false).replace(" ✅", " ms ✅").replace(" ❌", " ms ❌");
+        md.push_str(&format!(
+            "| {name} | {} | {} |\n",
+            ms(v),
+            if g.is_null() { String::new() } else { format!("< {mark}") }
+        ));
     }
     let a = &c["agent"];
     let rss = a["rss_mib"].as_f64().unwrap_or(f64::NAN);
@@ -559,9 +594,12 @@ pub fn write_reports(out: &Path, smoke: bool) -> Result<()> {
     let results: Value = serde_json::from_str(&text)?;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|c| {
+            c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "an unknown CPU".into());
-    let md = markdown(&results, &format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get())));
+    let md =
+        markdown(&results, &format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get())));
     std::fs::write(out.join("results.md"), &md)?;
     if !smoke {
         let doc = format!(
@@ -585,9 +623,11 @@ pub fn run(smoke: bool) -> Result<()> {
         let a = test::build()?;
         a.privileged.parent().and_then(Path::parent).ok_or_else(|| anyhow!("no target dir"))?.to_path_buf()
     } else {
-        crate::run(Command::new("cargo")
-            .args(["build", "--release", "-q", "-p", "mptcpify", "-p", "mptcpify-tests", "--bins"])
-            .current_dir(workspace_root()))?;
+        crate::run(
+            Command::new("cargo")
+                .args(["build", "--release", "-q", "-p", "mptcpify", "-p", "mptcpify-tests", "--bins"])
+                .current_dir(workspace_root()),
+        )?;
         workspace_root().join("target/release")
     };
     let out = workspace_root().join("target/bench");

@@ -16,10 +16,7 @@ pub struct Kernel {
     suite: &'static str,
 }
 
-pub const KERNELS: &[Kernel] = &[
-    Kernel { name: "6.12", suite: "trixie" },
-    Kernel { name: "6.1", suite: "bookworm" },
-];
+pub const KERNELS: &[Kernel] = &[Kernel { name: "6.12", suite: "trixie" }, Kernel { name: "6.1", suite: "bookworm" }];
 
 pub fn dir() -> PathBuf {
     workspace_root().join("target/vm/kernels")
@@ -84,17 +81,16 @@ fn fetch(k: &Kernel) -> Result<()> {
     let sources = state.join("sources.list");
     std::fs::write(
         &sources,
-        format!(
-            "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {} main\n",
-            mirror()?,
-            k.suite
-        ),
+        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {} main\n", mirror()?, k.suite),
     )?;
     let opts = |c: &mut Command| {
-        c.arg("-o").arg(format!("Dir::Etc::SourceList={}", sources.display()))
+        c.arg("-o")
+            .arg(format!("Dir::Etc::SourceList={}", sources.display()))
             .args(["-o", "Dir::Etc::SourceParts=/dev/null"])
-            .arg("-o").arg(format!("Dir::State::Lists={}", state.join("lists").display()))
-            .arg("-o").arg(format!("Dir::Cache={}", state.join("cache").display()))
+            .arg("-o")
+            .arg(format!("Dir::State::Lists={}", state.join("lists").display()))
+            .arg("-o")
+            .arg(format!("Dir::Cache={}", state.join("cache").display()))
             .args(["-o", "APT::Sandbox::User=root", "-qq"]);
     };
     eprintln!("kernels: fetching Debian {}'s cloud kernel ({})", k.suite, k.name);

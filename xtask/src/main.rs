@@ -1,4 +1,5 @@
 //! `cargo xtask …`: set-up, the VM runner, the whole test pipeline and the demo.
+#![deny(unsafe_code)]
 mod bench;
 mod demo;
 mod kernels;

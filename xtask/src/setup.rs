@@ -45,8 +45,8 @@ pub fn apt_packages() -> Result<()> {
 }
 
 fn nightly_sysroot() -> Result<String> {
-    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()
-        .context("running rustc +nightly")?;
+    let out =
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output().context("running rustc +nightly")?;
     if !out.status.success() {
         bail!("no nightly toolchain: `rustup toolchain install nightly` (it builds the kernel program)");
     }

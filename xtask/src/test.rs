@@ -149,7 +149,11 @@ pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]
 
 /// Can this host's kernel take the program? (These machines' kernels refuse fmod_ret.)
 fn host_accepts_program(a: &Artifacts) -> bool {
-    Command::new(&a.mptcpify).arg("probe").stdout(Stdio::null()).stderr(Stdio::null()).status()
+    Command::new(&a.mptcpify)
+        .arg("probe")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
         .is_ok_and(|s| s.success())
 }
 
@@ -221,7 +225,10 @@ pub fn all() -> Result<()> {
         println!("host refusal suite (this kernel): {} passed, 0 failed, 0 skipped", c.passed);
     }
     println!("xtask test: finished in {} s", start.elapsed().as_secs());
-    println!("privileged: {} passed, 0 failed, 0 skipped", privileged.passed + units.passed + negative.passed + refusal);
+    println!(
+        "privileged: {} passed, 0 failed, 0 skipped",
+        privileged.passed + units.passed + negative.passed + refusal
+    );
     Ok(())
 }
 

@@ -15,8 +15,7 @@ use crate::{kernels, modules::ModuleDeps};
 
 /// Modules loaded in the guest before the command: virtio-fs and overlayfs for the root, veth
 /// and qdiscs for network tests, sctp for the "other protocol stays untouched" test.
-const GUEST_MODULES: &[&str] =
-    &["virtio_pci", "virtiofs", "overlay", "veth", "sch_tbf", "sch_netem", "sctp"];
+const GUEST_MODULES: &[&str] = &["virtio_pci", "virtiofs", "overlay", "veth", "sch_tbf", "sch_netem", "sctp"];
 
 /// C virtiofsd shipped with QEMU 7.2 (qemu-system-common); the 6.12 kernel has no 9p.
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";
@@ -118,9 +117,10 @@ fn build_initramfs(work: &Path, kernel_dir: &Path, cwd: &Path, argv: &[String], 
 
     let version = kernels::module_version(kernel_dir)?;
     let moddir = kernel_dir.join("lib/modules").join(&version);
-    let deps = ModuleDeps::parse(&std::fs::read_to_string(moddir.join("modules.dep")).with_context(|| {
-        format!("{}/modules.dep missing (run depmod, or `cargo xtask setup`)", moddir.display())
-    })?);
+    let deps =
+        ModuleDeps::parse(&std::fs::read_to_string(moddir.join("modules.dep")).with_context(|| {
+            format!("{}/modules.dep missing (run depmod, or `cargo xtask setup`)", moddir.display())
+        })?);
     let mut names = Vec::new();
     for rel in deps.load_order(GUEST_MODULES) {
         let file = rel.rsplit('/').next().unwrap_or(&rel);
@@ -188,7 +188,8 @@ fn start_virtiofsd(work: &Path, dir: &Path, tag: &str, daemons: &mut Daemons) ->
     let log = std::fs::File::create(work.join(format!("{tag}.log")))?;
     let child = Command::new(virtiofsd)
         .arg(format!("--socket-path={}", sock.display()))
-        .arg("-o").arg(format!("source={}", dir.display()))
+        .arg("-o")
+        .arg(format!("source={}", dir.display()))
         .args(["-o", "cache=always", "-o", "sandbox=chroot", "-o", "log_level=err"])
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -242,9 +243,12 @@ pub fn run_in_vm(opts: &VmOptions, cwd: &Path, argv: &[String]) -> Result<VmOutp
         .args(["-smp", &opts.cpus.to_string()])
         .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
         .args(["-chardev", "stdio,id=con,signal=off", "-serial", "chardev:con"])
-        .arg("-serial").arg(format!("file:{}", rc_file.display()))
-        .arg("-kernel").arg(&vmlinuz)
-        .arg("-initrd").arg(&initrd)
+        .arg("-serial")
+        .arg(format!("file:{}", rc_file.display()))
+        .arg("-kernel")
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&initrd)
         .args(["-append", "console=ttyS0 panic=-1 oops=panic quiet loglevel=1"])
         .args(&fs_args)
         .args(["-object", &format!("memory-backend-memfd,id=mem,size={},share=on", opts.mem)])
@@ -282,7 +286,9 @@ pub fn run_in_vm(opts: &VmOptions, cwd: &Path, argv: &[String]) -> Result<VmOutp
     drop(daemons);
     let rc: String = std::fs::read_to_string(&rc_file)?.chars().filter(char::is_ascii_digit).collect();
     let status = rc.parse::<i32>().map_err(|_| {
-        anyhow!("the VM reported no exit status (qemu {exit}); kernel panic or boot failure? see the console output above")
+        anyhow!(
+            "the VM reported no exit status (qemu {exit}); kernel panic or boot failure? see the console output above"
+        )
     })?;
     if status == 125 && output.contains("vm-init:") {
         bail!("the VM failed to set up its root filesystem (see vm-init messages above)");
@@ -309,11 +315,8 @@ mod tests {
     fn quoting_survives_quotes_and_spaces() {
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(format!("printf %s {}", shell_quote("x'y \"$HOME\" z")))
-            .output()
-            .unwrap();
+        let out =
+            Command::new("sh").arg("-c").arg(format!("printf %s {}", shell_quote("x'y \"$HOME\" z"))).output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), "x'y \"$HOME\" z");
     }
 }

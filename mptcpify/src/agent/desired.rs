@@ -5,14 +5,18 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use mptcpify_common::{ORIGIN_PATH, ORIGIN_POD, ORIGIN_UNIT};
-
 use super::{
     kubernetes::pods::{PodInfo, cgroup_paths},
     policy::{CgroupDriver, Policy, Selector},
     reconcile::Desired,
 };
-use crate::{cgroup, rules::Action, systemd, targets};
+use crate::{
+    host::{cgroup, selector::CgroupPath, systemd},
+    state::{
+        origin::{OriginKind, RuleOrigin},
+        rules::{Action, Key},
+    },
+};
 
 /// A selected pod and the cgroup it was found in (`None`: not created yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +35,16 @@ pub struct Resolved {
     pub pending: Vec<String>,
     /// What could not be resolved this round (e.g. systemd unreachable): while any is set, the
     /// agent removes none of its rules, so a transient failure never drops coverage.
-    pub errors: Vec<String>,
+    pub errors: Vec<Unresolved>,
     pub pods: Vec<PodCoverage>,
+}
+
+/// A wanted selector that could not be resolved this round, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {error:#}")]
+pub struct Unresolved {
+    pub what: String,
+    pub error: anyhow::Error,
 }
 
 /// Existing directories from `root` down to the parent of `relative`.
@@ -52,21 +64,28 @@ fn ancestors(root: &Path, relative: &str) -> Vec<PathBuf> {
 
 impl Resolved {
     /// Resolves one cgroup path and watches where it appears; returns its id when it exists.
-    fn path(&mut self, root: &Path, relative: &str, action: Action, origin: (u32, &str), label: &str) -> Option<u64> {
+    fn path(
+        &mut self,
+        root: &Path,
+        relative: &str,
+        action: Action,
+        origin: (OriginKind, &str),
+        label: &str,
+    ) -> Option<u64> {
         self.watch_dirs.extend(ancestors(root, relative));
         match cgroup::resolve(root, relative.trim_start_matches('/')) {
-            Ok(cg) => match targets::origin(origin.0, origin.1) {
+            Ok(cg) => match RuleOrigin::new(origin.0, origin.1) {
                 Ok(o) => {
                     self.desired.push(Desired {
-                        key: crate::rules::Key::Cgroup(cg.id),
+                        key: Key::Cgroup(cg.id),
                         action,
                         origin: Some(o),
                         label: format!("{label}: cgroup {} (id {})", cg.relative, cg.id),
                     });
                     Some(cg.id)
                 }
-                Err(e) => {
-                    self.errors.push(format!("{label}: {e:#}"));
+                Err(error) => {
+                    self.errors.push(Unresolved { what: label.to_owned(), error });
                     None
                 }
             },
@@ -80,19 +99,24 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
     let mut r = Resolved::default();
     for w in &policy.wanted {
         match &w.selector {
-            Selector::Cgroup(path) => {
-                if r.path(root, path, w.action, (ORIGIN_PATH, path), &format!("cgroup {path}")).is_none() {
+            Selector::Cgroup(CgroupPath::Relative(path)) => {
+                if r.path(root, path, w.action, (OriginKind::Path, path), &format!("cgroup {path}")).is_none() {
                     r.pending.push(format!("cgroup {path}: does not exist yet"));
                 }
             }
+            // A policy names cgroups relative to the root (`Selector::cgroup_relative`).
+            Selector::Cgroup(CgroupPath::Mounted(path)) => r.errors.push(Unresolved {
+                what: format!("cgroup {}", path.display()),
+                error: anyhow::anyhow!("a policy's cgroups are relative to the cgroup2 root"),
+            }),
             Selector::Unit(unit) => match systemd::unit_cgroup_expected(unit).await {
                 Ok(Some(path)) => {
-                    if r.path(root, &path, w.action, (ORIGIN_UNIT, unit), &format!("unit {unit}")).is_none() {
+                    if r.path(root, &path, w.action, (OriginKind::Unit, unit), &format!("unit {unit}")).is_none() {
                         r.pending.push(format!("unit {unit}: {path} does not exist yet"));
                     }
                 }
                 Ok(None) => r.pending.push(format!("unit {unit}: systemd has no such unit")),
-                Err(e) => r.errors.push(format!("unit {unit}: {e:#}")),
+                Err(error) => r.errors.push(Unresolved { what: format!("unit {unit}"), error }),
             },
             Selector::Key(key) => {
                 r.desired.push(Desired { key: *key, action: w.action, origin: None, label: key.to_string() })
@@ -110,7 +134,7 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
         for path in cgroup_paths(&pod.cgroup_uid, pod.qos, driver) {
             // Only the first existing candidate counts; the rest are still watched.
             if cgroup.is_none() {
-                cgroup = r.path(root, &path, Action::Enable, (ORIGIN_POD, &pod.label()), &label);
+                cgroup = r.path(root, &path, Action::Enable, (OriginKind::Pod, &pod.label()), &label);
             } else {
                 r.watch_dirs.extend(ancestors(root, &path));
             }
@@ -126,7 +150,7 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{agent::kubernetes::pods::Qos, rules::Key};
+    use crate::agent::kubernetes::pods::Qos;
 
     fn mkcg(root: &Path, rel: &str) -> u64 {
         use std::os::unix::fs::MetadataExt as _;

@@ -11,23 +11,19 @@ use anyhow::{Context as _, Result};
 use http_body_util::Full;
 use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
-use mptcpify_common::Counter;
+use mptcpify_common::{Counter, RuleKind};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        gauge::ConstGauge,
-    },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
 
 use super::desired::PodCoverage;
-use crate::{
-    rules::{Action, Key, RuleStore as _, comm_str, owner_name},
-    state::{self, State},
-    targets,
+use crate::state::{
+    maps::State,
+    pins,
+    rules::{Action, Key, Owner, RuleStore as _, comm_str},
 };
 
 /// What the agent loop reports about itself; the HTTP side only reads it.
@@ -53,11 +49,22 @@ pub type SharedHealth = Arc<Mutex<Health>>;
 #[derive(Debug)]
 struct RuleRow {
     action: Action,
-    kind: &'static str,
-    key: String,
+    key: Key,
     target: String,
-    owner: &'static str,
+    owner: Owner,
     hits: u64,
+}
+
+impl RuleRow {
+    /// The key as a label value: the id, pid, uid or command name; empty for `all`.
+    fn key_label(&self) -> String {
+        match self.key {
+            Key::Cgroup(id) => id.to_string(),
+            Key::Pid(p) | Key::Uid(p) => p.to_string(),
+            Key::Comm(c) => comm_str(&c),
+            Key::All => String::new(),
+        }
+    }
 }
 
 /// Everything one scrape shows, read at once.
@@ -71,81 +78,135 @@ struct Snapshot {
 fn snapshot(health: &SharedHealth) -> Snapshot {
     let health = health.lock().expect("health lock").clone();
     let mut snap = Snapshot { health, counters: Vec::new(), rules: Vec::new() };
-    if !state::is_loaded() {
+    if !pins::is_loaded() {
         snap.health.attached = false;
         return snap;
     }
     let Ok(st) = State::open() else { return snap };
     snap.counters = st.counters().unwrap_or_default();
     for (key, rule) in st.entries().unwrap_or_default() {
-        let (key_text, target) = match key {
-            Key::Cgroup(id) => {
-                (id.to_string(), st.origin(id).map(|o| targets::origin_label(&o)).unwrap_or_default())
-            }
-            Key::Pid(p) => (p.to_string(), String::new()),
-            Key::Comm(c) => (comm_str(&c), String::new()),
-            Key::Uid(u) => (u.to_string(), String::new()),
-            Key::All => (String::new(), "all processes".into()),
+        let target = match key {
+            Key::Cgroup(id) => st.origin(id).map(|o| o.to_string()).unwrap_or_default(),
+            Key::All => "all processes".into(),
+            _ => String::new(),
         };
         snap.rules.push(RuleRow {
             action: Action::from_code(rule.action),
-            kind: key.kind().name(),
-            key: key_text,
+            key,
             target,
-            owner: owner_name(rule.owner),
+            owner: Owner::from_code(rule.owner),
             hits: rule.hits,
         });
     }
     snap
 }
 
-impl Collector for Snapshot {
-    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let h = &self.health;
-        let gauge = |e: &mut DescriptorEncoder, name: &str, help: &str, v: i64| -> Result<(), std::fmt::Error> {
-            ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
-        };
-        let counter = |e: &mut DescriptorEncoder, name: &str, help: &str, v: u64| -> Result<(), std::fmt::Error> {
-            ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
-        };
-        gauge(&mut e, "mptcpify_program_attached", "1 when the kernel program is attached to update_socket_protocol", h.attached as i64)?;
-        gauge(&mut e, "mptcpify_policy_valid", "1 when the policy file last read was valid (an invalid one is not applied)", h.policy_valid as i64)?;
-        counter(&mut e, "mptcpify_reconcile_runs", "Reconciliations of the wanted rules with the kernel's", h.reconcile_runs)?;
-        counter(&mut e, "mptcpify_reconcile_errors", "Reconciliations that failed or left something unresolved", h.reconcile_errors)?;
-        gauge(&mut e, "mptcpify_reconcile_conflicts", "Wanted rules that conflict with a CLI rule or each other (last run)", h.conflicts as i64)?;
-        gauge(&mut e, "mptcpify_pending_cgroups", "Wanted cgroups that do not exist yet (watched)", h.pending as i64)?;
+type EncodeResult = Result<(), std::fmt::Error>;
 
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> EncodeResult {
+    ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> EncodeResult {
+    ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut e: DescriptorEncoder) -> EncodeResult {
+        self.encode_health(&mut e)?;
+        self.encode_sockets(&mut e)?;
+        self.encode_rules(&mut e)?;
+        if let Some(synced) = self.health.kubernetes_synced {
+            gauge(
+                &mut e,
+                "mptcpify_kubernetes_synced",
+                "1 once the node's pods and the namespaces were listed",
+                synced as i64,
+            )?;
+            self.encode_pods(&mut e)?;
+        }
+        Ok(())
+    }
+}
+
+impl Snapshot {
+    fn counter_value(&self, c: Counter) -> u64 {
+        self.counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v)
+    }
+
+    fn encode_health(&self, e: &mut DescriptorEncoder) -> EncodeResult {
+        let h = &self.health;
+        gauge(
+            e,
+            "mptcpify_program_attached",
+            "1 when the kernel program is attached to update_socket_protocol",
+            h.attached as i64,
+        )?;
+        gauge(
+            e,
+            "mptcpify_policy_valid",
+            "1 when the policy file last read was valid (an invalid one is not applied)",
+            h.policy_valid as i64,
+        )?;
+        counter(
+            e,
+            "mptcpify_reconcile_runs",
+            "Reconciliations of the wanted rules with the kernel's",
+            h.reconcile_runs,
+        )?;
+        counter(
+            e,
+            "mptcpify_reconcile_errors",
+            "Reconciliations that failed or left something unresolved",
+            h.reconcile_errors,
+        )?;
+        gauge(
+            e,
+            "mptcpify_reconcile_conflicts",
+            "Wanted rules that conflict with a CLI rule or each other (last run)",
+            h.conflicts as i64,
+        )?;
+        gauge(e, "mptcpify_pending_cgroups", "Wanted cgroups that do not exist yet (watched)", h.pending as i64)
+    }
+
+    /// The program's counters: decisions, and the calls that could have been upgraded.
+    fn encode_sockets(&self, e: &mut DescriptorEncoder) -> EncodeResult {
+        let upgraded: u64 = [RuleKind::Pid, RuleKind::Cgroup, RuleKind::Comm, RuleKind::Uid, RuleKind::All]
+            .into_iter()
+            .map(|k| self.counter_value(Counter::upgraded_by(k)))
+            .sum();
         let mut m = e.encode_descriptor(
             "mptcpify_sockets",
             "TCP sockets the kernel program decided, by decision",
             None,
             MetricType::Counter,
         )?;
-        let get = |c: Counter| self.counters.iter().find(|(k, _)| *k == c).map_or(0, |(_, v)| *v);
-        let upgraded: u64 = [Counter::UpgradedByPid, Counter::UpgradedByCgroup, Counter::UpgradedByComm, Counter::UpgradedByUid, Counter::UpgradedByAll]
-            .into_iter()
-            .map(get)
-            .sum();
         for (decision, v) in [
             ("upgraded", upgraded),
-            ("excluded", get(Counter::Excluded)),
-            ("kept_tcp_mptcp_disabled", get(Counter::KeptTcpMptcpDisabled)),
+            ("excluded", self.counter_value(Counter::Excluded)),
+            ("kept_tcp_mptcp_disabled", self.counter_value(Counter::KeptTcpMptcpDisabled)),
         ] {
             ConstCounter::new(v).encode(m.encode_family(&[("decision", decision)])?)?;
         }
-        drop(m);
-        counter(&mut e, "mptcpify_tcp_socket_calls", "socket() calls that could be upgraded (INET/INET6 stream, protocol 0 or TCP)", get(Counter::TcpCandidates))?;
+        counter(
+            e,
+            "mptcpify_tcp_socket_calls",
+            "socket() calls that could be upgraded (INET/INET6 stream, protocol 0 or TCP)",
+            self.counter_value(Counter::TcpCandidates),
+        )
+    }
 
-        let mut m = e.encode_descriptor("mptcpify_rules", "Rules loaded, by action, kind and owner", None, MetricType::Gauge)?;
+    /// Rules by action, kind and owner, and each rule's hits.
+    fn encode_rules(&self, e: &mut DescriptorEncoder) -> EncodeResult {
         let mut groups: std::collections::BTreeMap<(&str, &str, &str), i64> = Default::default();
         for r in &self.rules {
-            *groups.entry((action_name(r.action), r.kind, r.owner)).or_default() += 1;
+            *groups.entry((r.action.name(), r.key.kind().name(), r.owner.name())).or_default() += 1;
         }
+        let mut m =
+            e.encode_descriptor("mptcpify_rules", "Rules loaded, by action, kind and owner", None, MetricType::Gauge)?;
         for ((action, kind, owner), n) in groups {
             ConstGauge::new(n).encode(m.encode_family(&[("action", action), ("kind", kind), ("owner", owner)])?)?;
         }
-        drop(m);
-
         let mut m = e.encode_descriptor(
             "mptcpify_rule_sockets",
             "Sockets each rule decided: upgraded (enable rules) or declined (exclude rules)",
@@ -155,51 +216,44 @@ impl Collector for Snapshot {
         for r in &self.rules {
             let decision = if r.action == Action::Enable { "upgraded" } else { "declined" };
             let labels = [
-                ("action", action_name(r.action).to_owned()),
-                ("kind", r.kind.to_owned()),
-                ("key", r.key.clone()),
+                ("action", r.action.name().to_owned()),
+                ("kind", r.key.kind().name().to_owned()),
+                ("key", r.key_label()),
                 ("target", r.target.clone()),
-                ("owner", r.owner.to_owned()),
+                ("owner", r.owner.name().to_owned()),
                 ("decision", decision.to_owned()),
             ];
             ConstCounter::new(r.hits).encode(m.encode_family(&labels)?)?;
         }
-        drop(m);
-
-        if let Some(synced) = h.kubernetes_synced {
-            gauge(&mut e, "mptcpify_kubernetes_synced", "1 once the node's pods and the namespaces were listed", synced as i64)?;
-            let mut m = e.encode_descriptor(
-                "mptcpify_pod_enabled",
-                "Selected pods on this node: 1 when their cgroup is enabled, 0 while it does not exist yet",
-                None,
-                MetricType::Gauge,
-            )?;
-            for p in &h.pods {
-                let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
-                ConstGauge::new(p.cgroup.is_some() as i64).encode(m.encode_family(&labels)?)?;
-            }
-            drop(m);
-            let mut m = e.encode_descriptor(
-                "mptcpify_pod_sockets_upgraded",
-                "Sockets upgraded by each selected pod's cgroup rule",
-                None,
-                MetricType::Counter,
-            )?;
-            for p in &h.pods {
-                let Some(id) = p.cgroup else { continue };
-                let hits = self.rules.iter().find(|r| r.kind == "cgroup" && r.key == id.to_string()).map_or(0, |r| r.hits);
-                let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
-                ConstCounter::new(hits).encode(m.encode_family(&labels)?)?;
-            }
-        }
         Ok(())
     }
-}
 
-fn action_name(a: Action) -> &'static str {
-    match a {
-        Action::Enable => "enable",
-        Action::Exclude => "exclude",
+    /// The selected pods of this node: covered or not, and what their rule upgraded.
+    fn encode_pods(&self, e: &mut DescriptorEncoder) -> EncodeResult {
+        let pods = &self.health.pods;
+        let mut m = e.encode_descriptor(
+            "mptcpify_pod_enabled",
+            "Selected pods on this node: 1 when their cgroup is enabled, 0 while it does not exist yet",
+            None,
+            MetricType::Gauge,
+        )?;
+        for p in pods {
+            let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
+            ConstGauge::new(p.cgroup.is_some() as i64).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "mptcpify_pod_sockets_upgraded",
+            "Sockets upgraded by each selected pod's cgroup rule",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in pods {
+            let Some(id) = p.cgroup else { continue };
+            let hits = self.rules.iter().find(|r| r.key == Key::Cgroup(id)).map_or(0, |r| r.hits);
+            let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
+            ConstCounter::new(hits).encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
     }
 }
 
@@ -236,9 +290,9 @@ fn respond(health: &SharedHealth, path: &str) -> Response<Full<Bytes>> {
 /// Binds `addr` (an error here stops the agent before it changes anything) and serves in the
 /// background.
 pub async fn serve(addr: SocketAddr, health: SharedHealth) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening for metrics on {addr} (is another agent running? pick another --metrics-addr)"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("listening for metrics on {addr} (is another agent running? pick another --metrics-addr)")
+    })?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

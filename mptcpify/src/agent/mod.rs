@@ -17,8 +17,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
-use mptcpify_common::{OWNER_AGENT, Rule};
+use anyhow::{Context as _, Result, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -33,11 +32,16 @@ use self::{
     watches::Watches,
 };
 use crate::{
-    checks,
-    loader::{self, LogLevel},
-    mounts::Mounts,
-    rules::{Action, Key, RuleStore as _},
-    state::{self, State},
+    bpf::{
+        loader::{self, LogLevel},
+        sys,
+    },
+    host::{preconditions, users::system_users},
+    state::{
+        maps::State,
+        pins::{self, Lock},
+        rules::{Action, Key, Owner, RuleStore as _, new_rule},
+    },
 };
 
 /// Changes that arrive within this window are reconciled together.
@@ -70,12 +74,9 @@ struct Agent {
 }
 
 pub async fn run(opts: Options) -> Result<()> {
-    checks::require_privileges()?;
-    let mounts = Mounts::read()?;
-    mounts.require_bpffs()?;
-    let root = mounts.cgroup2_root()?;
+    let root = preconditions::require_state_access()?.cgroup2_root()?;
     let text = read_policy(&opts.config)?;
-    let policy = Policy::parse(&text, &opts.config.display().to_string(), &policy::system_users)?;
+    let policy = Policy::parse(&text, &opts.config.display().to_string(), &system_users)?;
     let node = match (opts.kubernetes, &opts.node_name) {
         (false, _) => None,
         (true, Some(n)) if !n.is_empty() => Some(n.clone()),
@@ -104,7 +105,12 @@ pub async fn run(opts: Options) -> Result<()> {
     let cluster = node.map(|node| {
         let shared: kubernetes::watch::Shared = Arc::new(Mutex::new(Cluster::default()));
         log::info!("watching the pods of node {node} and the namespaces' {} label", pods::SELECT_KEY);
-        tokio::spawn(kubernetes::watch::run(client.expect("client made with the node"), node, shared.clone(), tx.clone()));
+        tokio::spawn(kubernetes::watch::run(
+            client.expect("client made with the node"),
+            node,
+            shared.clone(),
+            tx.clone(),
+        ));
         shared
     });
     let mut agent = Agent { opts, root, policy, seen_text: text, cluster, health };
@@ -140,33 +146,34 @@ pub async fn run(opts: Options) -> Result<()> {
 
 /// Loads and pins the program unless it is already attached, which is adopted as it is.
 fn attach(log_level: LogLevel) -> Result<()> {
-    let _lock = state::Lock::take()?;
-    if state::is_loaded() {
-        let ids = State::link_ids()?;
+    let _lock = Lock::take()?;
+    if pins::is_loaded() {
+        let ids = pins::link_ids()?;
         log::info!("adopting the attached program (link {}, program {})", ids.link_id, ids.program_id);
     } else {
         loader::load_and_pin(log_level)?;
-        let ids = State::link_ids()?;
+        let ids = pins::link_ids()?;
         log::info!("loaded and attached the program (link {}, program {})", ids.link_id, ids.program_id);
-        crate::sys::release_free_memory();
+        sys::release_free_memory();
     }
     Ok(())
 }
 
 /// `--cleanup-on-exit`: removes the agent's rules, and the program too if no CLI rule is left.
 fn cleanup() -> Result<()> {
-    let _lock = state::Lock::take()?;
-    if !state::is_loaded() {
+    let _lock = Lock::take()?;
+    if !pins::is_loaded() {
         return Ok(());
     }
     let mut st = State::open()?;
     let entries = st.entries()?;
-    let mine: Vec<Key> = entries.iter().filter(|(_, r)| r.owner == OWNER_AGENT).map(|(k, _)| *k).collect();
+    let mine: Vec<Key> =
+        entries.iter().filter(|(_, r)| Owner::from_code(r.owner) == Owner::Agent).map(|(k, _)| *k).collect();
     for k in &mine {
         st.remove(k)?;
     }
     if entries.len() == mine.len() {
-        state::remove_all()?;
+        pins::remove_all()?;
         log::info!("cleanup: removed {} rule(s) and detached the program", mine.len());
     } else {
         log::info!("cleanup: removed {} rule(s); CLI rules remain, so the program stays attached", mine.len());
@@ -192,7 +199,7 @@ impl Agent {
             return self.health.lock().expect("health lock").policy_valid;
         }
         self.seen_text = text;
-        match Policy::parse(&self.seen_text, &path.display().to_string(), &policy::system_users) {
+        match Policy::parse(&self.seen_text, &path.display().to_string(), &system_users) {
             Ok(p) => {
                 if p != self.policy {
                     log::info!("policy {} changed: {} selector(s)", path.display(), p.wanted.len());
@@ -249,23 +256,24 @@ impl Agent {
             h.reconcile_errors += 1;
         }
         h.ready = synced && h.attached;
-        h.not_ready_reason = if synced { String::new() } else { "waiting for the first list of pods and namespaces".into() };
+        h.not_ready_reason =
+            if synced { String::new() } else { "waiting for the first list of pods and namespaces".into() };
         added
     }
 
     /// Diffs and applies under the lock (re-loading the program if someone reset it).
     fn apply(&self, resolved: &desired::Resolved, synced: bool) -> Result<Plan> {
-        let _lock = state::Lock::take()?;
-        if !state::is_loaded() {
+        let _lock = Lock::take()?;
+        if !pins::is_loaded() {
             log::warn!("the program is not attached (was `mptcpify reset` run?); loading it again");
             loader::load_and_pin(self.opts.log_level)?;
-            crate::sys::release_free_memory();
+            sys::release_free_memory();
         }
         let mut st = State::open()?;
         let actual: Vec<Actual> = st
             .entries()?
             .into_iter()
-            .map(|(key, r)| Actual { key, action: Action::from_code(r.action), owner: r.owner })
+            .map(|(key, r)| Actual { key, action: Action::from_code(r.action), owner: Owner::from_code(r.owner) })
             .collect();
         let mut plan = reconcile::plan(&resolved.desired, &actual);
         for c in &plan.conflicts {
@@ -274,40 +282,57 @@ impl Agent {
         if !resolved.errors.is_empty() || !synced {
             plan.remove.clear();
         }
-        let mut errors = Vec::new();
+        log::debug!("reconcile: {} kept, {} covered by CLI rules", plan.kept, plan.covered_by_cli);
+        let mut failures = Vec::new();
         for key in &plan.replace {
-            if let Err(e) = st.remove(key) {
-                errors.push(format!("{key}: {e:#}"));
+            if let Err(error) = st.remove(key) {
+                failures.push(RuleFailure { rule: key.to_string(), error });
             }
         }
         for d in &plan.add {
-            let added = st
-                .insert_new(&d.key, Rule { action: d.action.code(), owner: OWNER_AGENT, hits: 0 })
-                .and_then(|()| match (d.key, &d.origin) {
-                    (Key::Cgroup(id), Some(o)) => st.set_origin(id, *o).inspect_err(|_| {
-                        let _ = st.remove(&d.key);
-                    }),
-                    _ => Ok(()),
-                });
-            match added {
-                Ok(()) => log::info!("{}: {}", if d.action == Action::Enable { "enabled" } else { "excluded" }, d.label),
-                Err(e) => errors.push(format!("{}: {e:#}", d.label)),
+            match add_desired(&mut st, d) {
+                Ok(()) => log::info!("{}: {}", d.action.done(), d.label),
+                Err(error) => failures.push(RuleFailure { rule: d.label.clone(), error }),
             }
         }
         for key in &plan.remove {
-            let what = match key {
-                Key::Cgroup(id) => st.origin(*id).map(|o| format!("{key} ({})", crate::targets::origin_label(&o))),
+            let rule = match key {
+                Key::Cgroup(id) => st.origin(*id).map(|o| format!("{key} ({o})")),
                 _ => None,
             }
             .unwrap_or_else(|| key.to_string());
             match st.remove(key) {
-                Ok(()) => log::info!("removed: {what}"),
-                Err(e) => errors.push(format!("{what}: {e:#}")),
+                Ok(()) => log::info!("removed: {rule}"),
+                Err(error) => failures.push(RuleFailure { rule, error }),
             }
         }
-        if !errors.is_empty() {
-            return Err(anyhow!("{}", errors.join("; ")));
+        if !failures.is_empty() {
+            return Err(ApplyFailed(failures).into());
         }
         Ok(plan)
     }
 }
+
+/// Adds one wanted rule of the agent with its origin; neither stays if either fails.
+fn add_desired(st: &mut State, d: &reconcile::Desired) -> Result<()> {
+    st.insert_new(&d.key, new_rule(d.action, Owner::Agent))?;
+    if let (Key::Cgroup(id), Some(o)) = (d.key, &d.origin) {
+        st.set_origin(id, o).inspect_err(|_| {
+            let _ = st.remove(&d.key);
+        })?;
+    }
+    Ok(())
+}
+
+/// One rule a reconciliation could not change.
+#[derive(Debug, thiserror::Error)]
+#[error("{rule}: {error:#}")]
+pub struct RuleFailure {
+    pub rule: String,
+    pub error: anyhow::Error,
+}
+
+/// The rules a reconciliation could not change; the others were applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ApplyFailed(pub Vec<RuleFailure>);

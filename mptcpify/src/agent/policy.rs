@@ -5,7 +5,11 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::rules::{Action, Key};
+pub use crate::host::selector::Selector;
+use crate::{
+    host::users::{UidSpec, UserLookup},
+    state::rules::Action,
+};
 
 /// A policy as written.
 #[derive(Debug, Default, Deserialize)]
@@ -34,38 +38,22 @@ struct Selectors {
     all: Option<Spanned<bool>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum UidSpec {
-    Number(i64),
-    Name(String),
-}
-
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KubernetesFile {
     #[serde(default)]
-    cgroup_driver: Option<Spanned<String>>,
+    cgroup_driver: Option<Spanned<CgroupDriver>>,
 }
 
-/// How kubelet names pod cgroups on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How kubelet names pod cgroups on this node (kubelet's `--cgroup-driver`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CgroupDriver {
     /// Whichever of `kubepods.slice` (systemd) and `kubepods` (cgroupfs) exists.
     #[default]
     Auto,
     Systemd,
     Cgroupfs,
-}
-
-/// What a policy selects, before it is resolved against the live system.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Selector {
-    /// A cgroup path relative to the cgroup2 root, normalised to start with `/`.
-    Cgroup(String),
-    Unit(String),
-    /// Already in the kernel's form (comm, uid, all).
-    Key(Key),
 }
 
 /// One validated entry of the policy.
@@ -95,42 +83,38 @@ fn line_of(text: &str, span: Option<Range<usize>>) -> usize {
     span.map_or(1, |s| text[..s.start.min(text.len())].matches('\n').count() + 1)
 }
 
-/// Looks up a user name in the user database (a seam so tests need no real users).
-pub type UserLookup<'a> = &'a dyn Fn(&str) -> Option<u32>;
+/// A want and where the file says it.
+type Placed = (Wanted, Range<usize>);
+/// Why an entry was refused, and where it is.
+type Refusal = (Range<usize>, String);
 
-pub fn system_users(name: &str) -> Option<u32> {
-    nix::unistd::User::from_name(name).ok().flatten().map(|u| u.uid.as_raw())
+/// Each entry of `list`, validated by `check`, as a want with its place in the file.
+fn validated<T>(
+    list: &[Spanned<T>],
+    action: Action,
+    check: impl Fn(&T) -> Result<Selector, String>,
+) -> Result<Vec<Placed>, Refusal> {
+    list.iter()
+        .map(|item| {
+            let selector = check(item.get_ref()).map_err(|reason| (item.span(), reason))?;
+            Ok((Wanted { action, selector }, item.span()))
+        })
+        .collect()
 }
 
-/// Checks a cgroup path lexically: relative to the cgroup2 root, no `..`, no empty components.
-fn cgroup_path(raw: &str) -> Result<String, String> {
-    let trimmed = raw.trim_matches('/');
-    if raw.is_empty() {
-        return Err("empty cgroup path; give a path below the cgroup2 root such as system.slice/nginx.service".into());
+/// The wants of one table (`[enable]` or `[exclude]`), in the file's order of kinds.
+fn table(sel: &Selectors, action: Action, users: UserLookup<'_>) -> Result<Vec<Placed>, Refusal> {
+    let mut wanted = validated(&sel.cgroups, action, |c| Selector::cgroup_relative(c))?;
+    wanted.extend(validated(&sel.units, action, |u| Selector::unit(u))?);
+    wanted.extend(validated(&sel.comms, action, |c| Selector::comm(c))?);
+    wanted.extend(validated(&sel.uids, action, |u| Selector::uid(u, users))?);
+    if let Some(all) = sel.all.as_ref().filter(|a| *a.get_ref()) {
+        if action == Action::Exclude {
+            return Err((all.span(), "`all` cannot be excluded; remove it from [exclude]".into()));
+        }
+        wanted.push((Wanted { action, selector: Selector::ALL }, all.span()));
     }
-    if raw.starts_with("/sys/") {
-        return Err(format!(
-            "cgroup path {raw:?} looks like a mount path; policies name cgroups relative to the cgroup2 root \
-             (e.g. \"system.slice/nginx.service\"), so the same file works on hosts that mount it elsewhere"
-        ));
-    }
-    if trimmed.split('/').any(|c| c == ".." || c == "." || c.is_empty()) && !trimmed.is_empty() {
-        return Err(format!("cgroup path {raw:?} has an empty, `.` or `..` component"));
-    }
-    Ok(format!("/{trimmed}"))
-}
-
-fn unit_name(raw: &str) -> Result<String, String> {
-    const TYPES: [&str; 6] = [".service", ".scope", ".slice", ".socket", ".mount", ".swap"];
-    if !TYPES.iter().any(|t| raw.len() > t.len() && raw.ends_with(t)) {
-        return Err(format!(
-            "{raw:?} is not a unit with a cgroup: give the full name, e.g. nginx.service, user.slice or session-1.scope"
-        ));
-    }
-    if raw.contains('/') || raw.chars().any(char::is_whitespace) {
-        return Err(format!("{raw:?} is not a valid unit name"));
-    }
-    Ok(raw.to_owned())
+    Ok(wanted)
 }
 
 impl Policy {
@@ -146,75 +130,22 @@ impl Policy {
             let reason = e.message().trim().to_owned();
             err(e.span(), reason)
         })?;
-        let mut wanted: Vec<(Wanted, Range<usize>)> = Vec::new();
-        for (action, sel) in [(Action::Enable, &file.enable), (Action::Exclude, &file.exclude)] {
-            for c in &sel.cgroups {
-                let path = cgroup_path(c.get_ref()).map_err(|r| err(Some(c.span()), r))?;
-                wanted.push((Wanted { action, selector: Selector::Cgroup(path) }, c.span()));
-            }
-            for u in &sel.units {
-                let unit = unit_name(u.get_ref()).map_err(|r| err(Some(u.span()), r))?;
-                wanted.push((Wanted { action, selector: Selector::Unit(unit) }, u.span()));
-            }
-            for c in &sel.comms {
-                let key = Key::comm(c.get_ref()).map_err(|e| err(Some(c.span()), e.to_string()))?;
-                wanted.push((Wanted { action, selector: Selector::Key(key) }, c.span()));
-            }
-            for u in &sel.uids {
-                let uid = match u.get_ref() {
-                    UidSpec::Number(n) => u32::try_from(*n)
-                        .ok()
-                        .filter(|&n| n != u32::MAX)
-                        .ok_or_else(|| err(Some(u.span()), format!("uid {n} is out of range (0 to 4294967294)")))?,
-                    UidSpec::Name(name) => users(name).ok_or_else(|| {
-                        err(Some(u.span()), format!("no user named {name:?} on this host (give a user name or a numeric uid)"))
-                    })?,
-                };
-                wanted.push((Wanted { action, selector: Selector::Key(Key::Uid(uid)) }, u.span()));
-            }
-            if let Some(all) = &sel.all {
-                if *all.get_ref() {
-                    if action == Action::Exclude {
-                        return Err(err(Some(all.span()), "`all` cannot be excluded; remove it from [exclude]".into()));
-                    }
-                    wanted.push((Wanted { action, selector: Selector::Key(Key::All) }, all.span()));
-                }
-            }
-        }
+        let mut wanted = table(&file.enable, Action::Enable, users).map_err(|(span, r)| err(Some(span), r))?;
+        wanted.extend(table(&file.exclude, Action::Exclude, users).map_err(|(span, r)| err(Some(span), r))?);
         // The same target in [enable] and [exclude] is a contradiction, not a preference.
-        for (i, (a, _)) in wanted.iter().enumerate() {
+        for (i, (a, span)) in wanted.iter().enumerate() {
             if wanted[..i].iter().any(|(b, _)| b.selector == a.selector && b.action != a.action) {
                 return Err(err(
-                    Some(wanted[i].1.clone()),
-                    format!("{} is both enabled and excluded; keep it in one of [enable] and [exclude]", describe(&a.selector)),
+                    Some(span.clone()),
+                    format!("{} is both enabled and excluded; keep it in one of [enable] and [exclude]", a.selector),
                 ));
             }
         }
-        let cgroup_driver = match file.kubernetes.and_then(|k| k.cgroup_driver) {
-            None => CgroupDriver::Auto,
-            Some(d) => match d.get_ref().as_str() {
-                "auto" => CgroupDriver::Auto,
-                "systemd" => CgroupDriver::Systemd,
-                "cgroupfs" => CgroupDriver::Cgroupfs,
-                other => {
-                    return Err(err(
-                        Some(d.span()),
-                        format!("cgroup_driver {other:?} is not one of \"auto\", \"systemd\", \"cgroupfs\" (kubelet's --cgroup-driver)"),
-                    ));
-                }
-            },
-        };
+        let cgroup_driver =
+            file.kubernetes.and_then(|k| k.cgroup_driver).map_or(CgroupDriver::Auto, Spanned::into_inner);
         let mut seen = std::collections::HashSet::new();
         let wanted = wanted.into_iter().map(|(w, _)| w).filter(|w| seen.insert(w.selector.clone())).collect();
         Ok(Policy { wanted, cgroup_driver })
-    }
-}
-
-pub fn describe(s: &Selector) -> String {
-    match s {
-        Selector::Cgroup(p) => format!("cgroup {p}"),
-        Selector::Unit(u) => format!("unit {u}"),
-        Selector::Key(k) => k.to_string(),
     }
 }
 
@@ -249,7 +180,7 @@ cgroup_driver = "cgroupfs"
 "#,
         )
         .unwrap();
-        let sel: Vec<_> = p.wanted.iter().map(|w| (w.action, describe(&w.selector))).collect();
+        let sel: Vec<_> = p.wanted.iter().map(|w| (w.action, w.selector.to_string())).collect();
         assert_eq!(
             sel,
             [
@@ -279,7 +210,7 @@ cgroup_driver = "cgroupfs"
             ("[enable]\ncomms = [\"curl\"]\n[exclude]\ncomms = [\"curl\"]\n", 4, "both enabled and excluded"),
             ("[enable]\ncgroup = [\"x\"]\n", 2, "unknown field `cgroup`"),
             ("[enable\n", 1, ""),
-            ("[kubernetes]\ncgroup_driver = \"docker\"\n", 2, "not one of"),
+            ("[kubernetes]\ncgroup_driver = \"docker\"\n", 2, "unknown variant `docker`"),
             ("[enable]\nall = \"yes\"\n", 2, ""),
         ];
         for (text, line, reason) in cases {

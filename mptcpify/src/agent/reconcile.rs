@@ -3,9 +3,10 @@
 //! and one with the opposite action is reported, never overwritten.
 use std::collections::BTreeMap;
 
-use mptcpify_common::{OWNER_AGENT, Origin};
-
-use crate::rules::{Action, Key};
+use crate::state::{
+    origin::RuleOrigin,
+    rules::{Action, Key, Owner},
+};
 
 /// A rule the agent wants, resolved to its kernel key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +14,7 @@ pub struct Desired {
     pub key: Key,
     pub action: Action,
     /// What a cgroup rule was made from (path, unit or pod), stored beside it.
-    pub origin: Option<Origin>,
+    pub origin: Option<RuleOrigin>,
     /// For logs: `cgroup /system.slice/x.service (id 42)`, `pod default/web`.
     pub label: String,
 }
@@ -23,7 +24,7 @@ pub struct Desired {
 pub struct Actual {
     pub key: Key,
     pub action: Action,
-    pub owner: u32,
+    pub owner: Owner,
 }
 
 /// What to change so that the kernel holds the desired rules.
@@ -71,43 +72,34 @@ pub fn plan(desired: &[Desired], actual: &[Actual]) -> Plan {
     for (key, want) in &wants {
         match have.get(key) {
             None => out.add.push((*want).clone()),
-            Some(a) if a.action == want.action && a.owner == OWNER_AGENT => out.kept += 1,
+            Some(a) if a.action == want.action && a.owner == Owner::Agent => out.kept += 1,
             Some(a) if a.action == want.action => out.covered_by_cli += 1,
-            Some(a) if a.owner == OWNER_AGENT => {
+            Some(a) if a.owner == Owner::Agent => {
                 out.replace.push(*key);
                 out.add.push((*want).clone());
             }
             Some(_) => out.conflicts.push(format!(
                 "{} is wanted {} but a CLI rule {} it; `mptcpify disable` that rule to let the policy apply",
                 want.label,
-                verb(want.action),
+                want.action.done(),
                 if want.action == Action::Enable { "excludes" } else { "enables" },
             )),
         }
     }
     out.remove =
-        actual.iter().filter(|a| a.owner == OWNER_AGENT && !wants.contains_key(&a.key)).map(|a| a.key).collect();
+        actual.iter().filter(|a| a.owner == Owner::Agent && !wants.contains_key(&a.key)).map(|a| a.key).collect();
     out
-}
-
-fn verb(a: Action) -> &'static str {
-    match a {
-        Action::Enable => "enabled",
-        Action::Exclude => "excluded",
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use mptcpify_common::OWNER_CLI;
-
     use super::*;
 
     fn want(key: Key, action: Action) -> Desired {
         Desired { key, action, origin: None, label: key.to_string() }
     }
 
-    fn have(key: Key, action: Action, owner: u32) -> Actual {
+    fn have(key: Key, action: Action, owner: Owner) -> Actual {
         Actual { key, action, owner }
     }
 
@@ -122,7 +114,7 @@ mod tests {
     #[test]
     fn a_restarted_agent_adopts_its_rules_without_change() {
         let d = [want(Key::Cgroup(1), Action::Enable), want(Key::All, Action::Enable)];
-        let a = [have(Key::Cgroup(1), Action::Enable, OWNER_AGENT), have(Key::All, Action::Enable, OWNER_AGENT)];
+        let a = [have(Key::Cgroup(1), Action::Enable, Owner::Agent), have(Key::All, Action::Enable, Owner::Agent)];
         let p = plan(&d, &a);
         assert!(p.is_noop(), "{p:?}");
         assert_eq!(p.kept, 2);
@@ -131,7 +123,7 @@ mod tests {
     #[test]
     fn a_recreated_cgroup_moves_add_before_remove() {
         let d = [want(Key::Cgroup(20), Action::Enable)];
-        let a = [have(Key::Cgroup(10), Action::Enable, OWNER_AGENT)];
+        let a = [have(Key::Cgroup(10), Action::Enable, Owner::Agent)];
         let p = plan(&d, &a);
         assert_eq!(p.add, d);
         assert_eq!(p.remove, [Key::Cgroup(10)]);
@@ -141,9 +133,9 @@ mod tests {
     fn cli_rules_are_never_removed_or_overwritten() {
         let d = [want(Key::Pid(7), Action::Enable), want(Key::Uid(9), Action::Enable)];
         let a = [
-            have(Key::Pid(7), Action::Enable, OWNER_CLI),
-            have(Key::Uid(9), Action::Exclude, OWNER_CLI),
-            have(Key::Comm(*b"ssh\0\0\0\0\0\0\0\0\0\0\0\0\0"), Action::Exclude, OWNER_CLI),
+            have(Key::Pid(7), Action::Enable, Owner::Cli),
+            have(Key::Uid(9), Action::Exclude, Owner::Cli),
+            have(Key::Comm(*b"ssh\0\0\0\0\0\0\0\0\0\0\0\0\0"), Action::Exclude, Owner::Cli),
         ];
         let p = plan(&d, &a);
         assert!(p.is_noop(), "{p:?}");
@@ -155,7 +147,7 @@ mod tests {
     #[test]
     fn an_agent_rule_with_the_wrong_action_is_replaced() {
         let d = [want(Key::Cgroup(3), Action::Exclude)];
-        let a = [have(Key::Cgroup(3), Action::Enable, OWNER_AGENT)];
+        let a = [have(Key::Cgroup(3), Action::Enable, Owner::Agent)];
         let p = plan(&d, &a);
         assert_eq!(p.replace, [Key::Cgroup(3)]);
         assert_eq!(p.add, d);
@@ -164,7 +156,7 @@ mod tests {
 
     #[test]
     fn dropped_wants_remove_only_agent_rules() {
-        let a = [have(Key::Cgroup(3), Action::Enable, OWNER_AGENT), have(Key::Cgroup(4), Action::Enable, OWNER_CLI)];
+        let a = [have(Key::Cgroup(3), Action::Enable, Owner::Agent), have(Key::Cgroup(4), Action::Enable, Owner::Cli)];
         let p = plan(&[], &a);
         assert_eq!(p.remove, [Key::Cgroup(3)]);
     }

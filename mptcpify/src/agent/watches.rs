@@ -79,7 +79,9 @@ impl Watches {
                     added = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => added = true,
-                Err(e) => log::warn!("cannot watch {}: {e} (changes below it are seen at the next reconcile)", p.display()),
+                Err(e) => {
+                    log::warn!("cannot watch {}: {e} (changes below it are seen at the next reconcile)", p.display())
+                }
             }
         }
         added

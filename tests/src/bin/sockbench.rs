@@ -10,7 +10,7 @@ fn main() {
     let mode = args.next();
     let proto = if mode.as_deref() == Some("mptcp") { 262 } else { 0 };
     let _link = (mode.as_deref() == Some("empty-hook"))
-        .then(|| mptcpify::loader::attach_empty_program().unwrap_or_else(|e| panic!("{e:#}")));
+        .then(|| mptcpify::bpf::loader::attach_empty_program().unwrap_or_else(|e| panic!("{e:#}")));
     // Untimed first: attaching or detaching a program patches kernel text, and under emulation
     // the next calls pay for translating that code again; the timed loop must not.
     socket_close_loop(n / 10, proto);

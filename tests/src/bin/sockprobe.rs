@@ -22,11 +22,7 @@ fn errno() -> i32 {
 fn socket(raw: bool, domain: i32, ty: i32, proto: i32) -> Result<i32, i32> {
     // SAFETY: plain syscalls on integers; the fd is closed by the caller.
     let fd = unsafe {
-        if raw {
-            libc::syscall(libc::SYS_socket, domain, ty, proto) as i32
-        } else {
-            libc::socket(domain, ty, proto)
-        }
+        if raw { libc::syscall(libc::SYS_socket, domain, ty, proto) as i32 } else { libc::socket(domain, ty, proto) }
     };
     if fd < 0 { Err(errno()) } else { Ok(fd) }
 }
@@ -35,9 +31,7 @@ fn protocol(fd: i32) -> i32 {
     let mut v: i32 = -1;
     let mut len = size_of::<i32>() as libc::socklen_t;
     // SAFETY: v and len are valid for the kernel to write.
-    let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, (&raw mut v).cast(), &mut len)
-    };
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, (&raw mut v).cast(), &mut len) };
     if r < 0 { -errno() } else { v }
 }
 
@@ -92,11 +86,13 @@ fn connect(spec: &str) -> String {
         let flags = mptcp_flags(client.as_raw_fd());
         let (fallback, remote_key) = match flags {
             Ok(f) => ((f & FLAG_FALLBACK != 0) as u8, (f & FLAG_REMOTE_KEY_RECEIVED != 0) as u8),
-            Err(e) => return Ok(format!(
-                "{spec} client={} server={} mptcp_info_errno={e}",
-                protocol(client.as_raw_fd()),
-                protocol(server.as_raw_fd())
-            )),
+            Err(e) => {
+                return Ok(format!(
+                    "{spec} client={} server={} mptcp_info_errno={e}",
+                    protocol(client.as_raw_fd()),
+                    protocol(server.as_raw_fd())
+                ));
+            }
         };
         Ok(format!(
             "{spec} client={} server={} fallback={fallback} remote_key={remote_key}",

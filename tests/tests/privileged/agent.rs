@@ -164,18 +164,14 @@ fn the_daemonsets_capabilities_are_enough_for_the_agent() {
     let _g = setup();
     let caps = daemonset_capabilities();
     assert_eq!(caps, ["BPF", "PERFMON", "SYSLOG"]);
-    let bounding = format!("-all,{}", caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect::<Vec<_>>().join(","));
+    let bounding =
+        format!("-all,{}", caps.iter().map(|c| format!("+{}", c.to_lowercase())).collect::<Vec<_>>().join(","));
     let a = TestCgroup::new("agent-caps/a");
     let (_d, policy) = policy_dir();
     std::fs::write(&policy, "[enable]\ncgroups = [\"agent-caps/a\"]\n").unwrap();
     // Root with only those capabilities, as in the container (setpriv limits the bounding set,
     // so the exec'd agent's permitted and effective sets are exactly these).
-    let agent = AgentProcess::start_with(
-        &["setpriv", "--bounding-set", &bounding, "--"],
-        &policy,
-        &[],
-        &[],
-    );
+    let agent = AgentProcess::start_with(&["setpriv", "--bounding-set", &bounding, "--"], &policy, &[], &[]);
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent.child.id())).unwrap();
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().to_owned();
     assert_eq!(eff.split_whitespace().nth(1), Some("000000c400000000"), "{eff}");

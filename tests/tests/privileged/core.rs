@@ -1,7 +1,6 @@
 //! The core: cgroup and PID rules, pinned state, errors.
 use std::path::Path;
 
-
 use mptcpify_tests::*;
 
 #[test]
@@ -119,7 +118,10 @@ fn disable_stops_new_upgrades() {
     ok(&["enable", "--cgroup", &cg.relative, "--pid", &pid]);
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP);
     let out = ok(&["disable", "--cgroup", &cg.relative, "--pid", &pid]);
-    assert!(out.contains("removed: cgroup /mptcpify-t-disable") && out.contains(&format!("removed: pid {pid}")), "{out}");
+    assert!(
+        out.contains("removed: cgroup /mptcpify-t-disable") && out.contains(&format!("removed: pid {pid}")),
+        "{out}"
+    );
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
     assert_eq!(pid_probe.finish()["tcp4"]["proto"], IPPROTO_TCP);
     let status = status_json();
@@ -273,9 +275,17 @@ fn missing_bpffs_or_cgroup2_is_explained_and_changes_nothing() {
             .unwrap()
     };
     let out = run("/sys/fs/bpf", &format!("enable --cgroup {}", cg.relative));
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("mount -t bpf bpf /sys/fs/bpf"), "{}", text(&out));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("mount -t bpf bpf /sys/fs/bpf"),
+        "{}",
+        text(&out)
+    );
     let out = run("/sys/fs/cgroup", &format!("enable --cgroup {}", cg.relative));
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no cgroup2 hierarchy is mounted"), "{}", text(&out));
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no cgroup2 hierarchy is mounted"),
+        "{}",
+        text(&out)
+    );
     assert!(mptcpify_pins().is_empty());
 }
 
@@ -294,10 +304,7 @@ fn a_full_rule_table_is_refused_and_rolled_back() {
         pids.insert(0x8000_0000 + k, rule, 0).unwrap();
     }
     let before = state_snapshot();
-    let err = fails(
-        &["enable", "--cgroup", &cg.relative, "--pid", &probe.pid().to_string()],
-        "rule table is full",
-    );
+    let err = fails(&["enable", "--cgroup", &cg.relative, "--pid", &probe.pid().to_string()], "rule table is full");
     assert!(err.contains("16384"), "{err}");
     assert_eq!(state_snapshot(), before, "the cgroup rule added before the failure was rolled back");
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
@@ -330,11 +337,8 @@ fn probe_loads_and_detaches_without_leaving_state() {
 /// printed within `wait`, if any.
 fn first_log_record(cg: &TestCgroup, wait: std::time::Duration) -> Option<String> {
     use std::io::{BufRead as _, BufReader};
-    let mut logs = std::process::Command::new(mptcpify_bin())
-        .arg("logs")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut logs =
+        std::process::Command::new(mptcpify_bin()).arg("logs").stderr(std::process::Stdio::piped()).spawn().unwrap();
     let stderr = logs.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

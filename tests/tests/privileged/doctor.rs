@@ -18,7 +18,9 @@ fn doctor_passes_here_and_points_at_missing_endpoints() {
     let _g = setup();
     let (code, v) = doctor();
     assert_eq!(code, 0, "{v}");
-    for name in ["privileges", "kernel", "btf", "hook", "program", "bpffs", "cgroup2", "net.mptcp.enabled", "never-break"] {
+    for name in
+        ["privileges", "kernel", "btf", "hook", "program", "bpffs", "cgroup2", "net.mptcp.enabled", "never-break"]
+    {
         assert_eq!(check(&v, name)["level"], "OK", "{name}: {v}");
     }
     let endpoints = check(&v, "endpoints");
@@ -43,7 +45,10 @@ fn doctor_passes_here_and_points_at_missing_endpoints() {
     assert_eq!(code, 0, "a warning is not a failure");
     assert_eq!(check(&v, "net.mptcp.enabled")["level"], "WARN");
     let human = String::from_utf8_lossy(&human.stdout);
-    assert!(human.contains("WARN net.mptcp.enabled") && human.contains("fix: sysctl -w net.mptcp.enabled=1"), "{human}");
+    assert!(
+        human.contains("WARN net.mptcp.enabled") && human.contains("fix: sysctl -w net.mptcp.enabled=1"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -68,7 +73,10 @@ fn doctor_finds_tcp_listeners_that_predate_their_rule() {
     let listeners = check(&v, "listeners");
     assert_eq!(listeners["level"], "WARN", "{v}");
     let detail = listeners["detail"].as_str().unwrap();
-    assert!(detail.contains(&format!("pid {}", server.id())) && detail.contains(&format!("port {}", port.trim())), "{detail}");
+    assert!(
+        detail.contains(&format!("pid {}", server.id())) && detail.contains(&format!("port {}", port.trim())),
+        "{detail}"
+    );
     let (_, v) = doctor();
     assert_eq!(check(&v, "listeners")["level"], "OK", "gone with the process: {v}");
 }

@@ -1,6 +1,6 @@
 //! Symbol addresses from the loader's BPF lookup, checked against /proc/kallsyms, and what
 //! happens when the kernel hides them.
-use mptcpify::kallsyms;
+use mptcpify::bpf::kallsyms;
 use mptcpify_tests::*;
 
 /// Restores kernel.kptr_restrict when dropped, also when an assertion fails.

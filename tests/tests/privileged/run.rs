@@ -9,7 +9,9 @@ use mptcpify_tests::*;
 
 fn run_cgroups() -> Vec<String> {
     std::fs::read_dir(cgroup_root().join("mptcpify"))
-        .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -85,7 +87,8 @@ fn run_waits_for_background_children() {
 #[test]
 fn run_forwards_signals_and_cleans_up() {
     let _g = setup();
-    let mut child = Command::new(mptcpify_bin()).args(["run", "--", "sleep", "60"]).stdin(Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new(mptcpify_bin()).args(["run", "--", "sleep", "60"]).stdin(Stdio::null()).spawn().unwrap();
     let start = Instant::now();
     while run_cgroups().is_empty() || Command::new("pgrep").args(["-x", "sleep"]).output().unwrap().stdout.is_empty() {
         assert!(start.elapsed() < Duration::from_secs(20), "run did not start its command");

@@ -60,7 +60,8 @@ fn all_with_exclusions_is_the_fleet_default() {
     let status = status_json();
     assert!(status["counters"]["excluded"].as_u64().unwrap() >= 4, "{status}");
     assert!(status["counters"]["upgraded_by_all"].as_u64().unwrap() >= 2, "{status}");
-    let actions: Vec<_> = status["rules"].as_array().unwrap().iter().map(|r| (r["action"].clone(), r["kind"].clone())).collect();
+    let actions: Vec<_> =
+        status["rules"].as_array().unwrap().iter().map(|r| (r["action"].clone(), r["kind"].clone())).collect();
     assert!(actions.contains(&("exclude".into(), "cgroup".into())), "{actions:?}");
     assert!(actions.contains(&("enable".into(), "all".into())), "{actions:?}");
     ok(&["disable", "--all"]);
@@ -145,7 +146,11 @@ fn a_namespace_with_mptcp_disabled_keeps_working_tcp_sockets() {
     ip(&["-n", ns, "link", "set", "lo", "up"]);
     ok(&["enable", "--cgroup", &cg.relative]);
     let probe = sockprobe_bin();
-    let out = run_in(Some(&cg), std::path::Path::new("/usr/sbin/ip"), &["netns", "exec", ns, probe.to_str().unwrap(), "tcp4", "tcp6", "connect4"]);
+    let out = run_in(
+        Some(&cg),
+        std::path::Path::new("/usr/sbin/ip"),
+        &["netns", "exec", ns, probe.to_str().unwrap(), "tcp4", "tcp6", "connect4"],
+    );
     let _ = Command::new("ip").args(["netns", "del", ns]).status();
     let p = parse_probe(&out);
     assert_eq!(p["tcp4"]["proto"], IPPROTO_TCP, "a working TCP socket, not ENOPROTOOPT: {out}");

@@ -151,9 +151,12 @@ mod tests {
 
     #[test]
     fn selection_by_annotation_and_namespace_label() {
-        let ns: BTreeMap<_, _> =
-            [("on".to_owned(), Some("true".to_owned())), ("off".to_owned(), None), ("other".to_owned(), Some("yes".to_owned()))]
-                .into();
+        let ns: BTreeMap<_, _> = [
+            ("on".to_owned(), Some("true".to_owned())),
+            ("off".to_owned(), None),
+            ("other".to_owned(), Some("yes".to_owned())),
+        ]
+        .into();
         assert!(selected(&info(Some("true"), "off"), &ns), "annotation alone selects");
         assert!(selected(&info(None, "on"), &ns), "namespace label selects");
         assert!(!selected(&info(Some("false"), "on"), &ns), "annotation false opts out");
@@ -171,14 +174,22 @@ mod tests {
         let u = "0f9e8a4c_1b2d_4e5f_8a9b_0c1d2e3f4a5b";
         let cases = [
             (Qos::Guaranteed, CgroupDriver::Systemd, format!("/kubepods.slice/kubepods-pod{u}.slice")),
-            (Qos::Burstable, CgroupDriver::Systemd, format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice")),
-            (Qos::BestEffort, CgroupDriver::Systemd, format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice")),
+            (
+                Qos::Burstable,
+                CgroupDriver::Systemd,
+                format!("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice"),
+            ),
+            (
+                Qos::BestEffort,
+                CgroupDriver::Systemd,
+                format!("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{u}.slice"),
+            ),
             (Qos::Guaranteed, CgroupDriver::Cgroupfs, format!("/kubepods/pod{UID}")),
             (Qos::Burstable, CgroupDriver::Cgroupfs, format!("/kubepods/burstable/pod{UID}")),
             (Qos::BestEffort, CgroupDriver::Cgroupfs, format!("/kubepods/besteffort/pod{UID}")),
         ];
         for (qos, driver, want) in cases {
-            assert_eq!(cgroup_paths(UID, qos, driver), [want.clone()], "{qos:?} {driver:?}");
+            assert_eq!(cgroup_paths(UID, qos, driver), std::slice::from_ref(&want), "{qos:?} {driver:?}");
             // A UID already written with underscores names the same cgroup.
             assert_eq!(cgroup_paths(u, qos, driver), [want], "{qos:?} {driver:?} from _");
         }
@@ -191,7 +202,11 @@ mod tests {
         p.metadata.namespace = Some("shop".into());
         p.metadata.uid = Some(UID.into());
         p.spec = Some(PodSpec { containers, ..Default::default() });
-        p.status = Some(PodStatus { qos_class: qos_class.map(Into::into), phase: Some("Running".into()), ..Default::default() });
+        p.status = Some(PodStatus {
+            qos_class: qos_class.map(Into::into),
+            phase: Some("Running".into()),
+            ..Default::default()
+        });
         p
     }
 
@@ -209,7 +224,10 @@ mod tests {
     #[test]
     fn qos_from_status_or_from_resources() {
         let both = [("cpu", "1"), ("memory", "1Gi")];
-        assert_eq!(PodInfo::from_pod(&pod(Some("BestEffort"), vec![container(&[], &both)])).unwrap().qos, Qos::BestEffort);
+        assert_eq!(
+            PodInfo::from_pod(&pod(Some("BestEffort"), vec![container(&[], &both)])).unwrap().qos,
+            Qos::BestEffort
+        );
         assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&[], &both)])).unwrap().qos, Qos::Guaranteed);
         assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&both, &both)])).unwrap().qos, Qos::Guaranteed);
         assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&[("cpu", "1")], &[])])).unwrap().qos, Qos::Burstable);
@@ -223,7 +241,9 @@ mod tests {
     #[test]
     fn static_pods_use_the_mirror_uid_and_finished_pods_are_marked() {
         let mut p = pod(Some("Burstable"), vec![]);
-        p.metadata.annotations = Some([(MIRROR_ANNOTATION.to_owned(), "abc123".to_owned()), (SELECT_KEY.to_owned(), "true".to_owned())].into());
+        p.metadata.annotations = Some(
+            [(MIRROR_ANNOTATION.to_owned(), "abc123".to_owned()), (SELECT_KEY.to_owned(), "true".to_owned())].into(),
+        );
         let i = PodInfo::from_pod(&p).unwrap();
         assert_eq!(i.cgroup_uid, "abc123");
         assert_eq!(i.annotation.as_deref(), Some("true"));

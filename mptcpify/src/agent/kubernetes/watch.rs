@@ -49,8 +49,11 @@ pub async fn run(client: Client, node: String, cluster: Shared, changed: mpsc::U
     let pods: Api<Pod> = Api::all(client.clone());
     let namespaces: Api<Namespace> = Api::all(client);
     let pod_cfg = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
-    let pod_stream = watcher(pods, pod_cfg).default_backoff().map_ok(Change::Pod).boxed();
-    let ns_stream = watcher(namespaces, watcher::Config::default()).default_backoff().map_ok(Change::Namespace).boxed();
+    let pod_stream = watcher(pods, pod_cfg).default_backoff().map_ok(|e| Change::Pod(Box::new(e))).boxed();
+    let ns_stream = watcher(namespaces, watcher::Config::default())
+        .default_backoff()
+        .map_ok(|e| Change::Namespace(Box::new(e)))
+        .boxed();
     let mut all = futures::stream::select(pod_stream, ns_stream);
     let mut pending_pods = BTreeMap::new();
     let mut pending_ns = BTreeMap::new();
@@ -65,8 +68,10 @@ pub async fn run(client: Client, node: String, cluster: Shared, changed: mpsc::U
         let mut guard = cluster.lock().expect("cluster lock");
         let c = &mut *guard;
         match change {
-            Change::Pod(event) => apply(event, &mut c.pods, &mut pending_pods, pod_entry, &mut c.pods_listed),
-            Change::Namespace(event) => apply(event, &mut c.namespaces, &mut pending_ns, ns_entry, &mut c.namespaces_listed),
+            Change::Pod(event) => apply(*event, &mut c.pods, &mut pending_pods, pod_entry, &mut c.pods_listed),
+            Change::Namespace(event) => {
+                apply(*event, &mut c.namespaces, &mut pending_ns, ns_entry, &mut c.namespaces_listed)
+            }
         }
         drop(guard);
         let _ = changed.send(());
@@ -74,8 +79,9 @@ pub async fn run(client: Client, node: String, cluster: Shared, changed: mpsc::U
 }
 
 enum Change {
-    Pod(watcher::Event<Pod>),
-    Namespace(watcher::Event<Namespace>),
+    // Boxed: the objects are hundreds of bytes, and only a pointer moves through the stream.
+    Pod(Box<watcher::Event<Pod>>),
+    Namespace(Box<watcher::Event<Namespace>>),
 }
 
 fn pod_entry(p: &Pod) -> Option<(String, PodInfo)> {

@@ -2,7 +2,8 @@
 use anyhow::{Result, bail};
 use caps::{CapSet, Capability};
 
-use crate::sys;
+use super::mounts::Mounts;
+use crate::bpf::sys;
 
 /// Loading tracing programs and editing pinned maps needs root or its BPF capabilities.
 pub fn require_privileges() -> Result<()> {
@@ -16,6 +17,15 @@ pub fn require_privileges() -> Result<()> {
         "mptcpify needs root (uid {} lacks CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON); run it with sudo",
         sys::geteuid()
     )
+}
+
+/// What every command that edits or reads the pinned state checks first: privileges, then
+/// bpffs at its place. Returns the mounts it read, for the cgroup2 root.
+pub fn require_state_access() -> Result<Mounts> {
+    require_privileges()?;
+    let mounts = Mounts::read()?;
+    mounts.require_bpffs()?;
+    Ok(mounts)
 }
 
 /// State of `net.mptcp.enabled` in the caller's network namespace.
@@ -44,8 +54,8 @@ pub fn mptcp_warning() -> Option<&'static str> {
             "warning: net.mptcp.enabled=0 in this network namespace: upgraded sockets will fail \
              with ENOPROTOOPT here; enable it with `sysctl -w net.mptcp.enabled=1`",
         ),
-        MptcpSysctl::Missing => Some(
-            "warning: /proc/sys/net/mptcp is missing: this kernel has no MPTCP (CONFIG_MPTCP)",
-        ),
+        MptcpSysctl::Missing => {
+            Some("warning: /proc/sys/net/mptcp is missing: this kernel has no MPTCP (CONFIG_MPTCP)")
+        }
     }
 }

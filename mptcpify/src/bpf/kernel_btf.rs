@@ -62,7 +62,8 @@ impl KernelBtf {
             bail!("not BTF of this machine's byte order (bad magic)");
         }
         let u32_at = |at: usize| u32::from_ne_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-        let (hdr_len, type_off, type_len, str_off, str_len) = (u32_at(4), u32_at(8), u32_at(12), u32_at(16), u32_at(20));
+        let (hdr_len, type_off, type_len, str_off, str_len) =
+            (u32_at(4), u32_at(8), u32_at(12), u32_at(16), u32_at(20));
         let section = |off: usize, len: usize| {
             let start = hdr_len.checked_add(off)?;
             let end = start.checked_add(len)?;
@@ -159,10 +160,10 @@ impl KernelBtf {
             if name == member.as_bytes() {
                 return Some(bits);
             }
-            if name.is_empty() {
-                if let Some(inner) = self.find_member(self.skip_modifiers(ty), member, depth + 1) {
-                    return Some(bits + inner);
-                }
+            if name.is_empty()
+                && let Some(inner) = self.find_member(self.skip_modifiers(ty), member, depth + 1)
+            {
+                return Some(bits + inner);
             }
         }
         None
@@ -172,7 +173,9 @@ impl KernelBtf {
     fn skip_modifiers(&self, mut id: u32) -> u32 {
         for _ in 0..32 {
             match self.header(id) {
-                Some((_, h)) if matches!(h.kind, TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG) => id = h.size_or_type,
+                Some((_, h)) if matches!(h.kind, TYPEDEF | VOLATILE | CONST | RESTRICT | TYPE_TAG) => {
+                    id = h.size_or_type
+                }
                 _ => break,
             }
         }

@@ -5,13 +5,13 @@
 //! `bpf_kallsyms_lookup_name()` (Linux >= 5.16), callable from a `BPF_PROG_TYPE_SYSCALL` program
 //! run once with `BPF_PROG_TEST_RUN`, under the same rule as the file (addresses are shown only
 //! with `kernel.kptr_restrict` and CAP_SYSLOG allowing it). That program is under twenty
-//! instructions, assembled here (see [`crate::asm`]); the file stays as the fallback.
+//! instructions, assembled here (see [`super::asm`]); the file stays as the fallback.
 use std::os::fd::AsFd as _;
 
 use anyhow::{Result, anyhow, bail};
 use aya_obj::generated::{bpf_func_id, bpf_insn};
 
-use crate::{
+use super::{
     asm::{ADD64_IMM, CALL, EXIT, FP, LD_IMM64, LDX_DW, MOV64_IMM, MOV64_REG, ST_DW, STX_DW, insn},
     sys,
 };
@@ -102,13 +102,10 @@ pub fn bpf_lookup(symbol: &str) -> Result<u64, BpfLookup> {
             "the kernel hides symbol addresses (kernel.kptr_restrict is 2, or 1 without CAP_SYSLOG), so \
              {symbol} cannot be found"
         ))),
-        libc::ENOENT => Err(BpfLookup::Refused(anyhow!(
-            "{symbol} is not among the kernel's symbols (needs CONFIG_KALLSYMS_ALL)"
-        ))),
-        errno => Err(BpfLookup::Refused(anyhow!(
-            "looking up {symbol}: {}",
-            std::io::Error::from_raw_os_error(errno)
-        ))),
+        libc::ENOENT => {
+            Err(BpfLookup::Refused(anyhow!("{symbol} is not among the kernel's symbols (needs CONFIG_KALLSYMS_ALL)")))
+        }
+        errno => Err(BpfLookup::Refused(anyhow!("looking up {symbol}: {}", std::io::Error::from_raw_os_error(errno)))),
     }
 }
 

@@ -1,64 +1,23 @@
-//! The pinned state in bpffs: link and maps under [`PIN_DIR`]. It outlives every CLI invocation;
-//! each invocation opens it, edits it under a lock, and leaves.
-use std::{fs::File, path::Path};
+//! Handles on the pinned maps ([`State`]), the rules' storage in production, and what the
+//! kernel says about the attached program.
+use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Pod,
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
-    programs::links::{FdLink, PinnedLink},
 };
 use mptcpify_common::{
-    ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config,
-    Counter, EVENTS_MAP, MAX_RULES, ORIGINS_MAP, Origin, PID_RULES_MAP, Rule, UID_RULES_MAP,
+    ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config, Counter, EVENTS_MAP,
+    MAX_RULES, ORIGINS_MAP, Origin, PID_RULES_MAP, PIN_DIR, Rule, RuleKind, UID_RULES_MAP,
 };
 
-use crate::rules::{Full, Key, RuleStore};
-
-/// Where link and maps are pinned (bpffs, root-only).
-pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
-/// Pin of the link; unlinking it detaches the program.
-pub const LINK_PIN: &str = "link";
-/// A load pins into `PIN_DIR` + this + its PID, then renames that into place. bpffs refuses
-/// names with dots.
-pub const TMP_INFIX: &str = "_loading_";
-/// Maps pinned beside the link; the rest (.rodata, the log ring buffer) live on with the
-/// program, which the link holds.
-pub const PINNED_MAPS: [&str; 8] = [
-    CGROUP_RULES_MAP,
-    PID_RULES_MAP,
-    COMM_RULES_MAP,
-    UID_RULES_MAP,
-    COUNTERS_MAP,
-    CONFIG_MAP,
-    EVENTS_MAP,
-    ORIGINS_MAP,
-];
+use super::{
+    origin::RuleOrigin,
+    rules::{Full, Key, RuleStore},
+};
 
 const BPF_NOEXIST: u64 = 1;
-
-/// Serialises edits between concurrent invocations (an flock on the bpffs directory).
-pub struct Lock(#[allow(dead_code)] File);
-
-impl Lock {
-    pub fn take() -> Result<Self> {
-        let parent = Path::new(PIN_DIR).parent().expect("PIN_DIR has a parent");
-        let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
-        f.lock().with_context(|| format!("locking {}", parent.display()))?;
-        Ok(Self(f))
-    }
-}
-
-pub fn is_loaded() -> bool {
-    Path::new(PIN_DIR).join(LINK_PIN).exists()
-}
-
-/// Link and program ids, as `bpftool link` shows them.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
-pub struct LinkIds {
-    pub link_id: u32,
-    pub program_id: u32,
-}
 
 /// What the kernel says about the attached program: its size after verification and, while
 /// `kernel.bpf_stats_enabled=1`, how often it ran and for how long (the program body only, not
@@ -110,13 +69,13 @@ fn get<K: Pod>(map: &HashMap<MapData, K, Rule>, key: &K) -> Result<Option<Rule>>
     }
 }
 
-fn insert<K: Pod>(map: &mut HashMap<MapData, K, Rule>, key: K, rule: Rule, what: &'static str) -> Result<()> {
+fn insert<K: Pod>(map: &mut HashMap<MapData, K, Rule>, key: K, rule: Rule, kind: RuleKind) -> Result<()> {
     match map.insert(key, rule, BPF_NOEXIST) {
         Ok(()) => Ok(()),
         Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::E2BIG) => {
-            Err(Full { what, capacity: MAX_RULES }.into())
+            Err(Full { kind, capacity: MAX_RULES }.into())
         }
-        Err(e) => Err(anyhow!(e).context(format!("adding a {what} rule"))),
+        Err(e) => Err(anyhow!(e).context(format!("adding a {} rule", kind.name()))),
     }
 }
 
@@ -185,24 +144,15 @@ impl State {
 
     /// Sum over CPUs of each counter slot.
     pub fn counters(&self) -> Result<Vec<(Counter, u64)>> {
-        Counter::ALL
-            .iter()
-            .map(|&c| Ok((c, self.counters.get(&(c as u32), 0)?.iter().sum())))
-            .collect()
+        Counter::ALL.iter().map(|&c| Ok((c, self.counters.get(&(c as u32), 0)?.iter().sum()))).collect()
     }
 
-    pub fn origin(&self, cgroup: u64) -> Option<Origin> {
-        self.origins.get(&cgroup, 0).ok()
+    pub fn origin(&self, cgroup: u64) -> Option<RuleOrigin> {
+        self.origins.get(&cgroup, 0).ok().as_ref().and_then(RuleOrigin::from_wire)
     }
 
-    pub fn set_origin(&mut self, cgroup: u64, origin: Origin) -> Result<()> {
-        self.origins.insert(cgroup, origin, 0).context("recording a rule's origin")
-    }
-
-    pub fn link_ids() -> Result<LinkIds> {
-        let pinned = PinnedLink::from_pin(Path::new(PIN_DIR).join(LINK_PIN))?;
-        let info = FdLink::from(pinned).info()?;
-        Ok(LinkIds { link_id: info.id(), program_id: info.program_id() })
+    pub fn set_origin(&mut self, cgroup: u64, origin: &RuleOrigin) -> Result<()> {
+        self.origins.insert(cgroup, origin.to_wire(), 0).context("recording a rule's origin")
     }
 
     pub fn events() -> Result<RingBuf<MapData>> {
@@ -226,10 +176,10 @@ impl RuleStore for State {
 
     fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()> {
         match *key {
-            Key::Cgroup(id) => insert(&mut self.cgroups, id, rule, "cgroup")?,
-            Key::Pid(p) => insert(&mut self.pids, p, rule, "pid")?,
-            Key::Comm(c) => insert(&mut self.comms, c, rule, "comm")?,
-            Key::Uid(u) => insert(&mut self.uids, u, rule, "uid")?,
+            Key::Cgroup(id) => insert(&mut self.cgroups, id, rule, key.kind())?,
+            Key::Pid(p) => insert(&mut self.pids, p, rule, key.kind())?,
+            Key::Comm(c) => insert(&mut self.comms, c, rule, key.kind())?,
+            Key::Uid(u) => insert(&mut self.uids, u, rule, key.kind())?,
             Key::All => {
                 let mut config = self.config()?;
                 config.all = 1 + rule.owner;
@@ -277,29 +227,4 @@ impl RuleStore for State {
         all.sort_by_key(|(k, _)| *k);
         Ok(all)
     }
-}
-
-/// Detaches the program and removes every pin (and any leftover of an interrupted load).
-/// Returns whether anything was there.
-pub fn remove_all() -> Result<bool> {
-    let dir = Path::new(PIN_DIR);
-    let parent = dir.parent().expect("PIN_DIR has a parent");
-    let name = dir.file_name().expect("PIN_DIR has a name").to_string_lossy().into_owned();
-    let mut found = false;
-    for entry in std::fs::read_dir(parent).with_context(|| format!("listing {}", parent.display()))? {
-        let entry = entry?;
-        let n = entry.file_name().to_string_lossy().into_owned();
-        if n != name && !n.starts_with(&format!("{name}{TMP_INFIX}")) {
-            continue;
-        }
-        found = true;
-        let path = entry.path();
-        // The link first: from here on new sockets are TCP again.
-        let link = path.join(LINK_PIN);
-        if link.exists() {
-            std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
-        }
-        std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
-    }
-    Ok(found)
 }

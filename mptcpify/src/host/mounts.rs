@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
+pub use mptcpify_common::BPFFS;
 use procfs::{FromBufRead as _, process::MountInfos};
 
 /// The mounts mptcpify needs.
@@ -15,9 +16,6 @@ pub struct Mounts {
     /// Mount points of bpffs.
     pub bpffs: Vec<PathBuf>,
 }
-
-/// Default bpffs location; the pins live below it.
-pub const BPFFS: &str = "/sys/fs/bpf";
 
 impl Mounts {
     pub fn read() -> Result<Self> {

@@ -5,7 +5,7 @@ use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::Path};
 
 use mptcpify_common::{COMM_LEN, Rule};
 
-use crate::rules::{Action, Key};
+use super::rules::{Action, Key};
 
 /// What the program looks at for a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +73,25 @@ mod tests {
     fn exclusions_beat_enables_at_any_depth() {
         let curl = proc_(10, 1000, "curl", &[1, 20, 300]);
         // Enable on the leaf, exclusion on an ancestor: excluded; and the other way round.
-        assert_eq!(decide(&rules(&[(Key::Cgroup(300), ACTION_ENABLE), (Key::Cgroup(20), ACTION_EXCLUDE)]), &curl), Some(Action::Exclude));
-        assert_eq!(decide(&rules(&[(Key::Cgroup(20), ACTION_ENABLE), (Key::Cgroup(300), ACTION_EXCLUDE)]), &curl), Some(Action::Exclude));
-        assert_eq!(decide(&rules(&[(Key::All, ACTION_ENABLE), (Key::Uid(1000), ACTION_EXCLUDE)]), &curl), Some(Action::Exclude));
-        assert_eq!(decide(&rules(&[(Key::All, ACTION_ENABLE), Key::comm("curl").map(|k| (k, ACTION_EXCLUDE)).unwrap()]), &curl), Some(Action::Exclude));
+        assert_eq!(
+            decide(&rules(&[(Key::Cgroup(300), ACTION_ENABLE), (Key::Cgroup(20), ACTION_EXCLUDE)]), &curl),
+            Some(Action::Exclude)
+        );
+        assert_eq!(
+            decide(&rules(&[(Key::Cgroup(20), ACTION_ENABLE), (Key::Cgroup(300), ACTION_EXCLUDE)]), &curl),
+            Some(Action::Exclude)
+        );
+        assert_eq!(
+            decide(&rules(&[(Key::All, ACTION_ENABLE), (Key::Uid(1000), ACTION_EXCLUDE)]), &curl),
+            Some(Action::Exclude)
+        );
+        assert_eq!(
+            decide(
+                &rules(&[(Key::All, ACTION_ENABLE), Key::comm("curl").map(|k| (k, ACTION_EXCLUDE)).unwrap()]),
+                &curl
+            ),
+            Some(Action::Exclude)
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! TCP sockets instead of ENOPROTOOPT.
 use anyhow::Result;
 
-use crate::{kallsyms, kernel_btf::KernelBtf};
+use super::{kallsyms, kernel_btf::KernelBtf};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NetnsOffsets {
@@ -15,7 +15,7 @@ pub struct NetnsOffsets {
     pub pernet_id_addr: u64,
 }
 
-/// Offsets from `btf` (the running kernel's, see [`crate::loader::kernel_btf`]) and the address
+/// Offsets from `btf` (the running kernel's, see [`super::loader::kernel_btf`]) and the address
 /// of `mptcp_pernet_id`.
 pub fn find(btf: &KernelBtf) -> Result<NetnsOffsets> {
     let pernet_id_addr = kallsyms::address("mptcp_pernet_id")?;

@@ -1,5 +1,5 @@
 //! systemd units to cgroups, asked of systemd over D-Bus (no unit file or drop-in is written).
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 use zbus::{
     Connection,
     fdo::PropertiesProxy,
@@ -7,19 +7,52 @@ use zbus::{
     zvariant::{OwnedObjectPath, OwnedValue},
 };
 
-/// D-Bus interface that carries `ControlGroup` for a unit of this type.
-fn interface_of(unit: &str) -> Result<&'static str> {
-    Ok(match unit.rsplit_once('.').map(|(_, t)| t) {
-        Some("service") => "org.freedesktop.systemd1.Service",
-        Some("scope") => "org.freedesktop.systemd1.Scope",
-        Some("slice") => "org.freedesktop.systemd1.Slice",
-        Some("socket") => "org.freedesktop.systemd1.Socket",
-        Some("mount") => "org.freedesktop.systemd1.Mount",
-        Some("swap") => "org.freedesktop.systemd1.Swap",
-        _ => bail!(
+/// The kinds of unit that have a cgroup, by the suffix of their name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitType {
+    Service,
+    Scope,
+    Slice,
+    Socket,
+    Mount,
+    Swap,
+}
+
+impl UnitType {
+    const ALL: [(&'static str, UnitType); 6] = [
+        (".service", UnitType::Service),
+        (".scope", UnitType::Scope),
+        (".slice", UnitType::Slice),
+        (".socket", UnitType::Socket),
+        (".mount", UnitType::Mount),
+        (".swap", UnitType::Swap),
+    ];
+
+    /// The type of `unit` (`nginx.service`); `None` for a type without a cgroup or a bare suffix.
+    pub fn of(unit: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(suffix, _)| unit.len() > suffix.len() && unit.ends_with(suffix)).map(|&(_, t)| t)
+    }
+
+    /// The D-Bus interface that carries this type's `ControlGroup` and `Slice`.
+    const fn interface(self) -> &'static str {
+        match self {
+            UnitType::Service => "org.freedesktop.systemd1.Service",
+            UnitType::Scope => "org.freedesktop.systemd1.Scope",
+            UnitType::Slice => "org.freedesktop.systemd1.Slice",
+            UnitType::Socket => "org.freedesktop.systemd1.Socket",
+            UnitType::Mount => "org.freedesktop.systemd1.Mount",
+            UnitType::Swap => "org.freedesktop.systemd1.Swap",
+        }
+    }
+}
+
+/// The type of `unit`, or the error a user needs.
+fn unit_type(unit: &str) -> Result<UnitType> {
+    UnitType::of(unit).ok_or_else(|| {
+        anyhow!(
             "{unit:?} is not a unit with a cgroup: give the full name, e.g. nginx.service, \
              user.slice or session-1.scope"
-        ),
+        )
     })
 }
 
@@ -41,7 +74,9 @@ async fn unit_properties(conn: &Connection, method: &str, unit: &str) -> Result<
         .await
     {
         Ok(reply) => reply,
-        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => return Ok(None),
+        Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => {
+            return Ok(None);
+        }
         Err(e) => return Err(anyhow!("asking systemd for {unit}: {e}")),
     };
     let path: OwnedObjectPath = reply.body().deserialize()?;
@@ -58,7 +93,7 @@ async fn string_property(props: &PropertiesProxy<'_>, iface: &'static str, name:
 }
 
 async fn running_cgroup(conn: &Connection, unit: &str) -> Result<Option<String>> {
-    let iface = interface_of(unit)?;
+    let iface = unit_type(unit)?.interface();
     let Some(props) = unit_properties(conn, "GetUnit", unit).await? else { return Ok(None) };
     let cgroup = string_property(&props, iface, "ControlGroup").await?;
     Ok(Some(cgroup).filter(|c| !c.is_empty()))
@@ -67,7 +102,7 @@ async fn running_cgroup(conn: &Connection, unit: &str) -> Result<Option<String>>
 /// The cgroup of a running unit, relative to the cgroup2 root (e.g. `/system.slice/nginx.service`);
 /// `None` when systemd has no such unit loaded or it is not running (so it has no cgroup).
 pub async fn unit_cgroup(unit: &str) -> Result<Option<String>> {
-    interface_of(unit)?;
+    unit_type(unit)?;
     let conn = Connection::system().await.map_err(system_bus_error)?;
     running_cgroup(&conn, unit).await
 }
@@ -76,7 +111,7 @@ pub async fn unit_cgroup(unit: &str) -> Result<Option<String>> {
 /// cgroup plus its name (how systemd lays out the tree). `None` if systemd knows no such unit.
 /// The agent watches that path, so a unit that (re)starts later is covered as it appears.
 pub async fn unit_cgroup_expected(unit: &str) -> Result<Option<String>> {
-    let iface = interface_of(unit)?;
+    let unit_type = unit_type(unit)?;
     let conn = Connection::system().await.map_err(system_bus_error)?;
     if let Some(running) = running_cgroup(&conn, unit).await? {
         return Ok(Some(running));
@@ -85,10 +120,10 @@ pub async fn unit_cgroup_expected(unit: &str) -> Result<Option<String>> {
     if string_property(&props, "org.freedesktop.systemd1.Unit", "LoadState").await? == "not-found" {
         return Ok(None);
     }
-    if iface == "org.freedesktop.systemd1.Slice" {
+    if unit_type == UnitType::Slice {
         return Ok(Some(slice_path(unit)));
     }
-    let slice = string_property(&props, iface, "Slice").await?;
+    let slice = string_property(&props, unit_type.interface(), "Slice").await?;
     let slice = if slice.is_empty() { "-.slice".to_owned() } else { slice };
     Ok(Some(format!("{}/{unit}", slice_path(&slice).trim_end_matches('/'))))
 }
@@ -122,10 +157,11 @@ mod tests {
 
     #[test]
     fn unit_types_map_to_their_interface() {
-        assert_eq!(interface_of("nginx.service").unwrap(), "org.freedesktop.systemd1.Service");
-        assert_eq!(interface_of("user-1000.slice").unwrap(), "org.freedesktop.systemd1.Slice");
-        let e = interface_of("nginx").unwrap_err().to_string();
+        assert_eq!(unit_type("nginx.service").unwrap().interface(), "org.freedesktop.systemd1.Service");
+        assert_eq!(unit_type("user-1000.slice").unwrap().interface(), "org.freedesktop.systemd1.Slice");
+        let e = unit_type("nginx").unwrap_err().to_string();
         assert!(e.contains("nginx.service"), "{e}");
-        assert!(interface_of("x.target").is_err());
+        assert!(unit_type("x.target").is_err());
+        assert!(unit_type(".service").is_err(), "a suffix alone is no unit");
     }
 }

@@ -45,55 +45,41 @@ pub fn resolve(root: &Path, arg: &str) -> Result<Cgroup> {
     let relative = format!("/{}", relative.display());
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
-            "cgroup {arg} not found: {} does not exist (the cgroup2 root is {})",
-            path.display(),
-            root.display()
-        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("cgroup {arg} not found: {} does not exist (the cgroup2 root is {})", path.display(), root.display())
+        }
         Err(e) => bail!("cannot read cgroup {}: {e}", path.display()),
     };
     if !meta.is_dir() || !path.join("cgroup.procs").exists() {
-        bail!(
-            "{} is not a cgroup2 directory (the cgroup2 root is {})",
-            path.display(),
-            root.display()
-        );
+        bail!("{} is not a cgroup2 directory (the cgroup2 root is {})", path.display(), root.display());
     }
     Ok(Cgroup { path, relative, id: meta.ino() })
 }
 
-/// Every cgroup under `root`, by id: one walk of the tree for any number of lookups.
-pub fn index(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
-    let mut out = std::collections::HashMap::new();
+/// Every cgroup directory under `root` (itself included) with its id, depth first, read lazily.
+pub fn walk(root: &Path) -> impl Iterator<Item = (u64, PathBuf)> {
     let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        if let Ok(m) = std::fs::metadata(&dir) {
-            out.insert(m.ino(), dir.clone());
+    std::iter::from_fn(move || {
+        while let Some(dir) = stack.pop() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+            }
+            if let Ok(m) = std::fs::metadata(&dir) {
+                return Some((m.ino(), dir));
+            }
         }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            stack.extend(entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
-        }
-    }
-    out
+        None
+    })
 }
 
-/// Finds the path of cgroup `id` by walking the tree under `root`; `None` if it is gone.
+/// Every cgroup under `root`, by id: one walk of the tree for any number of lookups.
+pub fn index(root: &Path) -> std::collections::HashMap<u64, PathBuf> {
+    walk(root).collect()
+}
+
+/// Finds the path of cgroup `id` under `root`; `None` if it is gone.
 pub fn find_by_id(root: &Path, id: u64) -> Option<PathBuf> {
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == id) {
-            return Some(dir);
-        }
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    None
+    walk(root).find(|(ino, _)| *ino == id).map(|(_, p)| p)
 }
 
 #[cfg(test)]

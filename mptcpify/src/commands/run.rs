@@ -10,21 +10,26 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use mptcpify_common::ORIGIN_RUN;
 use nix::{
     sys::signal::{Signal, kill},
     unistd::{Gid, Pid, Uid, User},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::rules::add_resolved;
 use crate::{
-    cgroup, checks,
-    commands::add_resolved,
-    loader::LogLevel,
-    mounts::Mounts,
-    rules::{Action, Key, RuleStore as _},
-    state::{self, State},
-    targets::{self, Target},
+    bpf::loader::LogLevel,
+    host::{
+        cgroup, preconditions,
+        resolve::Target,
+        users::{UidSpec, system_users, uid_of},
+    },
+    state::{
+        maps::State,
+        origin::{OriginKind, RuleOrigin},
+        pins::Lock,
+        rules::{Action, Key, RuleStore as _},
+    },
 };
 
 /// Who CMD runs as.
@@ -50,7 +55,7 @@ fn credentials_of(user: User) -> Result<Credentials> {
 pub fn credentials(user: Option<&str>, sudo_uid: Option<&str>) -> Result<Credentials> {
     let found = match (user, sudo_uid) {
         (Some(spec), _) => {
-            let uid = targets::uid(spec)?;
+            let uid = uid_of(&UidSpec::parse(spec), &system_users).map_err(|e| anyhow!(e))?;
             User::from_uid(Uid::from_raw(uid))?.ok_or_else(|| anyhow!("no user with uid {uid}"))?
         }
         (None, Some(sudo_uid)) => {
@@ -71,10 +76,10 @@ struct RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        if let Ok(_lock) = state::Lock::take() {
-            if let Ok(mut st) = State::open() {
-                let _ = st.remove(&Key::Cgroup(self.id));
-            }
+        if let Ok(_lock) = Lock::take()
+            && let Ok(mut st) = State::open()
+        {
+            let _ = st.remove(&Key::Cgroup(self.id));
         }
         let _ = std::fs::remove_dir(&self.path);
     }
@@ -101,10 +106,8 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 }
 
 pub async fn run(user: Option<&str>, command: &[String]) -> Result<i32> {
-    checks::require_privileges()?;
+    let mounts = preconditions::require_state_access()?;
     let creds = credentials(user, std::env::var("SUDO_UID").ok().as_deref())?;
-    let mounts = Mounts::read()?;
-    mounts.require_bpffs()?;
     let root = mounts.cgroup2_root()?;
 
     let parent = root.join("mptcpify");
@@ -122,11 +125,11 @@ pub async fn run(user: Option<&str>, command: &[String]) -> Result<i32> {
     let guard = RunCgroup { path: cg.path.clone(), id: cg.id };
     let target = Target {
         key: Key::Cgroup(cg.id),
-        origin: Some(targets::origin(ORIGIN_RUN, &cg.relative)?),
+        origin: Some(RuleOrigin::new(OriginKind::Run, &cg.relative)?),
         label: format!("cgroup {}", cg.relative),
     };
     add_resolved(&[target], Action::Enable, LogLevel::Off)?;
-    if let Some(w) = checks::mptcp_warning() {
+    if let Some(w) = preconditions::mptcp_warning() {
         eprintln!("{w}");
     }
 

@@ -10,10 +10,13 @@ use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cgroup, checks,
-    mounts::Mounts,
-    rules::comm_str,
-    state::{self, State},
+    bpf::sys,
+    host::{cgroup, mounts::Mounts, preconditions},
+    state::{
+        maps::State,
+        pins::{self, Lock},
+        rules::comm_str,
+    },
 };
 
 /// One decision as `--json` prints it (one object per line).
@@ -27,10 +30,33 @@ pub struct Decided {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub family: &'static str,
-    pub decision: &'static str,
-    pub rule: &'static str,
+    /// `upgraded`, `excluded`, `kept-tcp-mptcp-disabled` (`unknown` from a newer program).
+    #[serde(serialize_with = "decision_name")]
+    pub decision: Option<Decision>,
+    /// The kind of rule that decided (`unknown` from a newer program).
+    #[serde(serialize_with = "kind_name")]
+    pub rule: Option<RuleKind>,
     /// The rule's key: cgroup id, pid or uid (0 for comm and all).
     pub rule_key: u64,
+}
+
+fn decision_name<S: serde::Serializer>(d: &Option<Decision>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(d.map_or("unknown", Decision::name))
+}
+
+fn kind_name<S: serde::Serializer>(k: &Option<RuleKind>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(k.map_or("unknown", RuleKind::name))
+}
+
+impl Decided {
+    /// The deciding rule as a human reads it: `cgroup 27`, `pid 4242`, `comm`, `all`.
+    fn rule_text(&self) -> String {
+        match self.rule {
+            Some(kind @ (RuleKind::Comm | RuleKind::All)) => kind.name().to_owned(),
+            Some(kind) => format!("{} {}", kind.name(), self.rule_key),
+            None => "unknown".to_owned(),
+        }
+    }
 }
 
 fn alive(pid: u32) -> bool {
@@ -43,7 +69,7 @@ struct Listening(u32);
 impl Listening {
     fn start() -> Result<Self> {
         let me = std::process::id();
-        let _lock = state::Lock::take()?;
+        let _lock = Lock::take()?;
         let mut st = State::open()?;
         let mut cfg = st.config()?;
         if cfg.monitor_pid != 0 && cfg.monitor_pid != me && alive(cfg.monitor_pid) {
@@ -57,13 +83,12 @@ impl Listening {
 
 impl Drop for Listening {
     fn drop(&mut self) {
-        if let (Ok(_lock), Ok(mut st)) = (state::Lock::take(), State::open()) {
-            if let Ok(mut cfg) = st.config() {
-                if cfg.monitor_pid == self.0 {
-                    cfg.monitor_pid = 0;
-                    let _ = st.set_config(cfg);
-                }
-            }
+        if let (Ok(_lock), Ok(mut st)) = (Lock::take(), State::open())
+            && let Ok(mut cfg) = st.config()
+            && cfg.monitor_pid == self.0
+        {
+            cfg.monitor_pid = 0;
+            let _ = st.set_config(cfg);
         }
     }
 }
@@ -112,15 +137,15 @@ pub fn decode(bytes: &[u8], boot_to_unix: f64, cgroup_path: &mut impl FnMut(u64)
         cgroup_id: e.cgroup_id,
         cgroup: cgroup_path(e.cgroup_id),
         family: if i32::from(e.family) == AF_INET6 { "inet6" } else { "inet" },
-        decision: Decision::from_u8(e.decision).map_or("unknown", Decision::name),
-        rule: RuleKind::from_u8(e.rule_kind).map_or("unknown", RuleKind::name),
+        decision: Decision::from_u8(e.decision),
+        rule: RuleKind::from_u8(e.rule_kind),
         rule_key: e.rule_key,
     })
 }
 
 pub async fn monitor(json: bool) -> Result<()> {
-    checks::require_privileges()?;
-    if !state::is_loaded() {
+    preconditions::require_privileges()?;
+    if !pins::is_loaded() {
         bail!("mptcpify is not loaded: nothing to monitor (`mptcpify enable …` first)");
     }
     let root: Option<PathBuf> = Mounts::read()?.cgroup2;
@@ -134,7 +159,7 @@ pub async fn monitor(json: bool) -> Result<()> {
     let boot_to_unix = seconds(ClockId::CLOCK_REALTIME) - seconds(ClockId::CLOCK_BOOTTIME);
     let ring = State::events()?;
     let _listening = Listening::start()?;
-    let mut fd = crate::sys::async_fd(ring)?;
+    let mut fd = sys::async_fd(ring)?;
     let mut term = signal(SignalKind::terminate())?;
     if !json {
         println!("{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} CGROUP", "TIME", "PID", "COMM", "FAMILY", "DECISION", "RULE");
@@ -152,9 +177,9 @@ pub async fn monitor(json: bool) -> Result<()> {
                     if json {
                         writeln!(out, "{}", serde_json::to_string(&d)?)?;
                     } else {
-                        let rule = if d.rule == "comm" || d.rule == "all" { d.rule.to_owned() } else { format!("{} {}", d.rule, d.rule_key) };
+                        let decision = d.decision.map_or("unknown", Decision::name);
                         writeln!(out, "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}", clock_time(d.time), d.pid, d.comm, d.family,
-                            d.decision, rule, d.cgroup.as_deref().unwrap_or("?"))?;
+                            decision, d.rule_text(), d.cgroup.as_deref().unwrap_or("?"))?;
                     }
                 }
                 out.flush()?;
@@ -184,7 +209,10 @@ mod tests {
         put(offset_of!(Event, comm), b"curl");
         let d = decode(&b, 1000.0, &mut |id| Some(format!("/cg/{id}"))).unwrap();
         assert_eq!((d.pid, d.uid, d.comm.as_str(), d.family), (42, 1000, "curl", "inet6"));
-        assert_eq!((d.decision, d.rule, d.rule_key), ("upgraded", "cgroup", 77));
+        assert_eq!((d.decision, d.rule, d.rule_key), (Some(Decision::Upgraded), Some(RuleKind::Cgroup), 77));
+        assert_eq!(d.rule_text(), "cgroup 77");
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!((json["decision"].as_str(), json["rule"].as_str()), (Some("upgraded"), Some("cgroup")));
         assert_eq!(d.cgroup.as_deref(), Some("/cg/77"));
         assert!((d.time - 1002.5).abs() < 1e-6);
         assert!(decode(&b[..10], 0.0, &mut |_| None).is_none());

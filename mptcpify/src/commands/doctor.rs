@@ -3,17 +3,27 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use futures::TryStreamExt as _;
-use mptcp_pm::{MptcpPathManagerAddressAttr, MptcpPathManagerAddressAttrFlag, MptcpPathManagerAttr, MptcpPathManagerLimitsAttr};
+use mptcp_pm::{
+    MptcpPathManagerAddressAttr, MptcpPathManagerAddressAttrFlag, MptcpPathManagerAttr, MptcpPathManagerLimitsAttr,
+};
 use serde::Serialize;
 
 use crate::{
-    checks, loader,
-    loader::LogLevel,
-    mounts::Mounts,
-    netns,
-    rules::{Action, RuleStore as _},
-    selection,
-    state::{self, State},
+    bpf::{
+        kernel_btf::KERNEL_BTF,
+        loader::{self, LogLevel},
+        netns,
+    },
+    host::{
+        mounts::{BPFFS, Mounts},
+        preconditions,
+    },
+    state::{
+        maps::State,
+        pins,
+        rules::{Action, RuleStore as _, comm_str},
+        selection,
+    },
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -58,10 +68,12 @@ async fn path_manager() -> Result<PathManager> {
     let mut addrs = handle.address().get().execute().await;
     while let Some(msg) = addrs.try_next().await? {
         for attr in &msg.payload.nlas {
-            if let MptcpPathManagerAttr::Address(MptcpPathManagerAddressAttr::Flags(flags)) = attr {
-                if flags.iter().any(|f| matches!(f, MptcpPathManagerAddressAttrFlag::Subflow | MptcpPathManagerAddressAttrFlag::Signal)) {
-                    pm.extra_path_endpoints += 1;
-                }
+            if let MptcpPathManagerAttr::Address(MptcpPathManagerAddressAttr::Flags(flags)) = attr
+                && flags.iter().any(|f| {
+                    matches!(f, MptcpPathManagerAddressAttrFlag::Subflow | MptcpPathManagerAddressAttrFlag::Signal)
+                })
+            {
+                pm.extra_path_endpoints += 1;
             }
         }
     }
@@ -70,7 +82,9 @@ async fn path_manager() -> Result<PathManager> {
         for attr in &msg.payload.nlas {
             match attr {
                 MptcpPathManagerAttr::Limits(MptcpPathManagerLimitsAttr::Subflows(n)) => pm.subflows = Some(*n),
-                MptcpPathManagerAttr::Limits(MptcpPathManagerLimitsAttr::RcvAddAddrs(n)) => pm.add_addr_accepted = Some(*n),
+                MptcpPathManagerAttr::Limits(MptcpPathManagerLimitsAttr::RcvAddAddrs(n)) => {
+                    pm.add_addr_accepted = Some(*n)
+                }
                 _ => {}
             }
         }
@@ -105,11 +119,11 @@ fn stale_listeners(cgroup_root: &std::path::Path) -> Result<Vec<String>> {
         }
         let Ok(fds) = p.fd() else { continue };
         for fd in fds.flatten() {
-            if let procfs::process::FDTarget::Socket(inode) = fd.target {
-                if let Some(port) = listeners.get(&inode) {
-                    let comm = crate::rules::comm_str(&facts.comm);
-                    found.push(format!("pid {pid} ({comm}) listens on TCP port {port}"));
-                }
+            if let procfs::process::FDTarget::Socket(inode) = fd.target
+                && let Some(port) = listeners.get(&inode)
+            {
+                let comm = comm_str(&facts.comm);
+                found.push(format!("pid {pid} ({comm}) listens on TCP port {port}"));
             }
         }
     }
@@ -120,7 +134,7 @@ fn stale_listeners(cgroup_root: &std::path::Path) -> Result<Vec<String>> {
 
 pub async fn checks() -> Vec<Check> {
     let mut out = Vec::new();
-    let privileged = checks::require_privileges();
+    let privileged = preconditions::require_privileges();
     out.push(match &privileged {
         Ok(()) => check("privileges", Level::Ok, "root (CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON)", None),
         Err(e) => check("privileges", Level::Fail, e.to_string(), Some("run mptcpify with sudo".into())),
@@ -129,22 +143,33 @@ pub async fn checks() -> Vec<Check> {
     let release = loader::kernel_release();
     out.push(match kernel_version(&release) {
         Some(v) if v >= (6, 6) => check("kernel", Level::Ok, format!("Linux {release}"), None),
-        _ => check("kernel", Level::Fail, format!("Linux {release}: update_socket_protocol needs >= 6.6"),
-            Some("boot a Linux >= 6.6 kernel (e.g. Debian 13's 6.12)".into())),
+        _ => check(
+            "kernel",
+            Level::Fail,
+            format!("Linux {release}: update_socket_protocol needs >= 6.6"),
+            Some("boot a Linux >= 6.6 kernel (e.g. Debian 13's 6.12)".into()),
+        ),
     });
 
-    let btf = std::path::Path::new("/sys/kernel/btf/vmlinux").exists();
+    let btf = std::path::Path::new(KERNEL_BTF).exists();
     out.push(if btf {
-        check("btf", Level::Ok, "/sys/kernel/btf/vmlinux", None)
+        check("btf", Level::Ok, KERNEL_BTF, None)
     } else {
-        check("btf", Level::Fail, "no /sys/kernel/btf/vmlinux", Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()))
+        check(
+            "btf",
+            Level::Fail,
+            format!("no {KERNEL_BTF}"),
+            Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()),
+        )
     });
 
     let btf = loader::kernel_btf();
     let hook = btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(loader::hook_btf_id);
     out.push(match &hook {
         Ok(id) => check("hook", Level::Ok, format!("update_socket_protocol in BTF (id {id})"), None),
-        Err(e) => check("hook", Level::Fail, e.to_string(), Some("boot a Linux >= 6.6 kernel with CONFIG_MPTCP".into())),
+        Err(e) => {
+            check("hook", Level::Fail, e.to_string(), Some("boot a Linux >= 6.6 kernel with CONFIG_MPTCP".into()))
+        }
     });
 
     out.push(if privileged.is_err() || hook.is_err() {
@@ -155,7 +180,12 @@ pub async fn checks() -> Vec<Check> {
                 drop(a);
                 check("program", Level::Ok, "fmod_ret program loads and attaches (probed)", None)
             }
-            Err(e) => check("program", Level::Fail, format!("{e:#}"), Some("check lockdown (/sys/kernel/security/lockdown) and LSM policy for BPF".into())),
+            Err(e) => check(
+                "program",
+                Level::Fail,
+                format!("{e:#}"),
+                Some("check lockdown (/sys/kernel/security/lockdown) and LSM policy for BPF".into()),
+            ),
         }
     });
 
@@ -165,20 +195,30 @@ pub async fn checks() -> Vec<Check> {
         Err(e) => (Err(anyhow::anyhow!("{e}")), Err(anyhow::anyhow!("{e}"))),
     };
     out.push(match &bpffs {
-        Ok(()) => check("bpffs", Level::Ok, "mounted at /sys/fs/bpf", None),
-        Err(e) => check("bpffs", Level::Fail, e.to_string(), Some("mount -t bpf bpf /sys/fs/bpf".into())),
+        Ok(()) => check("bpffs", Level::Ok, format!("mounted at {BPFFS}"), None),
+        Err(e) => check("bpffs", Level::Fail, e.to_string(), Some(format!("mount -t bpf bpf {BPFFS}"))),
     });
     out.push(match &cgroup2 {
         Ok(root) => check("cgroup2", Level::Ok, format!("mounted at {}", root.display()), None),
         Err(e) => check("cgroup2", Level::Fail, e.to_string(), Some("mount -t cgroup2 none /sys/fs/cgroup".into())),
     });
 
-    out.push(match checks::mptcp_sysctl() {
-        checks::MptcpSysctl::Enabled => check("net.mptcp.enabled", Level::Ok, "1 in this network namespace", None),
-        checks::MptcpSysctl::Disabled => check("net.mptcp.enabled", Level::Warn,
-            "0 in this network namespace: selected sockets here stay TCP", Some("sysctl -w net.mptcp.enabled=1".into())),
-        checks::MptcpSysctl::Missing => check("net.mptcp.enabled", Level::Fail, "no /proc/sys/net/mptcp: kernel without MPTCP",
-            Some("use a kernel built with CONFIG_MPTCP=y".into())),
+    out.push(match preconditions::mptcp_sysctl() {
+        preconditions::MptcpSysctl::Enabled => {
+            check("net.mptcp.enabled", Level::Ok, "1 in this network namespace", None)
+        }
+        preconditions::MptcpSysctl::Disabled => check(
+            "net.mptcp.enabled",
+            Level::Warn,
+            "0 in this network namespace: selected sockets here stay TCP",
+            Some("sysctl -w net.mptcp.enabled=1".into()),
+        ),
+        preconditions::MptcpSysctl::Missing => check(
+            "net.mptcp.enabled",
+            Level::Fail,
+            "no /proc/sys/net/mptcp: kernel without MPTCP",
+            Some("use a kernel built with CONFIG_MPTCP=y".into()),
+        ),
     });
 
     let netns = btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(netns::find);
@@ -191,27 +231,48 @@ pub async fn checks() -> Vec<Check> {
     });
 
     out.push(match path_manager().await {
-        Ok(pm) if pm.extra_path_endpoints == 0 => check("endpoints", Level::Warn,
+        Ok(pm) if pm.extra_path_endpoints == 0 => check(
+            "endpoints",
+            Level::Warn,
             "no MPTCP endpoint with the subflow or signal flag in this namespace: connections will use one path only",
-            Some("ip mptcp endpoint add <second local address> dev <its interface> subflow".into())),
-        Ok(pm) if pm.subflows == Some(0) => check("endpoints", Level::Warn,
+            Some("ip mptcp endpoint add <second local address> dev <its interface> subflow".into()),
+        ),
+        Ok(pm) if pm.subflows == Some(0) => check(
+            "endpoints",
+            Level::Warn,
             format!("{} endpoint(s), but the subflow limit is 0", pm.extra_path_endpoints),
-            Some("ip mptcp limits set subflow 2 add_addr_accepted 2".into())),
-        Ok(pm) => check("endpoints", Level::Ok,
-            format!("{} endpoint(s); limits: subflow {}, add_addr_accepted {}", pm.extra_path_endpoints,
-                pm.subflows.unwrap_or(0), pm.add_addr_accepted.unwrap_or(0)), None),
+            Some("ip mptcp limits set subflow 2 add_addr_accepted 2".into()),
+        ),
+        Ok(pm) => check(
+            "endpoints",
+            Level::Ok,
+            format!(
+                "{} endpoint(s); limits: subflow {}, add_addr_accepted {}",
+                pm.extra_path_endpoints,
+                pm.subflows.unwrap_or(0),
+                pm.add_addr_accepted.unwrap_or(0)
+            ),
+            None,
+        ),
         Err(e) => check("endpoints", Level::Warn, format!("cannot ask the MPTCP path manager: {e:#}"), None),
     });
 
-    if state::is_loaded() && privileged.is_ok() {
-        if let Ok(root) = &cgroup2 {
-            out.push(match stale_listeners(root) {
-                Ok(l) if l.is_empty() => check("listeners", Level::Ok, "no selected process holds a TCP listener from before its rule", None),
-                Ok(l) => check("listeners", Level::Warn, format!("TCP listeners that predate their rule: {}", l.join("; ")),
-                    Some("restart those programs: their listening sockets become MPTCP when re-created".into())),
-                Err(e) => check("listeners", Level::Warn, format!("could not check listeners: {e:#}"), None),
-            });
-        }
+    if pins::is_loaded()
+        && privileged.is_ok()
+        && let Ok(root) = &cgroup2
+    {
+        out.push(match stale_listeners(root) {
+            Ok(l) if l.is_empty() => {
+                check("listeners", Level::Ok, "no selected process holds a TCP listener from before its rule", None)
+            }
+            Ok(l) => check(
+                "listeners",
+                Level::Warn,
+                format!("TCP listeners that predate their rule: {}", l.join("; ")),
+                Some("restart those programs: their listening sockets become MPTCP when re-created".into()),
+            ),
+            Err(e) => check("listeners", Level::Warn, format!("could not check listeners: {e:#}"), None),
+        });
     }
     out
 }

@@ -1,5 +1,5 @@
 //! Loads the embedded kernel program as fmod_ret on `update_socket_protocol`, attaches it and
-//! pins link and maps under [`crate::state::PIN_DIR`], all or nothing.
+//! pins link and maps under [`PIN_DIR`], all or nothing.
 //!
 //! aya parses and relocates (aya-obj) and creates the maps (aya `MapData`); `sys` does the
 //! `BPF_MODIFY_RETURN` load, link and pin that aya cannot.
@@ -13,16 +13,16 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
-use mptcpify_common::{HOOK_FUNCTION, PROGRAM_NAME, netns_globals};
+use mptcpify_common::{HOOK_FUNCTION, LINK_PIN, LOADING_INFIX, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, netns_globals};
 
-use crate::{kernel_btf::KernelBtf, netns, state, sys};
+use super::{kernel_btf::KernelBtf, netns, sys};
 
 /// The kernel program, built by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcpify"));
 
 /// Log level baked into the program at load (aya-log's `AYA_LOG_LEVEL` global); 0 = off, which
 /// keeps logging off the hot path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogLevel {
     #[default]
     Off,
@@ -123,13 +123,9 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     for (name, map_obj) in obj.maps.drain() {
         let kind = map_obj.section_kind();
         let data = map_obj.data().to_vec();
-        let map = MapData::create(map_obj.clone(), &name, None)
-            .with_context(|| format!("creating map {name}"))?;
-        if matches!(kind, EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss)
-            && !data.is_empty()
-        {
-            sys::write_global_data(map.fd().as_fd(), &data)
-                .with_context(|| format!("initialising {name}"))?;
+        let map = MapData::create(map_obj.clone(), &name, None).with_context(|| format!("creating map {name}"))?;
+        if matches!(kind, EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss) && !data.is_empty() {
+            sys::write_global_data(map.fd().as_fd(), &data).with_context(|| format!("initialising {name}"))?;
             if kind == EbpfSectionKind::Rodata {
                 sys::freeze_map(map.fd().as_fd()).with_context(|| format!("freezing {name}"))?;
             }
@@ -151,35 +147,30 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
         .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the embedded object"))?;
     let function = &obj.functions[&program.function_key()];
     let license = CString::new(program.license.as_bytes())?;
-    let prog = sys::load_modify_return(PROGRAM_NAME, &function.instructions, &license, btf_id)
-        .map_err(|e| {
-            let hint = match e.error.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) if e.verifier_log.is_empty() => format!(
-                    "this kernel ({}) refuses fmod_ret (BPF_MODIFY_RETURN) tracing programs: {} \
+    let prog = sys::load_modify_return(PROGRAM_NAME, &function.instructions, &license, btf_id).map_err(|e| {
+        let hint = match e.error.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) if e.verifier_log.is_empty() => format!(
+                "this kernel ({}) refuses fmod_ret (BPF_MODIFY_RETURN) tracing programs: {} \
                      (lockdown, an LSM or a kernel built without BPF trampolines on this hook)",
-                    kernel_release(),
-                    e.error
-                ),
-                _ => format!("the kernel ({}) rejected the program: {}", kernel_release(), e.error),
-            };
-            if e.verifier_log.is_empty() {
-                anyhow!(hint)
-            } else {
-                anyhow!("{hint}\nverifier log:\n{}", e.verifier_log)
-            }
-        })?;
-    log::debug!("program verified and loaded after {:?}", started.elapsed());
-    let link = sys::attach_modify_return(prog.as_fd()).map_err(|e| {
-        anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release())
+                kernel_release(),
+                e.error
+            ),
+            _ => format!("the kernel ({}) rejected the program: {}", kernel_release(), e.error),
+        };
+        if e.verifier_log.is_empty() { anyhow!(hint) } else { anyhow!("{hint}\nverifier log:\n{}", e.verifier_log) }
     })?;
+    log::debug!("program verified and loaded after {:?}", started.elapsed());
+    let link = sys::attach_modify_return(prog.as_fd())
+        .map_err(|e| anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release()))?;
     Ok(Attached { link, maps })
 }
 
 /// Attaches a program that does nothing but decline (returns 0) to the hook, for as long as the
 /// returned link lives: the benchmark's floor, what any fmod_ret program on this hook costs
 /// (the kernel's trampoline) before it does any work.
+#[cfg(feature = "test-helpers")]
 pub fn attach_empty_program() -> Result<OwnedFd> {
-    use crate::asm::{EXIT, MOV64_IMM, insn};
+    use super::asm::{EXIT, MOV64_IMM, insn};
     let btf_id = hook_btf_id(&kernel_btf()?)?;
     let insns = [insn(MOV64_IMM, 0, 0, 0, 0), insn(EXIT, 0, 0, 0, 0)];
     let prog = sys::load_modify_return("mptcpify_empty", &insns, c"GPL", btf_id)
@@ -189,25 +180,22 @@ pub fn attach_empty_program() -> Result<OwnedFd> {
 
 /// Loads, attaches and pins everything. On any error nothing is left pinned.
 pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
-    let final_dir = Path::new(state::PIN_DIR);
+    let final_dir = Path::new(PIN_DIR);
     if final_dir.exists() {
         bail!("{} exists already; `mptcpify reset` removes it", final_dir.display());
     }
     let Attached { link, maps } = load_and_attach(log_level)?;
     // Pin into a private directory, then rename it into place: other invocations see either
     // nothing or the complete state.
-    let tmp = PathBuf::from(format!("{}{}{}", state::PIN_DIR, state::TMP_INFIX, std::process::id()));
+    let tmp = PathBuf::from(format!("{PIN_DIR}{LOADING_INFIX}{}", std::process::id()));
     let pinned = (|| -> Result<()> {
         std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        sys::pin(link.as_fd(), &tmp.join(state::LINK_PIN)).context("pinning the link")?;
-        // The maps user space edits; the rest (.rodata, the log ring buffer) live on with the
-        // program, which the link holds.
-        for name in state::PINNED_MAPS {
+        sys::pin(link.as_fd(), &tmp.join(LINK_PIN)).context("pinning the link")?;
+        for name in PINNED_MAPS {
             let (_, map) = &maps[name];
             map.pin(tmp.join(name)).with_context(|| format!("pinning map {name}"))?;
         }
-        std::fs::rename(&tmp, final_dir)
-            .with_context(|| format!("moving {} to {}", tmp.display(), final_dir.display()))
+        std::fs::rename(&tmp, final_dir).with_context(|| format!("moving {} to {}", tmp.display(), final_dir.display()))
     })();
     if let Err(e) = pinned {
         let _ = std::fs::remove_dir_all(&tmp);

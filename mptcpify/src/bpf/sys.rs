@@ -3,7 +3,7 @@
 //! aya 0.14 has no `BPF_MODIFY_RETURN` support: it cannot load a TRACING program with that
 //! expected attach type, nor create its link. This module does exactly those steps (plus the
 //! pin of the link, the writes that seed global-data maps, which aya keeps private, and the
-//! load and run of the tiny syscall program of [`crate::kallsyms`]) with `repr(C)` prefixes of
+//! load and run of the tiny syscall program of [`super::kallsyms`]) with `repr(C)` prefixes of
 //! `union bpf_attr`; the kernel zero-extends a shorter attr.
 use std::{
     ffi::{CStr, CString},
@@ -17,9 +17,7 @@ use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_insn, bpf_prog_type};
 fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
     // SAFETY: `attr` is a live, initialised repr(C) prefix of `union bpf_attr` for `cmd`, and its
     // size is passed with it; the kernel reads (and for some commands writes) only that much.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut T, size_of::<T>() as u32)
-    };
+    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut T, size_of::<T>() as u32) };
     if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
 }
 
@@ -191,8 +189,7 @@ struct ObjPinAttr {
 pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr =
-        ObjPinAttr { pathname: c_path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
+    let mut attr = ObjPinAttr { pathname: c_path.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, file_flags: 0 };
     bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
 }
 

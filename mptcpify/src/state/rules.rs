@@ -1,9 +1,10 @@
 //! Rules and their bookkeeping, independent of where they are stored: the kernel maps in
-//! production, a `BTreeMap` in unit tests. Every change set is all-or-nothing.
-use std::{collections::BTreeMap, fmt};
+//! production ([`super::maps::State`]), memory in unit tests. Every change set is
+//! all-or-nothing.
+use std::fmt;
 
 use anyhow::{Result, bail};
-use mptcpify_common::{ACTION_ENABLE, ACTION_EXCLUDE, COMM_LEN, Rule, RuleKind};
+use mptcpify_common::{ACTION_ENABLE, ACTION_EXCLUDE, COMM_LEN, OWNER_AGENT, OWNER_CLI, Rule, RuleKind};
 
 /// What a rule matches, as the kernel program keys it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -66,9 +67,33 @@ impl fmt::Display for Key {
     }
 }
 
-/// How `status` and the metrics name [`Rule::owner`].
-pub fn owner_name(owner: u32) -> &'static str {
-    if owner == mptcpify_common::OWNER_AGENT { "agent" } else { "cli" }
+/// Who made a rule: the agent only ever removes its own, so it and the CLI share the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Owner {
+    Cli,
+    Agent,
+}
+
+impl Owner {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Owner::Cli => "cli",
+            Owner::Agent => "agent",
+        }
+    }
+
+    pub const fn code(self) -> u32 {
+        match self {
+            Owner::Cli => OWNER_CLI,
+            Owner::Agent => OWNER_AGENT,
+        }
+    }
+
+    /// [`Rule::owner`] as stored; anything but the agent's code is the CLI's.
+    pub const fn from_code(code: u32) -> Self {
+        if code == OWNER_AGENT { Owner::Agent } else { Owner::Cli }
+    }
 }
 
 /// Whether a rule upgrades or protects.
@@ -80,16 +105,37 @@ pub enum Action {
 }
 
 impl Action {
-    pub fn code(self) -> u32 {
+    pub const fn code(self) -> u32 {
         match self {
             Action::Enable => ACTION_ENABLE,
             Action::Exclude => ACTION_EXCLUDE,
         }
     }
 
-    pub fn from_code(code: u32) -> Self {
+    pub const fn from_code(code: u32) -> Self {
         if code == ACTION_EXCLUDE { Action::Exclude } else { Action::Enable }
     }
+
+    /// The command's name: `enable`, `exclude`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Enable => "enable",
+            Action::Exclude => "exclude",
+        }
+    }
+
+    /// What a rule with this action did: `enabled`, `excluded`.
+    pub const fn done(self) -> &'static str {
+        match self {
+            Action::Enable => "enabled",
+            Action::Exclude => "excluded",
+        }
+    }
+}
+
+/// A new rule's value in the kernel maps (no hits yet).
+pub const fn new_rule(action: Action, owner: Owner) -> Rule {
+    Rule { action: action.code(), owner: owner.code(), hits: 0 }
 }
 
 /// Storage of rules of every kind.
@@ -103,9 +149,9 @@ pub trait RuleStore {
 
 /// A table refused an insert because it is full.
 #[derive(Debug, thiserror::Error)]
-#[error("the {what} rule table is full ({capacity} rules); disable some rules first")]
+#[error("the {} rule table is full ({capacity} rules); disable some rules first", kind.name())]
 pub struct Full {
-    pub what: &'static str,
+    pub kind: RuleKind,
     pub capacity: u32,
 }
 
@@ -120,8 +166,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn describe(self, action: Action) -> &'static str {
         match (self, action) {
-            (Outcome::Added, Action::Enable) => "enabled",
-            (Outcome::Added, Action::Exclude) => "excluded",
+            (Outcome::Added, _) => action.done(),
             (Outcome::AlreadyPresent, Action::Enable) => "already enabled",
             (Outcome::AlreadyPresent, Action::Exclude) => "already excluded",
             (Outcome::Removed, _) => "removed",
@@ -139,11 +184,8 @@ pub fn add_all(store: &mut impl RuleStore, keys: &[Key], action: Action) -> Resu
         }
         match store.get(key)? {
             Some(rule) if Action::from_code(rule.action) != action => {
-                let (is, verb) = match action {
-                    Action::Enable => ("excluded", "enable"),
-                    Action::Exclude => ("enabled", "exclude"),
-                };
-                bail!("{key} is {is}; `mptcpify disable` it first, then {verb} it");
+                let is = Action::from_code(rule.action).done();
+                bail!("{key} is {is}; `mptcpify disable` it first, then {} it", action.name());
             }
             existing => present.push(existing.is_some()),
         }
@@ -155,7 +197,7 @@ pub fn add_all(store: &mut impl RuleStore, keys: &[Key], action: Action) -> Resu
             outcomes.push(Outcome::AlreadyPresent);
             continue;
         }
-        if let Err(e) = store.insert_new(key, Rule { action: action.code(), ..Default::default() }) {
+        if let Err(e) = store.insert_new(key, new_rule(action, Owner::Cli)) {
             for k in &added {
                 let _ = store.remove(k);
             }
@@ -180,42 +222,13 @@ pub fn remove_all(store: &mut impl RuleStore, keys: &[Key]) -> Result<Vec<Outcom
     Ok(vec![Outcome::Removed; keys.len()])
 }
 
-/// In-memory store for the unit tests of the bookkeeping above.
-#[derive(Debug, Default)]
-pub struct MemStore {
-    pub rules: BTreeMap<Key, Rule>,
-    /// Per-kind capacity.
-    pub capacity: usize,
-}
-
-impl RuleStore for MemStore {
-    fn get(&self, key: &Key) -> Result<Option<Rule>> {
-        Ok(self.rules.get(key).copied())
-    }
-    fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()> {
-        if self.rules.contains_key(key) {
-            bail!("rule exists");
-        }
-        if self.rules.keys().filter(|k| k.kind() == key.kind()).count() >= self.capacity {
-            return Err(Full { what: key.kind().name(), capacity: self.capacity as u32 }.into());
-        }
-        self.rules.insert(*key, rule);
-        Ok(())
-    }
-    fn remove(&mut self, key: &Key) -> Result<()> {
-        self.rules.remove(key).map(drop).ok_or_else(|| anyhow::anyhow!("no such rule"))
-    }
-    fn entries(&self) -> Result<Vec<(Key, Rule)>> {
-        Ok(self.rules.iter().map(|(k, v)| (*k, *v)).collect())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::memstore::MemStore;
 
     fn store(capacity: usize) -> MemStore {
-        MemStore { rules: BTreeMap::new(), capacity }
+        MemStore { rules: Default::default(), capacity }
     }
 
     #[test]

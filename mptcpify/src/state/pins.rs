@@ -1,0 +1,61 @@
+//! Where the pinned state lives and how invocations take turns with it. It outlives every CLI
+//! invocation; each one opens it, edits it under [`Lock`], and leaves.
+use std::{fs::File, path::Path};
+
+use anyhow::{Context as _, Result};
+use aya::programs::links::{FdLink, PinnedLink};
+pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, PIN_DIR};
+
+/// Serialises edits between concurrent invocations (an flock on the bpffs directory).
+pub struct Lock(#[allow(dead_code)] File);
+
+impl Lock {
+    pub fn take() -> Result<Self> {
+        let parent = Path::new(PIN_DIR).parent().expect("PIN_DIR has a parent");
+        let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
+        f.lock().with_context(|| format!("locking {}", parent.display()))?;
+        Ok(Self(f))
+    }
+}
+
+pub fn is_loaded() -> bool {
+    Path::new(PIN_DIR).join(LINK_PIN).exists()
+}
+
+/// Link and program ids, as `bpftool link` shows them.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct LinkIds {
+    pub link_id: u32,
+    pub program_id: u32,
+}
+
+pub fn link_ids() -> Result<LinkIds> {
+    let pinned = PinnedLink::from_pin(Path::new(PIN_DIR).join(LINK_PIN))?;
+    let info = FdLink::from(pinned).info()?;
+    Ok(LinkIds { link_id: info.id(), program_id: info.program_id() })
+}
+
+/// Detaches the program and removes every pin (and any leftover of an interrupted load).
+/// Returns whether anything was there.
+pub fn remove_all() -> Result<bool> {
+    let dir = Path::new(PIN_DIR);
+    let parent = dir.parent().expect("PIN_DIR has a parent");
+    let name = dir.file_name().expect("PIN_DIR has a name").to_string_lossy().into_owned();
+    let mut found = false;
+    for entry in std::fs::read_dir(parent).with_context(|| format!("listing {}", parent.display()))? {
+        let entry = entry?;
+        let n = entry.file_name().to_string_lossy().into_owned();
+        if n != name && !n.starts_with(&format!("{name}{LOADING_INFIX}")) {
+            continue;
+        }
+        found = true;
+        let path = entry.path();
+        // The link first: from here on new sockets are TCP again.
+        let link = path.join(LINK_PIN);
+        if link.exists() {
+            std::fs::remove_file(&link).with_context(|| format!("removing {}", link.display()))?;
+        }
+        std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(found)
+}
