@@ -291,7 +291,7 @@ impl Counter {
 }
 
 /// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
-/// so the program can read the caller's `net.mptcp.enabled` (see `netns` in the program).
+/// so the program can read the caller's `net.mptcp.enabled` (see `mptcp_enabled_here` in the program).
 pub mod netns_globals {
     /// 1 when every offset below was found; 0 disables the check.
     pub const ENABLED: &str = "NETNS_CHECK";

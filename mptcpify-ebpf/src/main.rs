@@ -55,7 +55,8 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 #[map]
 static ORIGINS: HashMap<u64, Origin> = HashMap::with_max_entries(MAX_RULES, 1);
 
-// Set by the loader from the running kernel's BTF and /proc/kallsyms (see `netns` below).
+// Set by the loader from the running kernel's BTF and the address of `mptcp_pernet_id`, which it
+// asks of the kernel's `bpf_kallsyms_lookup_name` (see `mptcp_enabled_here` below).
 #[unsafe(no_mangle)]
 static NETNS_CHECK: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -78,7 +79,8 @@ pub fn mptcpify(ctx: *mut core::ffi::c_void) -> i32 {
 #[inline(always)]
 fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot: no other CPU writes it, a plain add is enough.
+        // SAFETY: the map returned a valid pointer to this CPU's slot; no other CPU writes it and
+        // the program is not preempted mid-run, so a plain add is enough.
         unsafe { *slot += 1 };
     }
 }
@@ -86,7 +88,8 @@ fn bump(counter: Counter) {
 #[inline(always)]
 fn hit(rule: *mut Rule) {
     use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
-    // Shared between CPUs: atomic add.
+    // SAFETY: `rule` points into a map value (checked non-null by the caller) that lives at
+    // least as long as this run; shared between CPUs, hence the atomic add.
     unsafe { atomic_xadd::<u64, u64, { Relaxed }>(&raw mut (*rule).hits, 1) };
 }
 
@@ -110,6 +113,7 @@ impl Match {
     #[inline(always)]
     fn consider(&mut self, kind: RuleKind, key: u64, rule: Option<*mut Rule>) -> bool {
         let Some(rule) = rule else { return false };
+        // SAFETY: a pointer the map lookup just returned for a present entry.
         let exclude = unsafe { (*rule).action } == ACTION_EXCLUDE;
         if exclude || !self.found {
             *self = Match { found: true, exclude, kind, key, rule };
@@ -136,19 +140,18 @@ fn select(cfg: &Config) -> Match {
             return m;
         }
     }
-    if cfg.comm_rules != 0 {
-        if let Ok(comm) = bpf_get_current_comm() {
-            if m.consider(RuleKind::Comm, 0, COMM_RULES.get_ptr_mut(comm)) || (stop_at_first && m.found) {
-                return m;
-            }
-        }
+    if cfg.comm_rules != 0
+        && let Ok(comm) = bpf_get_current_comm()
+        && (m.consider(RuleKind::Comm, 0, COMM_RULES.get_ptr_mut(comm)) || (stop_at_first && m.found))
+    {
+        return m;
     }
     if cfg.cgroup_rules != 0 {
         let d = cgroup_decision(cfg);
         if d.action != CGROUP_NO_MATCH {
             // The rule itself, for its hit count. Gone if it was removed since `d` was read:
             // then it no longer decides.
-            let rule = CGROUP_RULES.get_ptr_mut(&d.cgroup);
+            let rule = CGROUP_RULES.get_ptr_mut(d.cgroup);
             if m.consider(RuleKind::Cgroup, d.cgroup, rule) {
                 return m;
             }
@@ -168,21 +171,27 @@ fn select(cfg: &Config) -> Match {
 fn cgroup_decision(cfg: &Config) -> CgroupDecision {
     // Read before walking, and through a volatile read because `cfg` is shared with user space:
     // a change made during the walk then leaves this entry stale, never wrongly fresh.
+    // SAFETY: `cfg` is a live reference to the config map's value.
     let generation = unsafe { core::ptr::read_volatile(&raw const cfg.cgroup_generation) };
+    // SAFETY: a helper without arguments, callable from any tracing program.
     let caller = unsafe { bpf_get_current_cgroup_id() };
-    if let Some(cached) = unsafe { CGROUP_DECISIONS.get(&caller) } {
-        if cached.generation == generation {
-            return *cached;
-        }
+    // SAFETY: the value is copied out below before anything else touches the map.
+    if let Some(cached) = unsafe { CGROUP_DECISIONS.get(caller) }
+        && cached.generation == generation
+    {
+        return *cached;
     }
     let mut d = CgroupDecision { generation, action: CGROUP_NO_MATCH, cgroup: 0 };
     // Level 0 is the root; a level below the caller's own yields 0.
     for level in 0..MAX_CGROUP_DEPTH {
+        // SAFETY: the helper takes any level and returns 0 past the caller's own.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) };
         if id == 0 {
             break;
         }
-        if let Some(rule) = unsafe { CGROUP_RULES.get(&id) } {
+        // SAFETY: only `action` is read, at once; a concurrent removal leaves the old value
+        // readable until this program run ends (RCU).
+        if let Some(rule) = unsafe { CGROUP_RULES.get(id) } {
             if rule.action == ACTION_EXCLUDE {
                 d.action = ACTION_EXCLUDE;
                 d.cgroup = id;
@@ -195,7 +204,7 @@ fn cgroup_decision(cfg: &Config) -> CgroupDecision {
         }
     }
     // A full LRU map evicts its least recently used entry; a failed insert only costs a walk.
-    let _ = CGROUP_DECISIONS.insert(&caller, &d, 0);
+    let _ = CGROUP_DECISIONS.insert(caller, d, 0);
     d
 }
 
@@ -207,6 +216,8 @@ fn mptcp_enabled_here() -> Option<bool> {
     if NETNS_CHECK.load() == 0 {
         return None;
     }
+    // SAFETY: every kernel pointer is read with bpf_probe_read_kernel, which fails (None here)
+    // instead of faulting on a bad address; offsets come from the running kernel's BTF.
     unsafe {
         let task = bpf_get_current_task() as *const u8;
         let nsproxy: *const u8 = bpf_probe_read_kernel(task.add(OFF_TASK_NSPROXY.load() as usize).cast()).ok()?;
@@ -227,7 +238,9 @@ fn report(cfg: &Config, m: &Match, family: i32, decision: Decision) {
     }
     let pid_tgid = bpf_get_current_pid_tgid();
     let event = Event {
+        // SAFETY: helpers without arguments, callable from any tracing program.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
+        // SAFETY: as above.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         rule_key: m.key,
         pid: (pid_tgid >> 32) as u32,

@@ -12,7 +12,11 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{kernels, setup, test, topology, vm, workspace_root};
+use crate::{
+    artifacts, kernels,
+    process::{self, sh},
+    setup, topology, vm, workspace_root,
+};
 
 /// How much to measure.
 #[derive(Clone, Copy)]
@@ -37,14 +41,6 @@ fn median(v: &mut [f64]) -> f64 {
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() { f64::NAN } else { v[((v.len() as f64 - 1.0) * p).round() as usize] }
-}
-
-fn sh(cmd: &str) -> Result<String> {
-    let out = Command::new("sh").arg("-c").arg(cmd).stderr(Stdio::inherit()).output()?;
-    if !out.status.success() {
-        bail!("`{cmd}` failed: {}", out.status);
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 struct Env {
@@ -78,7 +74,7 @@ impl Env {
 fn fill_rules(map: &str, n: u32) -> Result<()> {
     use aya::maps::{HashMap, Map, MapData};
     use mptcpify_common::{ACTION_ENABLE, Rule};
-    let data = MapData::from_pin(Path::new("/sys/fs/bpf/mptcpify").join(map))?;
+    let data = MapData::from_pin(Path::new(mptcpify_common::PIN_DIR).join(map))?;
     let rule = Rule { action: ACTION_ENABLE, ..Default::default() };
     if map == mptcpify_common::CGROUP_RULES_MAP {
         let mut m: HashMap<_, u64, Rule> = HashMap::try_from(Map::HashMap(data))?;
@@ -235,7 +231,7 @@ fn agent_memory(env: &Env, paths: usize) -> Result<(f64, f64)> {
         Some(r)
     };
     let start = Instant::now();
-    while !get("/readyz").is_some_and(|r| r.split_whitespace().nth(1) == Some("200")) {
+    while get("/readyz").is_none_or(|r| r.split_whitespace().nth(1) != Some("200")) {
         if start.elapsed() > Duration::from_secs(120) {
             let _ = child.kill();
             bail!("the agent did not become ready");
@@ -620,10 +616,10 @@ pub fn write_reports(out: &Path, smoke: bool) -> Result<()> {
 pub fn run(smoke: bool) -> Result<()> {
     setup::all()?;
     let bins = if smoke {
-        let a = test::build()?;
+        let a = artifacts::build()?;
         a.privileged.parent().and_then(Path::parent).ok_or_else(|| anyhow!("no target dir"))?.to_path_buf()
     } else {
-        crate::run(
+        process::run(
             Command::new("cargo")
                 .args(["build", "--release", "-q", "-p", "mptcpify", "-p", "mptcpify-tests", "--bins"])
                 .current_dir(workspace_root()),

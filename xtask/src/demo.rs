@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Result, bail};
 
-use crate::{kernels, setup, test, topology, vm, workspace_root};
+use crate::{artifacts, kernels, setup, topology, vm, workspace_root};
 
 const SCRIPT: &str = r#"
 set -eu
@@ -67,11 +67,11 @@ say "mptcpify status"
 
 pub fn run() -> Result<()> {
     setup::all()?;
-    let a = test::build()?;
+    let a = artifacts::build()?;
     let env = a.env();
     let script = SCRIPT.replace("@TOPOLOGY@", &topology::script("demo", 77, None));
     let argv: Vec<String> = vec!["bash".into(), "-c".into(), script.clone()];
-    let on_host = Command::new(&a.mptcpify).arg("probe").output().is_ok_and(|o| o.status.success());
+    let on_host = a.host_accepts_program();
     let status = if on_host {
         Command::new("bash").arg("-c").arg(&script).envs(env).status()?.code().unwrap_or(1)
     } else {

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::{run, workspace_root};
+use crate::{process::run, workspace_root};
 
 /// A kernel the VM can boot, by the name used on the command line.
 pub struct Kernel {

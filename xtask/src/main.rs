@@ -1,20 +1,19 @@
 //! `cargo xtask …`: set-up, the VM runner, the whole test pipeline and the demo.
 #![deny(unsafe_code)]
+mod artifacts;
 mod bench;
 mod demo;
 mod kernels;
+mod lint;
 mod modules;
+mod process;
 mod setup;
 mod test;
 mod topology;
 mod vm;
 
-use std::{
-    path::PathBuf,
-    process::{Command, ExitCode},
-};
+use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -44,7 +43,9 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
-    /// Unit tests, then the privileged suite (6.12 VM unless this kernel takes the program)
+    /// rustfmt and clippy (warnings are errors) on the host crates and the kernel program.
+    Lint,
+    /// Lints, unit tests, then the privileged suite (6.12 VM unless this kernel takes the program)
     /// and the negative suite (6.1 VM).
     Test,
     /// Show an unmodified program's sockets turn into MPTCP, with a real two-path connection.
@@ -69,15 +70,6 @@ enum Cmd {
     },
 }
 
-/// Runs a command with inherited stdio; fails unless it exits 0.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
 }
@@ -88,6 +80,7 @@ fn main() -> ExitCode {
         Cmd::Setup { build_only: true } => setup::rust_tools().map(|()| 0),
         Cmd::Setup { build_only: false } => setup::all().map(|()| 0),
         Cmd::Vm { kernel, rw, cmd } => vm::cli(&kernel, &cmd, &rw),
+        Cmd::Lint => lint::all().map(|()| 0),
         Cmd::Test => test::all().map(|()| 0),
         Cmd::Demo => demo::run().map(|()| 0),
         Cmd::Bench { render_only: true, .. } => {

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::run;
+use crate::process::run;
 
 /// Debian packages: QEMU 7.2 (with the C virtiofsd), a static busybox for the initramfs, the
 /// tools that pack it, kmod for depmod, iproute2 and python3 for tests and the demo.

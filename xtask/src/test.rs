@@ -1,83 +1,13 @@
 //! `cargo xtask test`: unit tests on the host, then the privileged suites on real kernels.
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::Instant,
 };
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
-use crate::{kernels, run, setup, vm, workspace_root};
-
-/// Paths of everything the privileged suites run.
-pub struct Artifacts {
-    pub mptcpify: PathBuf,
-    pub privileged: PathBuf,
-    pub no_hook: PathBuf,
-    pub host_refuses: PathBuf,
-    pub units: PathBuf,
-    pub static_probe: PathBuf,
-}
-
-/// Executables cargo reports building, by target name.
-fn cargo_executables(args: &[&str]) -> Result<Vec<(String, PathBuf)>> {
-    let out = Command::new("cargo")
-        .args(args)
-        .arg("--message-format=json")
-        .current_dir(workspace_root())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo")?;
-    if !out.status.success() {
-        bail!("cargo {} failed", args.join(" "));
-    }
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        if v["reason"] == "compiler-artifact" {
-            if let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) {
-                found.push((name.to_owned(), PathBuf::from(exe)));
-            }
-        }
-    }
-    Ok(found)
-}
-
-fn find(list: &[(String, PathBuf)], name: &str) -> Result<PathBuf> {
-    list.iter().find(|(n, _)| n == name).map(|(_, p)| p.clone()).ok_or_else(|| anyhow!("cargo built no {name}"))
-}
-
-pub fn build() -> Result<Artifacts> {
-    let bins = cargo_executables(&["build", "-p", "mptcpify"])?;
-    let tests = cargo_executables(&["test", "-p", "mptcpify-tests", "--no-run"])?;
-    // The probe again, statically linked (glibc, crt-static): a program LD_PRELOAD cannot reach.
-    let host = "x86_64-unknown-linux-gnu";
-    let static_dir = workspace_root().join("target/static");
-    run(Command::new("cargo")
-        .args(["build", "-q", "-p", "mptcpify-tests", "--bin", "sockprobe", "--release", "--target", host])
-        .arg("--target-dir")
-        .arg(&static_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .current_dir(workspace_root()))?;
-    Ok(Artifacts {
-        mptcpify: find(&bins, "mptcpify")?,
-        privileged: find(&tests, "privileged")?,
-        no_hook: find(&tests, "no_hook")?,
-        host_refuses: find(&tests, "host_refuses")?,
-        units: find(&tests, "units")?,
-        static_probe: static_dir.join(host).join("release/sockprobe"),
-    })
-}
-
-impl Artifacts {
-    pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("MPTCPIFY_BIN".into(), self.mptcpify.display().to_string()),
-            ("MPTCPIFY_SOCKPROBE_STATIC".into(), self.static_probe.display().to_string()),
-            ("RUST_BACKTRACE".into(), "1".into()),
-        ]
-    }
-}
+use crate::{artifacts, kernels, process::run, setup, vm, workspace_root};
 
 /// libtest's counts from its `test result:` line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +27,7 @@ pub fn parse_counts(output: &str) -> Option<Counts> {
 }
 
 /// Where a suite runs.
+#[derive(Clone, Copy)]
 pub enum Where {
     Host,
     Vm(&'static str),
@@ -128,7 +59,7 @@ pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]
             // int3 in kmem_cache_free as systemd started): a crashed VM, not a failed test.
             // Boot again once, loudly; test failures are never retried.
             let out = match vm::run_in_vm(&opts, &workspace_root(), &argv) {
-                Err(e) if e.to_string().contains("reported no exit status") => {
+                Err(e) if e.is::<vm::VmCrashed>() => {
                     eprintln!("xtask: {name}: the VM crashed ({e}); running the suite once more in a fresh VM");
                     vm::run_in_vm(&opts, &workspace_root(), &argv)?
                 }
@@ -147,19 +78,10 @@ pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]
     Ok(counts)
 }
 
-/// Can this host's kernel take the program? (These machines' kernels refuse fmod_ret.)
-fn host_accepts_program(a: &Artifacts) -> bool {
-    Command::new(&a.mptcpify)
-        .arg("probe")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 pub fn all() -> Result<()> {
     let start = Instant::now();
     setup::all()?;
+    crate::lint::all()?;
     eprintln!("== unit tests (host, no root needed)");
     run(Command::new("cargo").args(["test", "-q"]).current_dir(workspace_root()))?;
     eprintln!("== deployment files: manifests, and the Helm chart as Helm renders it, as Kubernetes API types");
@@ -173,8 +95,8 @@ pub fn all() -> Result<()> {
         .args(["test", "-q", "-p", "mptcpify-tests", "--test", "deploy"])
         .env("MPTCPIFY_RENDERED_CHART", &rendered)
         .current_dir(workspace_root()))?;
-    let a = build()?;
-    let place = if host_accepts_program(&a) {
+    let a = artifacts::build()?;
+    let place = if a.host_accepts_program() {
         eprintln!("== privileged suite on this host's kernel (it accepts fmod_ret programs)");
         Where::Host
     } else {
@@ -192,10 +114,7 @@ pub fn all() -> Result<()> {
         Where::Host => None,
     };
     // systemd runs as PID 1 of a PID namespace in this one: a VM of its own.
-    let units_place = match place {
-        Where::Host => Where::Host,
-        Where::Vm(k) => Where::Vm(k),
-    };
+    let units_place = place;
     eprintln!("== systemd unit suite");
     let t = Instant::now();
     let units = run_suite("systemd unit suite", &a.units, &units_place, &a.env())?;

@@ -101,10 +101,10 @@ fn build_initramfs(work: &Path, kernel_dir: &Path, cwd: &Path, argv: &[String], 
     }
     let busybox = tool("busybox", "busybox-static")?;
     let file_out = Command::new("file").arg("-bL").arg(&busybox).output();
-    if let Ok(o) = file_out {
-        if String::from_utf8_lossy(&o.stdout).contains("dynamically linked") {
-            bail!("{} is not static: apt-get install busybox-static", busybox.display());
-        }
+    if let Ok(o) = file_out
+        && String::from_utf8_lossy(&o.stdout).contains("dynamically linked")
+    {
+        bail!("{} is not static: apt-get install busybox-static", busybox.display());
     }
     std::fs::copy(&busybox, root.join("bin/busybox"))?;
     let applets = Command::new(&busybox).arg("--list").output()?;
@@ -213,6 +213,14 @@ fn start_virtiofsd(work: &Path, dir: &Path, tag: &str, daemons: &mut Daemons) ->
     ])
 }
 
+/// The guest ended without reporting its command's exit status: a kernel panic or a failed
+/// boot, not a failed command.
+#[derive(Debug, thiserror::Error)]
+#[error("the VM reported no exit status (qemu {qemu}); kernel panic or boot failure? see the console output above")]
+pub struct VmCrashed {
+    pub qemu: std::process::ExitStatus,
+}
+
 /// Boots `opts.kernel`, runs `argv` in `cwd` as root, and returns its status and output (also
 /// streamed to stdout as it comes). A VM that does not come up or report a status is an error.
 pub fn run_in_vm(opts: &VmOptions, cwd: &Path, argv: &[String]) -> Result<VmOutput> {
@@ -285,11 +293,7 @@ pub fn run_in_vm(opts: &VmOptions, cwd: &Path, argv: &[String]) -> Result<VmOutp
     let output = reader.join().unwrap_or_default();
     drop(daemons);
     let rc: String = std::fs::read_to_string(&rc_file)?.chars().filter(char::is_ascii_digit).collect();
-    let status = rc.parse::<i32>().map_err(|_| {
-        anyhow!(
-            "the VM reported no exit status (qemu {exit}); kernel panic or boot failure? see the console output above"
-        )
-    })?;
+    let status = rc.parse::<i32>().map_err(|_| VmCrashed { qemu: exit })?;
     if status == 125 && output.contains("vm-init:") {
         bail!("the VM failed to set up its root filesystem (see vm-init messages above)");
     }
