@@ -15,7 +15,7 @@ use std::{
 
 pub const IPPROTO_MPTCP: i64 = 262;
 pub const IPPROTO_TCP: i64 = 6;
-pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
+pub use mptcpify_common::{LINK_PIN, PIN_DIR};
 
 /// The tests share one kernel and one pinned state: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -121,7 +121,7 @@ pub fn state_snapshot() -> serde_json::Value {
 
 /// Entries of bpffs that belong to mptcpify (its directory and any leftover).
 pub fn mptcpify_pins() -> Vec<String> {
-    std::fs::read_dir("/sys/fs/bpf")
+    std::fs::read_dir(mptcpify_common::BPFFS)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -129,14 +129,9 @@ pub fn mptcpify_pins() -> Vec<String> {
         .collect()
 }
 
+/// The cgroup2 root, found as mptcpify finds it.
 pub fn cgroup_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|w| w.get(2) == Some(&"cgroup2"))
-        .map(|w| PathBuf::from(w[1]))
-        .expect("cgroup2 mounted")
+    mptcpify::host::mounts::Mounts::read().and_then(|m| m.cgroup2_root()).expect("cgroup2 mounted")
 }
 
 /// A cgroup made for one test, removed (with its children) when dropped.

@@ -152,7 +152,7 @@ fn state_survives_the_cli_and_later_invocations_edit_it() {
     let b = TestCgroup::new("mptcpify-t-state-b");
     ok(&["enable", "--cgroup", &a.relative]);
     // That process has exited; the program and the rule are still there.
-    assert!(Path::new(PIN_DIR).join("link").exists());
+    assert!(Path::new(PIN_DIR).join(LINK_PIN).exists());
     assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_MPTCP);
     let link = status_json()["link"].clone();
     ok(&["enable", "--cgroup", &b.relative]);
@@ -296,7 +296,7 @@ fn a_full_rule_table_is_refused_and_rolled_back() {
     let probe = WaitingProbe::start(&["tcp4"]);
     ok(&["enable", "--pid", "1"]);
     // Fill the PID table to the brim with PIDs that cannot exist.
-    let map = aya::maps::MapData::from_pin(Path::new(PIN_DIR).join("PID_RULES")).unwrap();
+    let map = aya::maps::MapData::from_pin(Path::new(PIN_DIR).join(mptcpify_common::PID_RULES_MAP)).unwrap();
     let mut pids: aya::maps::HashMap<_, u32, mptcpify_common::Rule> =
         aya::maps::HashMap::try_from(aya::maps::Map::HashMap(map)).unwrap();
     let rule = mptcpify_common::Rule { action: mptcpify_common::ACTION_ENABLE, ..Default::default() };
