@@ -183,8 +183,8 @@ impl Snapshot {
         )?;
         for (decision, v) in [
             ("upgraded", upgraded),
-            ("excluded", self.counter_value(Counter::Excluded)),
-            ("kept_tcp_mptcp_disabled", self.counter_value(Counter::KeptTcpMptcpDisabled)),
+            (Counter::Excluded.name(), self.counter_value(Counter::Excluded)),
+            (Counter::KeptTcpMptcpDisabled.name(), self.counter_value(Counter::KeptTcpMptcpDisabled)),
         ] {
             ConstCounter::new(v).encode(m.encode_family(&[("decision", decision)])?)?;
         }

@@ -86,10 +86,6 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     let btf = kernel_btf()?;
     let btf_id = hook_btf_id(&btf)?;
     log::debug!("kernel BTF indexed in {:?}", started.elapsed());
-
-    let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
-    let level = [log_level.as_global()];
-    let mut globals: HashMap<&str, (&[u8], bool)> = HashMap::from([("AYA_LOG_LEVEL", (&level[..], true))]);
     // Without the offsets the program cannot see the caller's net.mptcp.enabled; it still works,
     // and `doctor` reports the missing protection.
     let netns = netns::find(&btf)
@@ -102,36 +98,10 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
         .ok();
     drop(btf);
     log::debug!("netns offsets found after {:?}", started.elapsed());
-    let on = [u8::from(netns.is_some())];
-    let o = netns.unwrap_or_default();
-    let (a, b, c, d, e) = (
-        o.task_nsproxy.to_ne_bytes(),
-        o.nsproxy_net_ns.to_ne_bytes(),
-        o.net_gen.to_ne_bytes(),
-        o.pernet_mptcp_enabled.to_ne_bytes(),
-        o.pernet_id_addr.to_ne_bytes(),
-    );
-    globals.insert(netns_globals::ENABLED, (&on[..], true));
-    globals.insert(netns_globals::TASK_NSPROXY, (&a[..], true));
-    globals.insert(netns_globals::NSPROXY_NET_NS, (&b[..], true));
-    globals.insert(netns_globals::NET_GEN, (&c[..], true));
-    globals.insert(netns_globals::PERNET_ENABLED, (&d[..], true));
-    globals.insert(netns_globals::PERNET_ID_ADDR, (&e[..], true));
-    obj.patch_map_data(globals).context("setting the program's globals")?;
 
-    let mut maps = HashMap::new();
-    for (name, map_obj) in obj.maps.drain() {
-        let kind = map_obj.section_kind();
-        let data = map_obj.data().to_vec();
-        let map = MapData::create(map_obj.clone(), &name, None).with_context(|| format!("creating map {name}"))?;
-        if matches!(kind, EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss) && !data.is_empty() {
-            sys::write_global_data(map.fd().as_fd(), &data).with_context(|| format!("initialising {name}"))?;
-            if kind == EbpfSectionKind::Rodata {
-                sys::freeze_map(map.fd().as_fd()).with_context(|| format!("freezing {name}"))?;
-            }
-        }
-        maps.insert(name, (map_obj, map));
-    }
+    let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
+    set_globals(&mut obj, log_level, netns)?;
+    let maps = create_maps(&mut obj)?;
     let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
     obj.relocate_maps(
         // aya keeps `MapData::obj` crate-private, hence the parsed definition kept beside it.
@@ -147,22 +117,68 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
         .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the embedded object"))?;
     let function = &obj.functions[&program.function_key()];
     let license = CString::new(program.license.as_bytes())?;
-    let prog = sys::load_modify_return(PROGRAM_NAME, &function.instructions, &license, btf_id).map_err(|e| {
-        let hint = match e.error.raw_os_error() {
-            Some(libc::EPERM) | Some(libc::EACCES) if e.verifier_log.is_empty() => format!(
-                "this kernel ({}) refuses fmod_ret (BPF_MODIFY_RETURN) tracing programs: {} \
-                     (lockdown, an LSM or a kernel built without BPF trampolines on this hook)",
-                kernel_release(),
-                e.error
-            ),
-            _ => format!("the kernel ({}) rejected the program: {}", kernel_release(), e.error),
-        };
-        if e.verifier_log.is_empty() { anyhow!(hint) } else { anyhow!("{hint}\nverifier log:\n{}", e.verifier_log) }
-    })?;
+    let prog = sys::load_modify_return(PROGRAM_NAME, &function.instructions, &license, btf_id).map_err(load_refusal)?;
     log::debug!("program verified and loaded after {:?}", started.elapsed());
     let link = sys::attach_modify_return(prog.as_fd())
         .map_err(|e| anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release()))?;
     Ok(Attached { link, maps })
+}
+
+/// The `.rodata` globals the loader fixes: aya-log's level and the netns check's offsets
+/// (all zero, and the check off, when `netns` is unknown).
+fn set_globals(obj: &mut Object, log_level: LogLevel, netns: Option<netns::NetnsOffsets>) -> Result<()> {
+    let level = [log_level.as_global()];
+    let on = [u8::from(netns.is_some())];
+    let o = netns.unwrap_or_default();
+    let (a, b, c, d, e) = (
+        o.task_nsproxy.to_ne_bytes(),
+        o.nsproxy_net_ns.to_ne_bytes(),
+        o.net_gen.to_ne_bytes(),
+        o.pernet_mptcp_enabled.to_ne_bytes(),
+        o.pernet_id_addr.to_ne_bytes(),
+    );
+    let globals: HashMap<&str, (&[u8], bool)> = HashMap::from([
+        ("AYA_LOG_LEVEL", (&level[..], true)),
+        (netns_globals::ENABLED, (&on[..], true)),
+        (netns_globals::TASK_NSPROXY, (&a[..], true)),
+        (netns_globals::NSPROXY_NET_NS, (&b[..], true)),
+        (netns_globals::NET_GEN, (&c[..], true)),
+        (netns_globals::PERNET_ENABLED, (&d[..], true)),
+        (netns_globals::PERNET_ID_ADDR, (&e[..], true)),
+    ]);
+    obj.patch_map_data(globals).context("setting the program's globals")
+}
+
+/// Creates every map of `obj`, seeding global-data maps with their bytes (`.rodata` frozen).
+fn create_maps(obj: &mut Object) -> Result<HashMap<String, (aya_obj::Map, MapData)>> {
+    let mut maps = HashMap::new();
+    for (name, map_obj) in obj.maps.drain() {
+        let kind = map_obj.section_kind();
+        let data = map_obj.data().to_vec();
+        let map = MapData::create(map_obj.clone(), &name, None).with_context(|| format!("creating map {name}"))?;
+        if matches!(kind, EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss) && !data.is_empty() {
+            sys::write_global_data(map.fd().as_fd(), &data).with_context(|| format!("initialising {name}"))?;
+            if kind == EbpfSectionKind::Rodata {
+                sys::freeze_map(map.fd().as_fd()).with_context(|| format!("freezing {name}"))?;
+            }
+        }
+        maps.insert(name, (map_obj, map));
+    }
+    Ok(maps)
+}
+
+/// What a user needs to hear when the kernel refuses the program.
+fn load_refusal(e: sys::LoadError) -> anyhow::Error {
+    let hint = match e.error.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) if e.verifier_log.is_empty() => format!(
+            "this kernel ({}) refuses fmod_ret (BPF_MODIFY_RETURN) tracing programs: {} \
+             (lockdown, an LSM or a kernel built without BPF trampolines on this hook)",
+            kernel_release(),
+            e.error
+        ),
+        _ => format!("the kernel ({}) rejected the program: {}", kernel_release(), e.error),
+    };
+    if e.verifier_log.is_empty() { anyhow!(hint) } else { anyhow!("{hint}\nverifier log:\n{}", e.verifier_log) }
 }
 
 /// Attaches a program that does nothing but decline (returns 0) to the hook, for as long as the

@@ -1,5 +1,5 @@
 //! `mptcpify doctor`: every precondition, checked for real, with the fix for what fails.
-use std::collections::HashMap;
+use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::Result;
 use futures::TryStreamExt as _;
@@ -16,7 +16,7 @@ use crate::{
     },
     host::{
         mounts::{BPFFS, Mounts},
-        preconditions,
+        preconditions::{self, MptcpSysctl},
     },
     state::{
         maps::State,
@@ -132,16 +132,47 @@ fn stale_listeners(cgroup_root: &std::path::Path) -> Result<Vec<String>> {
     Ok(found)
 }
 
+/// Every check, in the order `doctor` prints them.
 pub async fn checks() -> Vec<Check> {
-    let mut out = Vec::new();
     let privileged = preconditions::require_privileges();
-    out.push(match &privileged {
+    let btf = loader::kernel_btf();
+    let hook = btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(loader::hook_btf_id);
+    let (bpffs, cgroup2) = match Mounts::read() {
+        Ok(m) => (m.require_bpffs(), m.cgroup2_root()),
+        Err(e) => (Err(anyhow::anyhow!("{e}")), Err(e)),
+    };
+    let mut out = vec![
+        privileges_check(&privileged),
+        kernel_check(),
+        btf_file_check(),
+        hook_check(&hook),
+        program_check(privileged.is_ok() && hook.is_ok()),
+        bpffs_check(&bpffs),
+        cgroup2_check(&cgroup2),
+        sysctl_check(),
+        never_break_check(btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(netns::find)),
+        endpoints_check().await,
+    ];
+    drop(btf);
+    if pins::is_loaded()
+        && privileged.is_ok()
+        && let Ok(root) = &cgroup2
+    {
+        out.push(listeners_check(root));
+    }
+    out
+}
+
+fn privileges_check(privileged: &Result<()>) -> Check {
+    match privileged {
         Ok(()) => check("privileges", Level::Ok, "root (CAP_SYS_ADMIN or CAP_BPF+CAP_PERFMON)", None),
         Err(e) => check("privileges", Level::Fail, e.to_string(), Some("run mptcpify with sudo".into())),
-    });
+    }
+}
 
+fn kernel_check() -> Check {
     let release = loader::kernel_release();
-    out.push(match kernel_version(&release) {
+    match kernel_version(&release) {
         Some(v) if v >= (6, 6) => check("kernel", Level::Ok, format!("Linux {release}"), None),
         _ => check(
             "kernel",
@@ -149,10 +180,11 @@ pub async fn checks() -> Vec<Check> {
             format!("Linux {release}: update_socket_protocol needs >= 6.6"),
             Some("boot a Linux >= 6.6 kernel (e.g. Debian 13's 6.12)".into()),
         ),
-    });
+    }
+}
 
-    let btf = std::path::Path::new(KERNEL_BTF).exists();
-    out.push(if btf {
+fn btf_file_check() -> Check {
+    if std::path::Path::new(KERNEL_BTF).exists() {
         check("btf", Level::Ok, KERNEL_BTF, None)
     } else {
         check(
@@ -161,76 +193,86 @@ pub async fn checks() -> Vec<Check> {
             format!("no {KERNEL_BTF}"),
             Some("use a kernel built with CONFIG_DEBUG_INFO_BTF=y".into()),
         )
-    });
+    }
+}
 
-    let btf = loader::kernel_btf();
-    let hook = btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(loader::hook_btf_id);
-    out.push(match &hook {
+fn hook_check(hook: &Result<u32>) -> Check {
+    match hook {
         Ok(id) => check("hook", Level::Ok, format!("update_socket_protocol in BTF (id {id})"), None),
         Err(e) => {
             check("hook", Level::Fail, e.to_string(), Some("boot a Linux >= 6.6 kernel with CONFIG_MPTCP".into()))
         }
-    });
+    }
+}
 
-    out.push(if privileged.is_err() || hook.is_err() {
-        check("program", Level::Fail, "not probed (needs privileges and the hook)", None)
-    } else {
-        match loader::load_and_attach(LogLevel::Off) {
-            Ok(a) => {
-                drop(a);
-                check("program", Level::Ok, "fmod_ret program loads and attaches (probed)", None)
-            }
-            Err(e) => check(
-                "program",
-                Level::Fail,
-                format!("{e:#}"),
-                Some("check lockdown (/sys/kernel/security/lockdown) and LSM policy for BPF".into()),
-            ),
+/// A real load and attach, detached again at once; only tried with privileges and the hook.
+fn program_check(can_probe: bool) -> Check {
+    if !can_probe {
+        return check("program", Level::Fail, "not probed (needs privileges and the hook)", None);
+    }
+    match loader::load_and_attach(LogLevel::Off) {
+        Ok(attached) => {
+            drop(attached);
+            check("program", Level::Ok, "fmod_ret program loads and attaches (probed)", None)
         }
-    });
+        Err(e) => check(
+            "program",
+            Level::Fail,
+            format!("{e:#}"),
+            Some("check lockdown (/sys/kernel/security/lockdown) and LSM policy for BPF".into()),
+        ),
+    }
+}
 
-    let mounts = Mounts::read();
-    let (bpffs, cgroup2) = match &mounts {
-        Ok(m) => (m.require_bpffs(), m.cgroup2_root()),
-        Err(e) => (Err(anyhow::anyhow!("{e}")), Err(anyhow::anyhow!("{e}"))),
-    };
-    out.push(match &bpffs {
+fn bpffs_check(bpffs: &Result<()>) -> Check {
+    match bpffs {
         Ok(()) => check("bpffs", Level::Ok, format!("mounted at {BPFFS}"), None),
         Err(e) => check("bpffs", Level::Fail, e.to_string(), Some(format!("mount -t bpf bpf {BPFFS}"))),
-    });
-    out.push(match &cgroup2 {
+    }
+}
+
+fn cgroup2_check(cgroup2: &Result<PathBuf>) -> Check {
+    match cgroup2 {
         Ok(root) => check("cgroup2", Level::Ok, format!("mounted at {}", root.display()), None),
         Err(e) => check("cgroup2", Level::Fail, e.to_string(), Some("mount -t cgroup2 none /sys/fs/cgroup".into())),
-    });
+    }
+}
 
-    out.push(match preconditions::mptcp_sysctl() {
-        preconditions::MptcpSysctl::Enabled => {
-            check("net.mptcp.enabled", Level::Ok, "1 in this network namespace", None)
-        }
-        preconditions::MptcpSysctl::Disabled => check(
+fn sysctl_check() -> Check {
+    match preconditions::mptcp_sysctl() {
+        MptcpSysctl::Enabled => check("net.mptcp.enabled", Level::Ok, "1 in this network namespace", None),
+        MptcpSysctl::Disabled => check(
             "net.mptcp.enabled",
             Level::Warn,
             "0 in this network namespace: selected sockets here stay TCP",
             Some("sysctl -w net.mptcp.enabled=1".into()),
         ),
-        preconditions::MptcpSysctl::Missing => check(
+        MptcpSysctl::Missing => check(
             "net.mptcp.enabled",
             Level::Fail,
             "no /proc/sys/net/mptcp: kernel without MPTCP",
             Some("use a kernel built with CONFIG_MPTCP=y".into()),
         ),
-    });
+    }
+}
 
-    let netns = btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(netns::find);
-    drop(btf);
-    out.push(match netns {
+fn never_break_check(netns: Result<netns::NetnsOffsets>) -> Check {
+    match netns {
         Ok(_) => check("never-break", Level::Ok, "the program reads each namespace's net.mptcp.enabled", None),
-        Err(e) => check("never-break", Level::Warn,
-            format!("cannot read net.mptcp.enabled per namespace ({e:#}): in a namespace with MPTCP disabled, selected sockets would fail"),
-            Some("allow kallsyms (sysctl -w kernel.kptr_restrict=1)".into())),
-    });
+        Err(e) => check(
+            "never-break",
+            Level::Warn,
+            format!(
+                "cannot read net.mptcp.enabled per namespace ({e:#}): in a namespace with MPTCP disabled, \
+                 selected sockets would fail"
+            ),
+            Some("allow kallsyms (sysctl -w kernel.kptr_restrict=1)".into()),
+        ),
+    }
+}
 
-    out.push(match path_manager().await {
+async fn endpoints_check() -> Check {
+    match path_manager().await {
         Ok(pm) if pm.extra_path_endpoints == 0 => check(
             "endpoints",
             Level::Warn,
@@ -255,26 +297,22 @@ pub async fn checks() -> Vec<Check> {
             None,
         ),
         Err(e) => check("endpoints", Level::Warn, format!("cannot ask the MPTCP path manager: {e:#}"), None),
-    });
-
-    if pins::is_loaded()
-        && privileged.is_ok()
-        && let Ok(root) = &cgroup2
-    {
-        out.push(match stale_listeners(root) {
-            Ok(l) if l.is_empty() => {
-                check("listeners", Level::Ok, "no selected process holds a TCP listener from before its rule", None)
-            }
-            Ok(l) => check(
-                "listeners",
-                Level::Warn,
-                format!("TCP listeners that predate their rule: {}", l.join("; ")),
-                Some("restart those programs: their listening sockets become MPTCP when re-created".into()),
-            ),
-            Err(e) => check("listeners", Level::Warn, format!("could not check listeners: {e:#}"), None),
-        });
     }
-    out
+}
+
+fn listeners_check(cgroup_root: &std::path::Path) -> Check {
+    match stale_listeners(cgroup_root) {
+        Ok(l) if l.is_empty() => {
+            check("listeners", Level::Ok, "no selected process holds a TCP listener from before its rule", None)
+        }
+        Ok(l) => check(
+            "listeners",
+            Level::Warn,
+            format!("TCP listeners that predate their rule: {}", l.join("; ")),
+            Some("restart those programs: their listening sockets become MPTCP when re-created".into()),
+        ),
+        Err(e) => check("listeners", Level::Warn, format!("could not check listeners: {e:#}"), None),
+    }
 }
 
 pub async fn doctor(json: bool) -> Result<i32> {
