@@ -7,7 +7,12 @@ use std::{
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::{artifacts, kernels, process::run, setup, vm, workspace_root};
+use crate::{
+    artifacts::{self, Artifacts},
+    kernels,
+    process::run,
+    setup, vm, workspace_root,
+};
 
 /// libtest's counts from its `test result:` line.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +83,8 @@ pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]
     Ok(counts)
 }
 
-pub fn all() -> Result<()> {
-    let start = Instant::now();
-    setup::all()?;
-    crate::lint::all()?;
+/// Unit tests and the deployment files' tests: everything that needs no root.
+fn host_tests() -> Result<()> {
     eprintln!("== unit tests (host, no root needed)");
     run(Command::new("cargo").args(["test", "-q"]).current_dir(workspace_root()))?;
     eprintln!("== deployment files: manifests, and the Helm chart as Helm renders it, as Kubernetes API types");
@@ -94,60 +97,68 @@ pub fn all() -> Result<()> {
     run(Command::new("cargo")
         .args(["test", "-q", "-p", "mptcpify-tests", "--test", "deploy"])
         .env("MPTCPIFY_RENDERED_CHART", &rendered)
-        .current_dir(workspace_root()))?;
-    let a = artifacts::build()?;
-    let place = if a.host_accepts_program() {
-        eprintln!("== privileged suite on this host's kernel (it accepts fmod_ret programs)");
-        Where::Host
-    } else {
-        eprintln!("== privileged suite in the 6.12 VM (this host's kernel refuses fmod_ret programs)");
-        Where::Vm("6.12")
-    };
-    let t = Instant::now();
-    let privileged = run_suite("privileged suite", &a.privileged, &place, &a.env())?;
-    let privileged_secs = t.elapsed().as_secs();
-    let host_refusal = match place {
-        Where::Vm(_) => {
-            eprintln!("== this host's refusal of fmod_ret programs, as a user meets it");
-            Some(run_suite("host refusal suite", &a.host_refuses, &Where::Host, &a.env())?)
+        .current_dir(workspace_root()))
+}
+
+/// A privileged suite that ran, for the summary.
+struct Ran {
+    /// `privileged suite (6.12 VM)`.
+    title: String,
+    counts: Counts,
+    secs: u64,
+}
+
+impl Where {
+    fn describe(self) -> String {
+        match self {
+            Where::Host => "this kernel".to_owned(),
+            Where::Vm(k) => format!("{k} VM"),
         }
-        Where::Host => None,
-    };
-    // systemd runs as PID 1 of a PID namespace in this one: a VM of its own.
-    let units_place = place;
+    }
+}
+
+fn timed_suite(name: &str, exe: &Path, place: Where, a: &Artifacts) -> Result<Ran> {
+    let t = Instant::now();
+    let counts = run_suite(name, exe, &place, &a.env())?;
+    Ok(Ran { title: format!("{name} ({})", place.describe()), counts, secs: t.elapsed().as_secs() })
+}
+
+/// Every privileged suite, none skipped: the main one where the program loads, this host's
+/// refusal where it does not, the systemd units (a VM of their own: systemd runs as PID 1 of a
+/// PID namespace there) and the negative suite on 6.1.
+fn privileged_suites(a: &Artifacts) -> Result<Vec<Ran>> {
+    let place = if a.host_accepts_program() { Where::Host } else { Where::Vm("6.12") };
+    eprintln!("== privileged suite ({})", place.describe());
+    let mut ran = vec![timed_suite("privileged suite", &a.privileged, place, a)?];
+    if let Where::Vm(_) = place {
+        eprintln!("== this host's refusal of fmod_ret programs, as a user meets it");
+        ran.push(timed_suite("host refusal suite", &a.host_refuses, Where::Host, a)?);
+    }
     eprintln!("== systemd unit suite");
-    let t = Instant::now();
-    let units = run_suite("systemd unit suite", &a.units, &units_place, &a.env())?;
-    let units_secs = t.elapsed().as_secs();
+    ran.push(timed_suite("systemd unit suite", &a.units, place, a)?);
     eprintln!("== negative suite in the 6.1 VM (no update_socket_protocol)");
-    let t = Instant::now();
-    let negative = run_suite("negative suite", &a.no_hook, &Where::Vm("6.1"), &a.env())?;
-    let negative_secs = t.elapsed().as_secs();
-    let place_name = match place {
-        Where::Host => "host kernel".to_owned(),
-        Where::Vm(k) => format!("{k} VM"),
-    };
+    ran.push(timed_suite("negative suite", &a.no_hook, Where::Vm("6.1"), a)?);
+    Ok(ran)
+}
+
+pub fn all() -> Result<()> {
+    let start = Instant::now();
+    setup::all()?;
+    crate::lint::all()?;
+    host_tests()?;
+    let a = artifacts::build()?;
+    let ran = privileged_suites(&a)?;
     eprintln!("== benchmark smoke run (6.12 VM)");
     let t = Instant::now();
     crate::bench::run(true)?;
-    let bench_secs = t.elapsed().as_secs();
     println!();
-    println!("benchmark smoke run: completed in {bench_secs} s");
-    println!(
-        "privileged suite ({place_name}): {} passed, 0 failed, 0 skipped in {privileged_secs} s",
-        privileged.passed
-    );
-    println!("systemd unit suite ({place_name}): {} passed, 0 failed, 0 skipped in {units_secs} s", units.passed);
-    println!("negative suite (6.1 VM): {} passed, 0 failed, 0 skipped in {negative_secs} s", negative.passed);
-    let refusal = host_refusal.map_or(0, |c| c.passed);
-    if let Some(c) = host_refusal {
-        println!("host refusal suite (this kernel): {} passed, 0 failed, 0 skipped", c.passed);
+    println!("benchmark smoke run: completed in {} s", t.elapsed().as_secs());
+    for r in &ran {
+        println!("{}: {} passed, 0 failed, 0 skipped in {} s", r.title, r.counts.passed, r.secs);
     }
     println!("xtask test: finished in {} s", start.elapsed().as_secs());
-    println!(
-        "privileged: {} passed, 0 failed, 0 skipped",
-        privileged.passed + units.passed + negative.passed + refusal
-    );
+    let passed: u32 = ran.iter().map(|r| r.counts.passed).sum();
+    println!("privileged: {passed} passed, 0 failed, 0 skipped");
     Ok(())
 }
 
