@@ -34,15 +34,28 @@ pub enum LogLevel {
 }
 
 impl LogLevel {
-    fn as_global(self) -> u8 {
+    /// Every level, quietest first: its index is the global's value.
+    pub const ALL: [LogLevel; 6] =
+        [LogLevel::Off, LogLevel::Error, LogLevel::Warn, LogLevel::Info, LogLevel::Debug, LogLevel::Trace];
+
+    pub const fn name(self) -> &'static str {
         match self {
-            LogLevel::Off => 0,
-            LogLevel::Error => 1,
-            LogLevel::Warn => 2,
-            LogLevel::Info => 3,
-            LogLevel::Debug => 4,
-            LogLevel::Trace => 5,
+            LogLevel::Off => "off",
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
         }
+    }
+
+    /// The level called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|l| l.name() == name)
+    }
+
+    fn as_global(self) -> u8 {
+        self as u8
     }
 }
 
@@ -218,4 +231,19 @@ pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_levels_are_named_and_numbered_as_aya_log_expects() {
+        for (i, level) in LogLevel::ALL.into_iter().enumerate() {
+            assert_eq!(level.as_global() as usize, i, "{level:?}");
+            assert_eq!(LogLevel::from_name(level.name()), Some(level));
+        }
+        assert_eq!(LogLevel::default().as_global(), 0, "off by default");
+        assert_eq!(LogLevel::from_name("loud"), None);
+    }
 }

@@ -2,7 +2,7 @@
 //! library's own types here, at the CLI's edge.
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, builder::TypedValueParser as _};
 use mptcpify::{
     bpf::loader::LogLevel,
     host::{selector::Selector, users::UidSpec},
@@ -63,8 +63,8 @@ pub struct EnableArgs {
     #[arg(long)]
     pub all: bool,
     /// Log level of the kernel program's aya-log output, fixed when it is first loaded.
-    #[arg(long, value_enum, default_value_t = LogLevelArg::Off)]
-    pub log_level: LogLevelArg,
+    #[arg(long, value_parser = log_level(), default_value = "off")]
+    pub log_level: LogLevel,
 }
 
 #[derive(Debug, Args)]
@@ -121,8 +121,8 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
     /// Log level of the kernel program, if the agent is the one that loads it.
-    #[arg(long, value_enum, default_value_t = LogLevelArg::Off)]
-    pub log_level: LogLevelArg,
+    #[arg(long, value_parser = log_level(), default_value = "off")]
+    pub log_level: LogLevel,
 }
 
 #[derive(Debug, Args)]
@@ -146,28 +146,10 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-/// `--log-level` as clap offers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogLevelArg {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
-}
-
-impl From<LogLevelArg> for LogLevel {
-    fn from(l: LogLevelArg) -> Self {
-        match l {
-            LogLevelArg::Off => LogLevel::Off,
-            LogLevelArg::Error => LogLevel::Error,
-            LogLevelArg::Warn => LogLevel::Warn,
-            LogLevelArg::Info => LogLevel::Info,
-            LogLevelArg::Debug => LogLevel::Debug,
-            LogLevelArg::Trace => LogLevel::Trace,
-        }
-    }
+/// `--log-level`: the library's levels by name, so completions and help list them.
+fn log_level() -> impl clap::builder::TypedValueParser<Value = LogLevel> {
+    clap::builder::PossibleValuesParser::new(LogLevel::ALL.map(LogLevel::name))
+        .map(|name| LogLevel::from_name(&name).expect("one of the possible values"))
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -251,7 +233,7 @@ mod tests {
         assert_eq!(targets.uids, ["www-data"]);
         assert_eq!(targets.units, ["nginx.service"]);
         assert!(!all);
-        assert_eq!(log_level, LogLevelArg::Off);
+        assert_eq!(log_level, LogLevel::Off);
         assert_eq!(targets.selectors(false).unwrap().len(), 6);
     }
 
@@ -303,7 +285,7 @@ mod tests {
         assert!(matches!(parse(&["status", "--json"]).unwrap().command, Command::Status(JsonArgs { json: true })));
         let cli = parse(&["enable", "--pid", "1", "--log-level", "debug"]).unwrap();
         let Command::Enable(args) = cli.command else { panic!() };
-        assert_eq!(LogLevel::from(args.log_level), LogLevel::Debug);
+        assert_eq!(args.log_level, LogLevel::Debug);
         assert!(parse(&["enable", "--pid", "1", "--log-level", "loud"]).is_err());
     }
 }

@@ -13,7 +13,7 @@ pub async fn dispatch(command: Command) -> Result<i32> {
     let done = |()| 0;
     match command {
         Command::Enable(a) => {
-            commands::rules::add(&a.targets.selectors(a.all)?, Action::Enable, a.log_level.into()).await.map(done)
+            commands::rules::add(&a.targets.selectors(a.all)?, Action::Enable, a.log_level).await.map(done)
         }
         Command::Exclude(a) => {
             commands::rules::add(&a.targets.selectors(false)?, Action::Exclude, Default::default()).await.map(done)
@@ -44,7 +44,7 @@ fn agent_options(a: args::AgentArgs) -> agent::Options {
         cleanup_on_exit: a.cleanup_on_exit,
         kubernetes: a.kubernetes,
         node_name: a.node_name.or_else(|| std::env::var("NODE_NAME").ok()),
-        log_level: a.log_level.into(),
+        log_level: a.log_level,
     }
 }
 
