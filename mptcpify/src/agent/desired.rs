@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::{
-    kubernetes::pods::{PodInfo, cgroup_paths},
+    kubernetes::pods::{PodCgroup, PodInfo, cgroup_paths},
     policy::{CgroupDriver, Policy, Selector},
     reconcile::Desired,
 };
@@ -37,6 +37,8 @@ pub struct Resolved {
     /// agent removes none of its rules, so a transient failure never drops coverage.
     pub errors: Vec<Unresolved>,
     pub pods: Vec<PodCoverage>,
+    /// Pods whose cgroup would lie outside kubepods: never enabled, reported.
+    pub refused: Vec<String>,
 }
 
 /// A wanted selector that could not be resolved this round, and why.
@@ -73,23 +75,39 @@ impl Resolved {
         label: &str,
     ) -> Option<u64> {
         self.watch_dirs.extend(ancestors(root, relative));
-        match cgroup::resolve(root, relative.trim_start_matches('/')) {
-            Ok(cg) => match RuleOrigin::new(origin.0, origin.1) {
-                Ok(o) => {
-                    self.desired.push(Desired {
-                        key: Key::Cgroup(cg.id),
-                        action,
-                        origin: Some(o),
-                        label: format!("{label}: cgroup {} (id {})", cg.relative, cg.id),
-                    });
-                    Some(cg.id)
-                }
-                Err(error) => {
-                    self.errors.push(Unresolved { what: label.to_owned(), error });
-                    None
-                }
-            },
-            Err(_) => None,
+        let cg = cgroup::resolve(root, relative.trim_start_matches('/')).ok()?;
+        self.want(cg, action, origin, label)
+    }
+
+    /// A pod's candidate cgroup: resolved like any path, then refused unless it is the path
+    /// itself, strictly below its driver's kubepods root (whatever the pod's UID made of it).
+    fn pod_path(&mut self, root: &Path, pod: &PodCgroup, origin: (OriginKind, &str), label: &str) -> Option<u64> {
+        self.watch_dirs.extend(ancestors(root, &pod.path));
+        let cg = cgroup::resolve(root, pod.path.trim_start_matches('/')).ok()?;
+        // Resolution must not have moved the path (a `..` in it) and must stay below kubepods.
+        if cg.relative != pod.path || !pod.contains(&cg.relative) {
+            let path = pod.path.escape_debug();
+            self.refused.push(format!("{label}: {path} is not a pod cgroup below {}", pod.kubepods));
+            return None;
+        }
+        self.want(cg, Action::Enable, origin, label)
+    }
+
+    fn want(&mut self, cg: cgroup::Cgroup, action: Action, origin: (OriginKind, &str), label: &str) -> Option<u64> {
+        match RuleOrigin::new(origin.0, origin.1) {
+            Ok(o) => {
+                self.desired.push(Desired {
+                    key: Key::Cgroup(cg.id),
+                    action,
+                    origin: Some(o),
+                    label: format!("{label}: cgroup {} (id {})", cg.relative, cg.id),
+                });
+                Some(cg.id)
+            }
+            Err(error) => {
+                self.errors.push(Unresolved { what: label.to_owned(), error });
+                None
+            }
         }
     }
 }
@@ -131,12 +149,12 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
     for pod in pods {
         let label = format!("pod {}", pod.label());
         let mut cgroup = None;
-        for path in cgroup_paths(&pod.cgroup_uid, pod.qos, driver) {
+        for candidate in cgroup_paths(&pod.cgroup_uid, pod.qos, driver) {
             // Only the first existing candidate counts; the rest are still watched.
             if cgroup.is_none() {
-                cgroup = r.path(root, &path, Action::Enable, (OriginKind::Pod, &pod.label()), &label);
+                cgroup = r.pod_path(root, &candidate, (OriginKind::Pod, &pod.label()), &label);
             } else {
-                r.watch_dirs.extend(ancestors(root, &path));
+                r.watch_dirs.extend(ancestors(root, &candidate.path));
             }
         }
         if cgroup.is_none() {
@@ -204,5 +222,45 @@ mod tests {
         assert!(r.desired.is_empty());
         assert!(r.watch_dirs.contains(&t.path().join("kubepods")), "{:?}", r.watch_dirs);
         assert_eq!(r.pending.len(), 1, "{:?}", r.pending);
+    }
+
+    /// Defence in depth behind the UID check: whatever a pod's UID says, its rule is for a cgroup
+    /// strictly below the kubepods root of the driver in use.
+    #[tokio::test]
+    async fn pod_cgroups_never_leave_kubepods() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("cgroup.procs"), "").unwrap();
+        for dir in [
+            "/kubepods",
+            "/kubepods/burstable",
+            "/kubepods/besteffort",
+            "/kubepods.slice",
+            "/kubepods.slice/kubepods-burstable.slice",
+            "/kubepods.slice/kubepods-besteffort.slice",
+            "/system.slice",
+        ] {
+            mkcg(t.path(), dir);
+        }
+        let inside: Vec<u64> = ["/kubepods", "/kubepods.slice"].iter().map(|d| mkcg(t.path(), d)).collect();
+        let pod = |uid: &str, qos| PodInfo {
+            namespace: "ns".into(),
+            name: "evil".into(),
+            cgroup_uid: uid.into(),
+            qos,
+            annotation: Some("true".into()),
+            finished: false,
+        };
+        let hostile = ["/../..", "/../../system.slice", "/..", "/", "/../burstable", "/../kubepods-burstable.slice"];
+        for driver in ["auto", "systemd", "cgroupfs"] {
+            let policy =
+                Policy::parse(&format!("[kubernetes]\ncgroup_driver = \"{driver}\"\n"), "p", &|_| None).unwrap();
+            for qos in [Qos::Guaranteed, Qos::Burstable, Qos::BestEffort] {
+                for uid in hostile {
+                    let r = resolve(&policy, &[pod(uid, qos)], t.path()).await;
+                    assert!(r.desired.is_empty(), "{driver} {qos:?} {uid:?}: {:?}", r.desired);
+                    assert!(!inside.is_empty());
+                }
+            }
+        }
     }
 }

@@ -39,6 +39,8 @@ pub struct Health {
     pub pending: usize,
     pub kubernetes_synced: Option<bool>,
     pub pods: Vec<PodCoverage>,
+    /// Pods of this node refused because their UID or cgroup path is not of kubelet's forms.
+    pub refused_pods: usize,
     /// Why the agent is not ready, for `/readyz`.
     pub not_ready_reason: String,
 }
@@ -122,6 +124,12 @@ impl Collector for Snapshot {
                 "mptcpify_kubernetes_synced",
                 "1 once the node's pods and the namespaces were listed",
                 synced as i64,
+            )?;
+            gauge(
+                &mut e,
+                "mptcpify_pods_refused",
+                "Pods of this node never enabled because their UID or cgroup path is not one kubelet makes",
+                self.health.refused_pods as i64,
             )?;
             self.encode_pods(&mut e)?;
         }

@@ -71,6 +71,8 @@ struct Agent {
     seen_text: String,
     cluster: Option<kubernetes::watch::Shared>,
     health: SharedHealth,
+    /// Pods refused so far, each logged once.
+    reported_refusals: std::collections::BTreeSet<String>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -113,7 +115,8 @@ pub async fn run(opts: Options) -> Result<()> {
         ));
         shared
     });
-    let mut agent = Agent { opts, root, policy, seen_text: text, cluster, health };
+    let mut agent =
+        Agent { opts, root, policy, seen_text: text, cluster, health, reported_refusals: Default::default() };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut due = Some(Instant::now());
@@ -217,16 +220,10 @@ impl Agent {
     /// One reconciliation; returns whether it added watches (so another pass should follow).
     async fn reconcile(&mut self, watches: &mut Watches) -> bool {
         let valid = self.refresh_policy();
-        let (selected, synced) = match &self.cluster {
-            None => (Vec::new(), true),
-            Some(c) => {
-                let c = c.lock().expect("cluster lock");
-                let sel: Vec<pods::PodInfo> =
-                    c.pods.values().filter(|p| pods::selected(p, &c.namespaces)).cloned().collect();
-                (sel, c.synced())
-            }
-        };
+        let (selected, mut refused, synced) = self.cluster_view();
         let resolved = desired::resolve(&self.policy, &selected, &self.root).await;
+        refused.extend(resolved.refused.iter().cloned());
+        self.report_refusals(&refused);
         let result = self.apply(&resolved, synced);
         let added = watches.update(&resolved.watch_dirs);
         let mut h = self.health.lock().expect("health lock");
@@ -234,6 +231,7 @@ impl Agent {
         h.policy_valid = valid;
         h.pending = resolved.pending.len();
         h.pods = resolved.pods;
+        h.refused_pods = refused.len();
         if let Some(s) = h.kubernetes_synced.as_mut() {
             *s = synced;
         }
@@ -259,6 +257,33 @@ impl Agent {
         h.not_ready_reason =
             if synced { String::new() } else { "waiting for the first list of pods and namespaces".into() };
         added
+    }
+
+    /// The selected pods of this node, the refused ones (`pod ns/name: reason`), and whether
+    /// both lists arrived; without `--kubernetes`, none and synced.
+    fn cluster_view(&self) -> (Vec<pods::PodInfo>, Vec<String>, bool) {
+        let Some(c) = &self.cluster else { return (Vec::new(), Vec::new(), true) };
+        let c = c.lock().expect("cluster lock");
+        let mut selected = Vec::new();
+        let mut refused = Vec::new();
+        for pod in c.pods.values() {
+            match pod {
+                Ok(p) if pods::selected(p, &c.namespaces) => selected.push(p.clone()),
+                Ok(_) => {}
+                Err((name, reason)) => refused.push(format!("pod {name}: {reason}")),
+            }
+        }
+        (selected, refused, c.synced())
+    }
+
+    /// Logs each refused pod once, when it is first refused.
+    fn report_refusals(&mut self, refused: &[String]) {
+        for r in refused {
+            if !self.reported_refusals.contains(r) {
+                log::warn!("refused, never enabled: {r}");
+            }
+        }
+        self.reported_refusals = refused.iter().cloned().collect();
     }
 
     /// Diffs and applies under the lock (re-loading the program if someone reset it).

@@ -110,3 +110,92 @@ fn selected_pods_get_mptcp_until_they_are_deleted() {
         let _ = std::fs::remove_dir(cgroup_root().join(d));
     }
 }
+
+/// Where kubelet puts a pod of `qos` with cgroup UID `uid` under `driver`, relative to the root.
+fn pod_cgroup(driver: &str, qos: &str, uid: &str) -> String {
+    let q = qos.to_lowercase();
+    match (driver, qos) {
+        ("systemd", "Guaranteed") => format!("kubepods.slice/kubepods-pod{}.slice", uid.replace('-', "_")),
+        ("systemd", _) => format!("kubepods.slice/kubepods-{q}.slice/kubepods-{q}-pod{}.slice", uid.replace('-', "_")),
+        (_, "Guaranteed") => format!("kubepods/pod{uid}"),
+        _ => format!("kubepods/{q}/pod{uid}"),
+    }
+}
+
+/// Everything read from the API server is untrusted: a pod whose UID or mirror annotation
+/// climbs out of its kubelet path enables nothing outside its own pod cgroup, under both
+/// drivers and all QoS classes, and is reported once; a real static pod still works.
+#[test]
+fn hostile_pod_uids_enable_nothing_outside_kubepods() {
+    let _g = setup();
+    let long = "a".repeat(300);
+    let hostile = ["/../..", "../../mptcpify-victim", "/etc", "%2e%2e%2f%2e%2e", "/../burstable", long.as_str()];
+    let hash = "6d9c3a1e5b7f4c2a8e0d1f3b5a7c9e1d";
+    for driver in ["cgroupfs", "systemd"] {
+        let api = FakeApi::start();
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, format!("[kubernetes]\ncgroup_driver = \"{driver}\"\n")).unwrap();
+        let kubeconfig = api.kubeconfig(dir.path());
+        api.put_namespace("evil", json!({ "mptcpify.io/enabled": "true" }));
+        let victim = TestCgroup::new("mptcpify-victim");
+        // The QoS parents exist, as on a node, so that climbing paths resolve.
+        let qos_dirs: Vec<TestCgroup> = ["Burstable", "BestEffort"]
+            .iter()
+            .map(|q| {
+                TestCgroup::new(std::path::Path::new(&pod_cgroup(driver, q, "x")).parent().unwrap().to_str().unwrap())
+            })
+            .collect();
+        // Through the mirror annotation, every value under every QoS class; through the UID
+        // itself (the watch's key, so once per value), the classes in turn.
+        let qos_classes = ["Guaranteed", "Burstable", "BestEffort"];
+        let mut n = 0;
+        for (i, bad) in hostile.iter().enumerate() {
+            for qos in qos_classes {
+                n += 1;
+                let uid = format!("0b000000-0000-4000-8000-{n:012}");
+                let mut mirror = pod("evil", &format!("mirror-{n}"), &uid, NODE, qos, None);
+                mirror["metadata"]["annotations"]["kubernetes.io/config.mirror"] = json!(bad);
+                api.put_pod(mirror);
+            }
+            n += 1;
+            api.put_pod(pod("evil", &format!("uid-{n}"), bad, NODE, qos_classes[i % 3], None));
+        }
+        let mut static_pod =
+            pod("kube-system", "etcd", "0c000000-0000-4000-8000-000000000001", NODE, "Burstable", Some("true"));
+        static_pod["metadata"]["annotations"]["kubernetes.io/config.mirror"] = json!(hash);
+        api.put_pod(static_pod);
+        let static_cg = TestCgroup::new(&pod_cgroup(driver, "Burstable", hash));
+
+        let agent = AgentProcess::start(
+            &policy,
+            &["--kubernetes"],
+            &[("NODE_NAME", NODE), ("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        );
+        let covered =
+            wait_for(Duration::from_secs(5), || (proto_of(Some(&static_cg), "tcp4") == IPPROTO_MPTCP).then_some(()));
+        assert!(covered.is_some(), "{driver}: the static pod is not covered: {}", agent.log());
+        assert_eq!(proto_of(Some(&victim), "tcp4"), IPPROTO_TCP, "{driver}: a cgroup outside kubepods was enabled");
+        assert_eq!(proto_of(None, "tcp4"), IPPROTO_TCP, "{driver}: the test's own cgroup was enabled");
+        for q in &qos_dirs {
+            assert_eq!(proto_of(Some(q), "tcp4"), IPPROTO_TCP, "{driver}: a QoS cgroup {} was enabled", q.relative);
+        }
+        let rules = status_json()["rules"].as_array().unwrap().clone();
+        assert_eq!(rules.len(), 1, "{driver}: only the static pod's rule: {rules:?}");
+        assert_eq!(rules[0]["origin"]["text"], "kube-system/etcd");
+        // Each refusal is logged once, however often the agent reconciles.
+        api.put_namespace("other", json!({}));
+        std::thread::sleep(Duration::from_millis(300));
+        let m = agent.metrics();
+        assert_eq!(metric(&m, "mptcpify_pods_refused"), Some(f64::from(n)), "{driver}: {m}");
+        let log = agent.log();
+        assert_eq!(log.matches("refused, never enabled").count(), n as usize, "{driver}: {log}");
+        assert!(!log.contains(&long), "{driver}: a hostile value is cut in the log");
+        drop(agent);
+        drop(static_cg);
+        drop(qos_dirs);
+        for d in ["kubepods.slice", "kubepods"] {
+            let _ = std::fs::remove_dir(cgroup_root().join(d));
+        }
+    }
+}

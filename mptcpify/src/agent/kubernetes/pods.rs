@@ -33,11 +33,40 @@ pub struct PodInfo {
     pub finished: bool,
 }
 
+/// Why a pod from the API server is not considered: what it says would not name a pod cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodRefused {
+    #[error("it has no UID")]
+    NoUid,
+    #[error("its {field} {value:?} is not a UID kubelet names cgroups after (a UUID or a static pod's config hash)")]
+    BadUid {
+        field: &'static str,
+        /// The first characters only, so a hostile value cannot flood the log.
+        value: String,
+    },
+}
+
+/// kubelet's forms of the UID a pod cgroup is named after: a UUID as the API server assigns
+/// it, or a static pod's config hash (an MD5 in hex), lower case.
+pub fn is_kubelet_uid(uid: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let uuid = uid.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && uid.split('-').all(hex);
+    uuid || (uid.len() == 32 && hex(uid))
+}
+
 impl PodInfo {
-    pub fn from_pod(pod: &Pod) -> Option<Self> {
+    /// What the agent needs of `pod`; refused unless its cgroup UID is of kubelet's forms.
+    pub fn from_pod(pod: &Pod) -> Result<Self, PodRefused> {
         let meta = &pod.metadata;
         let annotations = meta.annotations.as_ref();
-        let uid = annotations.and_then(|a| a.get(MIRROR_ANNOTATION)).or(meta.uid.as_ref())?.clone();
+        let (field, uid) = match annotations.and_then(|a| a.get(MIRROR_ANNOTATION)) {
+            Some(mirror) => (MIRROR_ANNOTATION, mirror),
+            None => ("uid", meta.uid.as_ref().ok_or(PodRefused::NoUid)?),
+        };
+        if !is_kubelet_uid(uid) {
+            return Err(PodRefused::BadUid { field, value: uid.chars().take(64).collect() });
+        }
+        let uid = uid.clone();
         let status = pod.status.as_ref();
         let qos = match status.and_then(|s| s.qos_class.as_deref()) {
             Some("Guaranteed") => Qos::Guaranteed,
@@ -45,7 +74,7 @@ impl PodInfo {
             Some("Burstable") => Qos::Burstable,
             _ => qos_from_spec(pod),
         };
-        Some(Self {
+        Ok(Self {
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             name: meta.name.clone().unwrap_or_default(),
             cgroup_uid: uid,
@@ -101,9 +130,24 @@ pub fn selected(pod: &PodInfo, namespace_labels: &BTreeMap<String, Option<String
     }
 }
 
+/// Where a pod's cgroup may be: a path relative to the cgroup2 root, and the kubepods root of
+/// its driver, which it must lie strictly below once resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodCgroup {
+    pub path: String,
+    pub kubepods: &'static str,
+}
+
+impl PodCgroup {
+    /// Whether `relative` (a resolved, normalised path) is strictly below this driver's root.
+    pub fn contains(&self, relative: &str) -> bool {
+        relative.strip_prefix(self.kubepods).is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'))
+    }
+}
+
 /// The pod's cgroup relative to the cgroup2 root, as kubelet names it for `driver` (systemd
 /// escapes the UID's `-` as `_`); `Auto` gives both candidates, systemd first.
-pub fn cgroup_paths(uid: &str, qos: Qos, driver: CgroupDriver) -> Vec<String> {
+pub fn cgroup_paths(uid: &str, qos: Qos, driver: CgroupDriver) -> Vec<PodCgroup> {
     let systemd = || {
         let uid = uid.replace('-', "_");
         match qos {
@@ -120,6 +164,8 @@ pub fn cgroup_paths(uid: &str, qos: Qos, driver: CgroupDriver) -> Vec<String> {
             Qos::BestEffort => format!("/kubepods/besteffort/pod{uid}"),
         }
     };
+    let systemd = || PodCgroup { path: systemd(), kubepods: "/kubepods.slice" };
+    let cgroupfs = || PodCgroup { path: cgroupfs(), kubepods: "/kubepods" };
     match driver {
         CgroupDriver::Systemd => vec![systemd()],
         CgroupDriver::Cgroupfs => vec![cgroupfs()],
@@ -137,6 +183,8 @@ mod tests {
     use super::*;
 
     const UID: &str = "0f9e8a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b";
+    /// A static pod's config hash, as kubelet writes it into the mirror annotation.
+    const HASH: &str = "6d9c3a1e5b7f4c2a8e0d1f3b5a7c9e1d";
 
     fn info(annotation: Option<&str>, ns: &str) -> PodInfo {
         PodInfo {
@@ -189,11 +237,17 @@ mod tests {
             (Qos::BestEffort, CgroupDriver::Cgroupfs, format!("/kubepods/besteffort/pod{UID}")),
         ];
         for (qos, driver, want) in cases {
-            assert_eq!(cgroup_paths(UID, qos, driver), std::slice::from_ref(&want), "{qos:?} {driver:?}");
+            let paths = |uid| cgroup_paths(uid, qos, driver).into_iter().map(|c| c.path).collect::<Vec<_>>();
+            assert_eq!(paths(UID), std::slice::from_ref(&want), "{qos:?} {driver:?}");
             // A UID already written with underscores names the same cgroup.
-            assert_eq!(cgroup_paths(u, qos, driver), [want], "{qos:?} {driver:?} from _");
+            assert_eq!(paths(u), [want], "{qos:?} {driver:?} from _");
         }
         assert_eq!(cgroup_paths(UID, Qos::Burstable, CgroupDriver::Auto).len(), 2);
+        let c = &cgroup_paths(UID, Qos::Guaranteed, CgroupDriver::Cgroupfs)[0];
+        assert!(c.contains(&c.path));
+        for outside in ["/", "/kubepods", "/kubepods/", "/kubepodsx/pod1", "/system.slice"] {
+            assert!(!c.contains(outside), "{outside}");
+        }
     }
 
     fn pod(qos_class: Option<&str>, containers: Vec<Container>) -> Pod {
@@ -241,14 +295,58 @@ mod tests {
     #[test]
     fn static_pods_use_the_mirror_uid_and_finished_pods_are_marked() {
         let mut p = pod(Some("Burstable"), vec![]);
-        p.metadata.annotations = Some(
-            [(MIRROR_ANNOTATION.to_owned(), "abc123".to_owned()), (SELECT_KEY.to_owned(), "true".to_owned())].into(),
-        );
+        p.metadata.annotations =
+            Some([(MIRROR_ANNOTATION.to_owned(), HASH.to_owned()), (SELECT_KEY.to_owned(), "true".to_owned())].into());
         let i = PodInfo::from_pod(&p).unwrap();
-        assert_eq!(i.cgroup_uid, "abc123");
+        assert_eq!(i.cgroup_uid, HASH);
         assert_eq!(i.annotation.as_deref(), Some("true"));
         assert_eq!(i.label(), "shop/web");
         p.status.as_mut().unwrap().phase = Some("Succeeded".into());
         assert!(PodInfo::from_pod(&p).unwrap().finished);
+    }
+
+    /// A pod's UID names its cgroup: anything but the forms kubelet uses could point the agent
+    /// at another cgroup of the node.
+    #[test]
+    fn uids_outside_kubelets_forms_are_refused() {
+        let long = "a".repeat(300);
+        let hostile = [
+            "/../..",
+            "../x",
+            "/etc",
+            "..",
+            "%2e%2e",
+            "%2e%2e%2f%2e%2e",
+            "x/../..",
+            "",
+            " ",
+            "abc123",
+            &long,
+            "0a000000-0000-4000-8000-00000000000/",
+            "0a000000-0000-4000-8000-0000000000011",
+            "0A000000-0000-4000-8000-000000000001",
+            "0a000000_0000_4000_8000_000000000001",
+            "6d9c3a1e5b7f4c2a8e0d1f3b5a7c9e1",
+            "6d9c3a1e5b7f4c2a8e0d1f3b5a7c9e1/",
+        ];
+        for bad in hostile {
+            let mut p = pod(Some("Guaranteed"), vec![]);
+            p.metadata.annotations = Some([(MIRROR_ANNOTATION.to_owned(), bad.to_owned())].into());
+            assert!(PodInfo::from_pod(&p).is_err(), "mirror annotation {bad:?} accepted");
+            let mut p = pod(Some("Guaranteed"), vec![]);
+            p.metadata.uid = Some(bad.to_owned());
+            assert!(PodInfo::from_pod(&p).is_err(), "uid {bad:?} accepted");
+        }
+        let e = {
+            let mut p = pod(Some("Guaranteed"), vec![]);
+            p.metadata.annotations = Some([(MIRROR_ANNOTATION.to_owned(), long.clone())].into());
+            PodInfo::from_pod(&p).unwrap_err().to_string()
+        };
+        assert!(e.contains(MIRROR_ANNOTATION) && e.len() < 200, "{e}");
+        // kubelet's forms: an API server UID, and a static pod's config hash (hex MD5).
+        let mut p = pod(Some("Guaranteed"), vec![]);
+        assert_eq!(PodInfo::from_pod(&p).unwrap().cgroup_uid, UID);
+        p.metadata.annotations = Some([(MIRROR_ANNOTATION.to_owned(), HASH.to_owned())].into());
+        assert_eq!(PodInfo::from_pod(&p).unwrap().cgroup_uid, HASH);
     }
 }

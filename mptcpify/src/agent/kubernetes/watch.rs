@@ -15,13 +15,13 @@ use kube::{
 };
 use tokio::sync::mpsc;
 
-use super::pods::{PodInfo, SELECT_KEY};
+use super::pods::{PodInfo, PodRefused, SELECT_KEY};
 
 /// What the watchers know of the cluster.
 #[derive(Debug, Default)]
 pub struct Cluster {
     /// This node's pods by UID.
-    pub pods: BTreeMap<String, PodInfo>,
+    pub pods: BTreeMap<String, Listed>,
     /// Every namespace's `mptcpify.io/enabled` label.
     pub namespaces: BTreeMap<String, Option<String>>,
     /// Both initial lists arrived: until then an absent pod may just not be listed yet.
@@ -36,6 +36,9 @@ impl Cluster {
 }
 
 pub type Shared = Arc<Mutex<Cluster>>;
+
+/// A listed pod, or why it is never enabled (its `namespace/name`, escaped, and the reason).
+pub type Listed = Result<PodInfo, (String, PodRefused)>;
 
 pub async fn client() -> Result<Client> {
     let config = kube::Config::infer()
@@ -84,8 +87,9 @@ enum Change {
     Namespace(Box<watcher::Event<Namespace>>),
 }
 
-fn pod_entry(p: &Pod) -> Option<(String, PodInfo)> {
-    Some((p.metadata.uid.clone()?, PodInfo::from_pod(p)?))
+fn pod_entry(p: &Pod) -> Option<(String, Listed)> {
+    let name = || format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()).escape_debug().to_string();
+    Some((p.metadata.uid.clone()?, PodInfo::from_pod(p).map_err(|reason| (name(), reason))))
 }
 
 fn ns_entry(n: &Namespace) -> Option<(String, Option<String>)> {
