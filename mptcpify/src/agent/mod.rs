@@ -12,12 +12,12 @@ mod watches;
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Result, bail};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
@@ -57,12 +57,6 @@ pub struct Options {
     pub log_level: LogLevel,
 }
 
-fn read_policy(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| {
-        format!("reading the policy file {} (create it; an empty file means no rules)", path.display())
-    })
-}
-
 struct Agent {
     opts: Options,
     root: PathBuf,
@@ -77,7 +71,7 @@ struct Agent {
 
 pub async fn run(opts: Options) -> Result<()> {
     let root = preconditions::require_state_access()?.cgroup2_root()?;
-    let text = read_policy(&opts.config)?;
+    let text = policy::read(&opts.config)?;
     let policy = Policy::parse(&text, &opts.config.display().to_string(), &system_users)?;
     let node = match (opts.kubernetes, &opts.node_name) {
         (false, _) => None,
@@ -188,7 +182,7 @@ impl Agent {
     /// Re-reads the policy if its file changed; an invalid file keeps the running policy.
     fn refresh_policy(&mut self) -> bool {
         let path = &self.opts.config;
-        let text = match read_policy(path) {
+        let text = match policy::read(path) {
             Ok(t) => t,
             Err(e) => {
                 if !self.seen_text.is_empty() || self.health.lock().expect("health lock").policy_valid {

@@ -1,6 +1,8 @@
 //! The agent's declarative policy file (TOML), in the CLI's vocabulary. Parsing and validation are
 //! pure: every error names the line and says what is wrong, and a rejected file changes nothing.
-use std::ops::Range;
+use std::{ops::Range, path::Path};
+
+use anyhow::{Context as _, bail};
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -117,6 +119,32 @@ fn table(sel: &Selectors, action: Action, users: UserLookup<'_>) -> Result<Vec<P
     Ok(wanted)
 }
 
+/// The largest policy file read: a real one is a few hundred bytes.
+pub const MAX_POLICY_BYTES: u64 = 1 << 20;
+
+/// Reads the policy file: a regular file (a symlink to one, as a ConfigMap mounts it) of at most
+/// [`MAX_POLICY_BYTES`]; a device, FIFO or directory is refused before it is opened.
+pub fn read(path: &Path) -> anyhow::Result<String> {
+    use std::io::Read as _;
+    let what = || format!("the policy file {}", path.display());
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading {} (create it; an empty file means no rules)", what()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", what());
+    }
+    if meta.len() > MAX_POLICY_BYTES {
+        bail!("{} is {} bytes; a policy may have at most {MAX_POLICY_BYTES}", what(), meta.len());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_POLICY_BYTES + 1).read_to_string(&mut text))
+        .with_context(|| format!("reading {}", what()))?;
+    if text.len() as u64 > MAX_POLICY_BYTES {
+        bail!("{} grew beyond {MAX_POLICY_BYTES} bytes while it was read", what());
+    }
+    Ok(text)
+}
+
 impl Policy {
     /// Parses and validates `text`; `source_name` (the file path) prefixes every error.
     pub fn parse(text: &str, source_name: &str, users: UserLookup<'_>) -> Result<Self, PolicyError> {
@@ -225,5 +253,26 @@ cgroup_driver = "cgroupfs"
     fn duplicates_collapse() {
         let p = parse("[enable]\ncgroups = [\"a\", \"/a/\"]\ncomms = [\"x\", \"x\"]\n").unwrap();
         assert_eq!(p.wanted.len(), 2);
+    }
+
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let t = tempfile::tempdir().unwrap();
+        let ok = t.path().join("policy.toml");
+        std::fs::write(&ok, "[enable]\ncomms = [\"curl\"]\n").unwrap();
+        assert!(read(&ok).unwrap().contains("curl"));
+        let link = t.path().join("..data");
+        std::os::unix::fs::symlink(&ok, &link).unwrap();
+        assert!(read(&link).is_ok(), "a ConfigMap's symlink to a file is read");
+        let e = read(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = read(t.path()).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let big = t.path().join("big.toml");
+        std::fs::write(&big, vec![b'#'; MAX_POLICY_BYTES as usize + 1]).unwrap();
+        let e = read(&big).unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
+        let e = read(&t.path().join("missing.toml")).unwrap_err().to_string();
+        assert!(e.contains("create it"), "{e}");
     }
 }
