@@ -6,6 +6,7 @@ use std::{
 };
 
 use anyhow::{Result, bail};
+use mptcpify_common::MAX_CGROUP_DEPTH;
 
 /// A cgroup named by the user, resolved on the live tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,19 @@ pub struct Cgroup {
     /// Path relative to the cgroup2 root, as `/proc/PID/cgroup` shows it (`/` for the root).
     pub relative: String,
     pub id: u64,
+}
+
+/// Refuses a cgroup at `level` (the root is 0) that the kernel program cannot see: it looks at
+/// the first [`MAX_CGROUP_DEPTH`] levels of a caller's ancestry, so a rule deeper down would
+/// never match.
+pub fn reachable_level(level: usize) -> Result<(), String> {
+    if level < MAX_CGROUP_DEPTH as usize {
+        return Ok(());
+    }
+    Err(format!(
+        "the cgroup is {level} levels below the cgroup2 root; the kernel program looks at the first \
+         {MAX_CGROUP_DEPTH} levels (0 is the root), so a rule there would never match: select an ancestor"
+    ))
 }
 
 /// Resolves `arg` (absolute, or relative to `root`) to a cgroup under the cgroup2 mount `root`.
@@ -42,6 +56,7 @@ pub fn resolve(root: &Path, arg: &str) -> Result<Cgroup> {
             root.display()
         );
     };
+    reachable_level(relative.components().count()).map_err(anyhow::Error::msg)?;
     let relative = format!("/{}", relative.display());
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
@@ -148,6 +163,21 @@ mod tests {
             assert!(e.contains("not a cgroup2 directory"), "{arg}: {e}");
         }
         assert!(resolve(t.path(), "").is_err());
+    }
+
+    #[test]
+    fn cgroups_deeper_than_the_programs_walk_are_refused() {
+        let t = tree();
+        let deepest_seen: String = (1..32).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+        let too_deep = format!("{deepest_seen}/d32");
+        for rel in [&deepest_seen, &too_deep] {
+            let p = t.path().join(rel);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::write(p.join("cgroup.procs"), "").unwrap();
+        }
+        assert!(resolve(t.path(), &deepest_seen).is_ok(), "level 31 is within the walk");
+        let e = resolve(t.path(), &too_deep).unwrap_err().to_string();
+        assert!(e.contains("32 levels below") && e.contains("never match"), "{e}");
     }
 
     #[test]

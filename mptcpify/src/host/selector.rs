@@ -4,6 +4,7 @@
 use std::{fmt, path::PathBuf};
 
 use super::{
+    cgroup,
     systemd::UnitType,
     users::{UidSpec, UserLookup, uid_of},
 };
@@ -72,6 +73,9 @@ impl Selector {
         let trimmed = raw.trim_matches('/');
         if !trimmed.is_empty() && trimmed.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
             return Err(format!("cgroup path {raw:?} has an empty, `.` or `..` component"));
+        }
+        if !trimmed.is_empty() {
+            cgroup::reachable_level(trimmed.split('/').count()).map_err(|e| format!("cgroup path {raw:?}: {e}"))?;
         }
         Ok(Selector::Cgroup(CgroupPath::Relative(format!("/{trimmed}"))))
     }
@@ -143,6 +147,8 @@ mod tests {
     fn policy_cgroups_are_relative_and_plain() {
         assert_eq!(Selector::cgroup_relative("/kubepods.slice/").unwrap().to_string(), "cgroup /kubepods.slice");
         assert_eq!(Selector::cgroup_relative("/").unwrap().to_string(), "cgroup /");
+        let deep = (0..32).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+        assert!(Selector::cgroup_relative(&deep).unwrap_err().contains("never match"));
         for bad in ["", "/sys/fs/cgroup/x", "a/../b", "a//b", "./a"] {
             assert!(Selector::cgroup_relative(bad).is_err(), "{bad:?}");
         }

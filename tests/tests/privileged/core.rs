@@ -220,6 +220,10 @@ fn bad_input_is_refused_and_changes_nothing() {
     fails(&["disable", "--pid", "1"], "pid 1 has no rule");
     fails(&["disable", "--cgroup", &cg.relative, "--pid", "1"], "pid 1 has no rule");
     fails(&["disable", "--cgroup-id", "1"], "cgroup id 1 has no rule");
+    // Deeper than the program's walk of a caller's ancestors: a rule there would never match.
+    let deep = (1..=32).map(|i| format!("d{i}")).collect::<Vec<_>>().join("/");
+    let deep_cg = TestCgroup::new(&format!("{}/{deep}", cg.relative));
+    fails(&["enable", "--cgroup", &deep_cg.relative], "never match");
     assert_eq!(state_snapshot(), before, "a refused command changed the state");
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "the rule disable refused to drop still works");
 }
