@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     ffi::CString,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -218,7 +219,8 @@ pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
     // nothing or the complete state.
     let tmp = PathBuf::from(format!("{PIN_DIR}{LOADING_INFIX}{}", std::process::id()));
     let pinned = (|| -> Result<()> {
-        std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        // Root's alone: whoever can write here can change which sockets are upgraded.
+        std::fs::DirBuilder::new().mode(0o700).create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         sys::pin(link.as_fd(), &tmp.join(LINK_PIN)).context("pinning the link")?;
         for name in PINNED_MAPS {
             let (_, map) = &maps[name];

@@ -84,7 +84,9 @@ fn entries<K: Pod>(map: &HashMap<MapData, K, Rule>) -> Result<Vec<(K, Rule)>> {
 }
 
 impl State {
+    /// Opens the pinned maps, once [`super::pins::verify_dir`] trusts their directory.
     pub fn open() -> Result<Self> {
+        super::pins::verify_dir()?;
         Ok(Self {
             cgroups: HashMap::try_from(Map::HashMap(open_map(CGROUP_RULES_MAP)?))?,
             pids: HashMap::try_from(Map::HashMap(open_map(PID_RULES_MAP)?))?,

@@ -2,7 +2,7 @@
 //! invocation; each one opens it, edits it under [`Lock`], and leaves.
 use std::{fs::File, path::Path};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, PinnedLink};
 pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, PIN_DIR};
 
@@ -16,6 +16,23 @@ impl Lock {
         f.lock().with_context(|| format!("locking {}", parent.display()))?;
         Ok(Self(f))
     }
+}
+
+/// Refuses pinned state that someone other than root could have written: the directory must be
+/// root's and writable by root alone (loads make it 0700). `reset` does not ask, so that it can
+/// always remove such state.
+pub fn verify_dir() -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(PIN_DIR).with_context(|| format!("reading {PIN_DIR}"))?;
+    let mode = meta.mode() & 0o7777;
+    if meta.uid() != 0 || mode & 0o022 != 0 {
+        bail!(
+            "{PIN_DIR} is owned by uid {} with mode {mode:04o}; mptcpify trusts only state that root alone can \
+             write (0700, owner root): check who changed it, then `mptcpify reset` and enable again",
+            meta.uid()
+        );
+    }
+    Ok(())
 }
 
 pub fn is_loaded() -> bool {

@@ -167,6 +167,26 @@ fn state_survives_the_cli_and_later_invocations_edit_it() {
     assert!(human.contains(&b.path.display().to_string()), "{human}");
 }
 
+/// Whoever can write the pin directory decides which sockets are upgraded: loads make it root's
+/// alone, and state anyone else could have written is refused until `reset`.
+#[test]
+fn pinned_state_is_roots_alone() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-pinmode");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let meta = std::fs::metadata(PIN_DIR).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o7777), (0, 0o700), "a load makes the directory root's alone");
+    std::fs::set_permissions(PIN_DIR, std::fs::Permissions::from_mode(0o777)).unwrap();
+    fails(&["status"], "mode 0777");
+    fails(&["enable", "--pid", "1"], "root alone can write");
+    std::fs::set_permissions(PIN_DIR, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(PIN_DIR, Some(65534), None).unwrap();
+    fails(&["disable", "--cgroup", &cg.relative], "owned by uid 65534");
+    assert!(ok(&["reset"]).contains("program detached"), "reset always repairs");
+    assert!(mptcpify_pins().is_empty());
+}
+
 #[test]
 fn reset_detaches_and_leaves_no_pins() {
     let _g = setup();
