@@ -290,6 +290,14 @@ impl Counter {
     }
 }
 
+/// Names of the globals (`.rodata`) that locate the caller's program name: command-name rules
+/// match the thread-group leader's `comm` (`current->group_leader->comm`), not the calling
+/// thread's, which servers rename (`worker-3`). The loader sets them from the kernel's BTF.
+pub mod task_globals {
+    pub const GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
+    pub const COMM: &str = "OFF_TASK_COMM";
+}
+
 /// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
 /// so the program can read the caller's `net.mptcp.enabled` (see `mptcp_enabled_here` in the program).
 pub mod netns_globals {

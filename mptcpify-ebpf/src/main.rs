@@ -17,7 +17,7 @@
 use aya_ebpf::{
     Global,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns,
         },
@@ -61,6 +61,11 @@ static ORIGINS: HashMap<u64, Origin> = HashMap::with_max_entries(MAX_RULES, 1);
 static NETNS_CHECK: Global<u8> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_TASK_NSPROXY: Global<u32> = Global::new(0);
+// Set by the loader from the kernel's BTF (see `program_comm` below).
+#[unsafe(no_mangle)]
+static OFF_TASK_GROUP_LEADER: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_COMM: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static OFF_NSPROXY_NET_NS: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
@@ -141,7 +146,7 @@ fn select(cfg: &Config) -> Match {
         }
     }
     if cfg.comm_rules != 0
-        && let Ok(comm) = bpf_get_current_comm()
+        && let Some(comm) = program_comm()
         && (m.consider(RuleKind::Comm, 0, COMM_RULES.get_ptr_mut(comm)) || (stop_at_first && m.found))
     {
         return m;
@@ -231,6 +236,20 @@ fn mptcp_enabled_here() -> Option<bool> {
     }
 }
 
+/// The caller's program name: its thread-group leader's `comm`. Threads rename themselves
+/// (`worker-3`), so `bpf_get_current_comm`, the calling thread's, would let a named thread
+/// escape its program's exclusion. `None` when unreadable: then no command rule decides.
+#[inline(always)]
+fn program_comm() -> Option<[u8; COMM_LEN]> {
+    // SAFETY: kernel pointers are read with bpf_probe_read_kernel, which fails instead of
+    // faulting; the offsets come from the running kernel's BTF.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let leader: *const u8 = bpf_probe_read_kernel(task.add(OFF_TASK_GROUP_LEADER.load() as usize).cast()).ok()?;
+        bpf_probe_read_kernel(leader.add(OFF_TASK_COMM.load() as usize).cast::<[u8; COMM_LEN]>()).ok()
+    }
+}
+
 #[inline(always)]
 fn report(cfg: &Config, m: &Match, family: i32, decision: Decision) {
     if cfg.monitor_pid == 0 {
@@ -249,7 +268,7 @@ fn report(cfg: &Config, m: &Match, family: i32, decision: Decision) {
         decision: decision as u8,
         rule_kind: m.kind as u8,
         _pad: 0,
-        comm: bpf_get_current_comm().unwrap_or_default(),
+        comm: program_comm().unwrap_or_default(),
     };
     if EVENTS.output::<Event>(&event, 0).is_err() {
         bump(Counter::EventsDropped);

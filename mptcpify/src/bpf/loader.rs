@@ -14,9 +14,15 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
-use mptcpify_common::{HOOK_FUNCTION, LINK_PIN, LOADING_INFIX, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, netns_globals};
+use mptcpify_common::{
+    HOOK_FUNCTION, LINK_PIN, LOADING_INFIX, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, netns_globals, task_globals,
+};
 
-use super::{kernel_btf::KernelBtf, netns, sys};
+use super::{
+    kernel_btf::KernelBtf,
+    netns::{self, NetnsOffsets},
+    sys,
+};
 
 /// The kernel program, built by build.rs.
 static PROGRAM: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcpify"));
@@ -110,11 +116,12 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
             )
         })
         .ok();
+    let task = TaskOffsets::find(&btf)?;
     drop(btf);
     log::debug!("netns offsets found after {:?}", started.elapsed());
 
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
-    set_globals(&mut obj, log_level, netns)?;
+    set_globals(&mut obj, log_level, task, netns)?;
     let maps = create_maps(&mut obj)?;
     let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
     obj.relocate_maps(
@@ -138,10 +145,27 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     Ok(Attached { link, maps })
 }
 
-/// The `.rodata` globals the loader fixes: aya-log's level and the netns check's offsets
+/// Where a task's thread-group leader and command name are, which comm rules need.
+#[derive(Debug, Clone, Copy)]
+struct TaskOffsets {
+    group_leader: u32,
+    comm: u32,
+}
+
+impl TaskOffsets {
+    fn find(btf: &KernelBtf) -> Result<Self> {
+        Ok(Self {
+            group_leader: btf.member_offset("task_struct", "group_leader")?,
+            comm: btf.member_offset("task_struct", "comm")?,
+        })
+    }
+}
+
+/// The `.rodata` globals the loader fixes: aya-log's level, the task offsets and the netns check's offsets
 /// (all zero, and the check off, when `netns` is unknown).
-fn set_globals(obj: &mut Object, log_level: LogLevel, netns: Option<netns::NetnsOffsets>) -> Result<()> {
+fn set_globals(obj: &mut Object, log_level: LogLevel, task: TaskOffsets, netns: Option<NetnsOffsets>) -> Result<()> {
     let level = [log_level.as_global()];
+    let (leader, comm) = (task.group_leader.to_ne_bytes(), task.comm.to_ne_bytes());
     let on = [u8::from(netns.is_some())];
     let o = netns.unwrap_or_default();
     let (a, b, c, d, e) = (
@@ -153,6 +177,8 @@ fn set_globals(obj: &mut Object, log_level: LogLevel, netns: Option<netns::Netns
     );
     let globals: HashMap<&str, (&[u8], bool)> = HashMap::from([
         ("AYA_LOG_LEVEL", (&level[..], true)),
+        (task_globals::GROUP_LEADER, (&leader[..], true)),
+        (task_globals::COMM, (&comm[..], true)),
         (netns_globals::ENABLED, (&on[..], true)),
         (netns_globals::TASK_NSPROXY, (&a[..], true)),
         (netns_globals::NSPROXY_NET_NS, (&b[..], true)),

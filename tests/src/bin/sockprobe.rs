@@ -4,6 +4,8 @@
 //!   `SPEC client=N server=N fallback=0|1 remote_key=0|1`.
 //! `--raw` makes `socket` with the raw syscall (no libc wrapper), for the static build.
 //! `--wait` prints `ready` and waits for a line on stdin first (so a PID rule can be added).
+//! `SPEC@NAME` makes the socket on a thread named NAME (as JVMs, tokio and Envoy name theirs);
+//! the process keeps its own command name.
 use std::{
     io::{BufRead as _, Read as _, Write as _},
     net::{TcpListener, TcpStream},
@@ -117,7 +119,16 @@ fn main() {
         std::io::stdin().lock().read_line(&mut line).unwrap();
     }
     for spec in &args {
-        let line = if spec.starts_with("connect") { connect(spec) } else { one_socket(raw, spec) };
+        let line = match spec.split_once('@') {
+            Some((socket, thread)) => {
+                let socket = socket.to_owned();
+                let named = std::thread::Builder::new().name(thread.to_owned());
+                let made = named.spawn(move || one_socket(raw, &socket)).unwrap().join().unwrap();
+                format!("{spec} {}", made.split_once(' ').map_or("", |(_, rest)| rest))
+            }
+            None if spec.starts_with("connect") => connect(spec),
+            None => one_socket(raw, spec),
+        };
         println!("{line}");
     }
 }

@@ -33,6 +33,28 @@ fn a_comm_rule_selects_by_command_name() {
     assert!(status["counters"]["upgraded_by_comm"].as_u64().unwrap() >= 1);
 }
 
+/// Servers name their threads (`worker-3`, `tokio-runtime-w`): a command-name rule is about the
+/// program, so it decides for every thread of it. An exclusion that missed a named thread would
+/// hand a program that needs kTLS or TCP_MD5SIG an MPTCP socket.
+#[test]
+fn comm_rules_match_the_program_not_its_named_threads() {
+    let _g = setup();
+    ok(&["enable", "--all"]);
+    ok(&["exclude", "--comm", "sockprobe"]);
+    let got = protocols(None, &["tcp4", "tcp4@worker-3", "tcp6@tokio-runtime-w"]);
+    assert_eq!(got["tcp4"], IPPROTO_TCP, "the main thread is excluded");
+    assert_eq!(got["tcp4@worker-3"], IPPROTO_TCP, "a named thread of an excluded program is excluded");
+    assert_eq!(got["tcp6@tokio-runtime-w"], IPPROTO_TCP, "{got:?}");
+    ok(&["reset"]);
+    ok(&["enable", "--comm", "sockprobe"]);
+    let got = protocols(None, &["tcp4@worker-3"]);
+    assert_eq!(got["tcp4@worker-3"], IPPROTO_MPTCP, "a named thread of an enabled program is upgraded");
+    // A thread named like an enabled program does not make another program selected.
+    let other = renamed_probe("otherprobe");
+    let out = parse_probe(&run_in(None, &other, &["tcp4@sockprobe"]));
+    assert_eq!(out["tcp4@sockprobe"]["proto"], IPPROTO_TCP, "{out:?}");
+}
+
 #[test]
 fn a_uid_rule_selects_by_user() {
     let _g = setup();
