@@ -326,7 +326,7 @@ pub async fn doctor(json: bool) -> Result<i32> {
                 Level::Warn => "WARN",
                 Level::Fail => "FAIL",
             };
-            println!("{level} {:<18} {}", c.name, c.detail);
+            println!("{level} {:<18} {}", c.name, super::shown(&c.detail));
             if let Some(fix) = &c.fix {
                 println!("     {:<18} fix: {fix}", "");
             }

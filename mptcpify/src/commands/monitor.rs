@@ -178,8 +178,8 @@ pub async fn monitor(json: bool) -> Result<()> {
                         writeln!(out, "{}", serde_json::to_string(&d)?)?;
                     } else {
                         let decision = d.decision.map_or("unknown", Decision::name);
-                        writeln!(out, "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}", clock_time(d.time), d.pid, d.comm, d.family,
-                            decision, d.rule_text(), d.cgroup.as_deref().unwrap_or("?"))?;
+                        writeln!(out, "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}", clock_time(d.time), d.pid, super::shown(&d.comm), d.family,
+                            decision, d.rule_text(), super::shown(d.cgroup.as_deref().unwrap_or("?")))?;
                     }
                 }
                 out.flush()?;

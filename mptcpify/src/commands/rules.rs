@@ -26,7 +26,7 @@ pub async fn add(selectors: &[Selector], action: Action, log_level: LogLevel) ->
     let resolved = resolve::resolve(selectors, &mounts, Purpose::Add).await?;
     let outcomes = add_resolved(&resolved, action, log_level)?;
     for (t, o) in resolved.iter().zip(outcomes) {
-        println!("{}: {}", o.describe(action), t.label);
+        println!("{}: {}", o.describe(action), super::shown(&t.label));
     }
     if let Some(w) = preconditions::mptcp_warning() {
         eprintln!("{w}");
@@ -84,7 +84,7 @@ pub async fn disable(selectors: &[Selector], cgroup_ids: &[u64]) -> Result<()> {
     let keys: Vec<Key> = resolved.iter().map(|t| t.key).collect();
     rules::remove_all(&mut st, &keys)?;
     for t in &resolved {
-        println!("removed: {}", t.label);
+        println!("removed: {}", super::shown(&t.label));
     }
     Ok(())
 }

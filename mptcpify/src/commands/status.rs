@@ -193,7 +193,14 @@ pub async fn status(json: bool) -> Result<()> {
             Some(Freshness::Unknown { reason }) => target.push_str(&format!("  (not checked: {reason})")),
             _ => {}
         }
-        println!("{:<8} {:<7} {key:<16} {:>8}  {target}", r.action.name(), r.kind, r.hits);
+        println!(
+            "{:<8} {:<7} {:<16} {:>8}  {}",
+            r.action.name(),
+            r.kind,
+            super::shown(&key),
+            r.hits,
+            super::shown(&target)
+        );
     }
     Ok(())
 }

@@ -39,15 +39,18 @@ pub async fn sync() -> Result<()> {
                     st.set_origin(now, &origin)?;
                 }
                 st.remove(&Key::Cgroup(id))?;
-                println!("sync: {origin}: cgroup id {id} -> {now}");
+                println!("sync: {}: cgroup id {id} -> {now}", super::shown(&origin.to_string()));
                 changed += 1;
             }
             None if origin.kind == OriginKind::Run => {
                 st.remove(&Key::Cgroup(id))?;
-                println!("sync: {origin}: cgroup gone, rule removed");
+                println!("sync: {}: cgroup gone, rule removed", super::shown(&origin.to_string()));
                 changed += 1;
             }
-            None => println!("sync: {origin}: cgroup gone; the rule is kept until it reappears"),
+            None => println!(
+                "sync: {}: cgroup gone; the rule is kept until it reappears",
+                super::shown(&origin.to_string())
+            ),
         }
     }
     st.recount()?;

@@ -167,6 +167,20 @@ fn state_survives_the_cli_and_later_invocations_edit_it() {
     assert!(human.contains(&b.path.display().to_string()), "{human}");
 }
 
+/// Cgroup and command names come from whoever made them: human output escapes their control
+/// characters, so a name cannot clear the screen or overwrite a line of `status`.
+#[test]
+fn names_from_the_system_are_escaped_in_human_output() {
+    let _g = setup();
+    // The kernel refuses a newline in a cgroup's name, not an escape sequence or a carriage return.
+    let cg = TestCgroup::new("mptcpify-t-\x1b[2J\rexclude cgroup /forged");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let human = ok(&["status"]);
+    assert!(!human.contains('\x1b') && !human.contains('\r'), "{human:?}");
+    assert!(human.contains("\\u{1b}[2J\\rexclude"), "{human:?}");
+    assert_eq!(status_json()["rules"][0]["target"], cg.path.display().to_string(), "JSON keeps the real name");
+}
+
 /// Whoever can write the pin directory decides which sockets are upgraded: loads make it root's
 /// alone, and state anyone else could have written is refused until `reset`.
 #[test]
