@@ -1,6 +1,10 @@
 //! Where the pinned state lives and how invocations take turns with it. It outlives every CLI
 //! invocation; each one opens it, edits it under [`Lock`], and leaves.
-use std::{fs::File, path::Path};
+use std::{
+    fs::{File, TryLockError},
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -9,13 +13,55 @@ pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, PIN_DIR};
 /// Serialises edits between concurrent invocations (an flock on the bpffs directory).
 pub struct Lock(#[allow(dead_code)] File);
 
+/// How long an invocation waits for another one's edit before it names the holder and gives up.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Lock {
     pub fn take() -> Result<Self> {
         let parent = Path::new(PIN_DIR).parent().expect("PIN_DIR has a parent");
         let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
-        f.lock().with_context(|| format!("locking {}", parent.display()))?;
-        Ok(Self(f))
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        loop {
+            match f.try_lock() {
+                Ok(()) => return Ok(Self(f)),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(TryLockError::WouldBlock) => bail!(
+                    "another invocation has held the lock on {} for {}s: {}; wait for it, or stop it",
+                    parent.display(),
+                    LOCK_TIMEOUT.as_secs(),
+                    holders(&f).unwrap_or_else(|| "its process is unknown".into())
+                ),
+                Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", parent.display())),
+            }
+        }
     }
+}
+
+/// The processes other than this one that hold (or wait for) a lock on `f`, from `/proc/locks`.
+fn holders(f: &File) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = f.metadata().ok()?;
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let me = std::process::id() as i32;
+    let mut pids: Vec<i32> = procfs::locks()
+        .ok()?
+        .into_iter()
+        .filter(|l| l.inode == meta.ino() && l.devmaj == major && l.devmin == minor)
+        .filter_map(|l| l.pid)
+        .filter(|&p| p != me)
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    let named: Vec<String> = pids
+        .iter()
+        .map(|&p| match std::fs::read_to_string(format!("/proc/{p}/comm")) {
+            Ok(comm) => format!("pid {p} ({})", comm.trim_end().escape_debug()),
+            Err(_) => format!("pid {p}"),
+        })
+        .collect();
+    (!named.is_empty()).then(|| format!("held by {}", named.join(", ")))
 }
 
 /// Refuses pinned state that someone other than root could have written: the directory must be

@@ -181,6 +181,32 @@ fn names_from_the_system_are_escaped_in_human_output() {
     assert_eq!(status_json()["rules"][0]["target"], cg.path.display().to_string(), "JSON keeps the real name");
 }
 
+/// An invocation that cannot get the state lock gives up after a while and names the holder.
+#[test]
+fn a_held_lock_times_out_naming_its_holder() {
+    let _g = setup();
+    let mut holder =
+        std::process::Command::new("flock").args(["--close", mptcpify_common::BPFFS, "sleep", "60"]).spawn().unwrap();
+    // flock takes the lock, then starts sleep without it (--close): killing flock frees it.
+    let held = wait_for(std::time::Duration::from_secs(10), || {
+        std::process::Command::new("pgrep")
+            .args(["-P", &holder.id().to_string(), "sleep"])
+            .status()
+            .ok()?
+            .success()
+            .then_some(())
+    });
+    assert!(held.is_some(), "flock did not start");
+    let start = std::time::Instant::now();
+    let err = fails(&["enable", "--pid", "1"], &format!("held by pid {} (flock)", holder.id()));
+    let waited = start.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(waited >= std::time::Duration::from_secs(9), "gave up after {waited:?}: {err}");
+    assert!(mptcpify_pins().is_empty(), "the refused enable left {:?}", mptcpify_pins());
+    ok(&["enable", "--pid", "1"]);
+}
+
 /// Whoever can write the pin directory decides which sockets are upgraded: loads make it root's
 /// alone, and state anyone else could have written is refused until `reset`.
 #[test]
