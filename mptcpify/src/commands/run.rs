@@ -7,6 +7,10 @@ use std::{
     ffi::CString,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -39,6 +43,21 @@ pub struct Credentials {
     pub uid: u32,
     pub gid: u32,
     pub groups: Vec<u32>,
+    pub home: PathBuf,
+    pub shell: PathBuf,
+}
+
+impl Credentials {
+    /// What a login gives the user: CMD must not find root's `HOME` (and write root-owned
+    /// files there) when it runs as someone else.
+    fn environment(&self) -> [(&'static str, std::ffi::OsString); 4] {
+        [
+            ("HOME", self.home.clone().into_os_string()),
+            ("USER", self.name.clone().into()),
+            ("LOGNAME", self.name.clone().into()),
+            ("SHELL", self.shell.clone().into_os_string()),
+        ]
+    }
 }
 
 fn credentials_of(user: User) -> Result<Credentials> {
@@ -48,7 +67,14 @@ fn credentials_of(user: User) -> Result<Credentials> {
         .into_iter()
         .map(Gid::as_raw)
         .collect();
-    Ok(Credentials { name: user.name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), groups })
+    Ok(Credentials {
+        name: user.name,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        groups,
+        home: user.dir,
+        shell: user.shell,
+    })
 }
 
 /// `--user`, else the user who ran sudo (`SUDO_UID`), else the caller itself.
@@ -82,6 +108,49 @@ impl Drop for RunCgroup {
             let _ = st.remove(&Key::Cgroup(self.id));
         }
         let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Forwards the signals a service manager or a user sends `run` to CMD and every process of the
+/// run's cgroup, as a terminal delivers to a whole group, and never to a PID that was already
+/// reaped: CMD's own only until `reaped`, the others because a PID listed in the cgroup is a
+/// member. Signals a terminal sends to the foreground group reach them by themselves, so SIGINT
+/// and SIGQUIT are forwarded only without one. All are caught, so `run` outlives CMD and cleans
+/// up.
+fn forward_signals(cgroup: &Path, child: Pid, reaped: Arc<AtomicBool>) -> Result<()> {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    for (kind, sig) in [
+        (SignalKind::terminate(), Signal::SIGTERM),
+        (SignalKind::hangup(), Signal::SIGHUP),
+        (SignalKind::user_defined1(), Signal::SIGUSR1),
+        (SignalKind::user_defined2(), Signal::SIGUSR2),
+        (SignalKind::interrupt(), Signal::SIGINT),
+        (SignalKind::quit(), Signal::SIGQUIT),
+    ] {
+        let forward = !(tty && matches!(sig, Signal::SIGINT | Signal::SIGQUIT));
+        let mut stream = signal(kind)?;
+        let procs = cgroup.join("cgroup.procs");
+        let reaped = reaped.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if forward {
+                    let child = (!reaped.load(Ordering::Relaxed)).then_some(child);
+                    signal_members(&procs, child, sig);
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Signals `child` (still unreaped; it may not have joined the cgroup yet) and every member of
+/// the cgroup, each once.
+fn signal_members(procs: &Path, child: Option<Pid>, sig: Signal) {
+    let members = std::fs::read_to_string(procs).unwrap_or_default();
+    let mut pids: Vec<Pid> = members.lines().filter_map(|l| l.trim().parse().ok()).map(Pid::from_raw).collect();
+    pids.extend(child.filter(|c| !pids.contains(c)));
+    for pid in pids {
+        let _ = kill(pid, sig);
     }
 }
 
@@ -143,33 +212,15 @@ pub async fn run(user: Option<&str>, command: &[String]) -> Result<i32> {
         .arg(format!("--groups={}", groups.join(",")))
         .arg("--")
         .args(command)
+        .envs(creds.environment())
         .spawn()
         .context("starting the command")?;
     let pid = Pid::from_raw(child.id().ok_or_else(|| anyhow!("child vanished"))? as i32);
-
-    // Signals a terminal sends to the whole foreground group reach the child by themselves;
-    // forward the rest (and those too when there is no terminal). All are caught, so that we
-    // outlive the child and clean up.
-    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
-    for (kind, sig) in [
-        (SignalKind::terminate(), Signal::SIGTERM),
-        (SignalKind::hangup(), Signal::SIGHUP),
-        (SignalKind::user_defined1(), Signal::SIGUSR1),
-        (SignalKind::user_defined2(), Signal::SIGUSR2),
-        (SignalKind::interrupt(), Signal::SIGINT),
-        (SignalKind::quit(), Signal::SIGQUIT),
-    ] {
-        let forward = !(tty && matches!(sig, Signal::SIGINT | Signal::SIGQUIT));
-        let mut stream = signal(kind)?;
-        tokio::spawn(async move {
-            while stream.recv().await.is_some() {
-                if forward {
-                    let _ = kill(pid, sig);
-                }
-            }
-        });
-    }
+    let reaped = Arc::new(AtomicBool::new(false));
+    forward_signals(&cg.path, pid, reaped.clone())?;
     let status = child.wait().await?;
+    // No await since wait() reaped it, so no forwarder ran in between (one thread).
+    reaped.store(true, Ordering::Relaxed);
     wait_empty(&cg.path).await?;
     drop(guard);
     Ok(exit_code(status))

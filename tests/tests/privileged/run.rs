@@ -68,6 +68,35 @@ fn run_drops_to_the_sudo_caller_or_the_given_user() {
     let out = id(&[("SUDO_UID", "65534")], &["run", "--", bin.to_str().unwrap(), "tcp4"]);
     assert_eq!(parse_probe(&out)["tcp4"]["proto"], IPPROTO_MPTCP, "upgraded as the dropped user too");
     fails(&["run", "--user", "no-such-user-xyz", "--", "true"], "no user named");
+    // The user's own login environment, not root's (a root HOME invites root-owned dotfiles).
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let nobody: Vec<&str> = passwd.lines().find(|l| l.starts_with("nobody:")).unwrap().split(':').collect();
+    let env = id(
+        &[("SUDO_UID", "65534"), ("HOME", "/root"), ("USER", "root"), ("LOGNAME", "root"), ("SHELL", "/bin/bash")],
+        &["run", "--", "sh", "-c", "echo $HOME $USER $LOGNAME $SHELL"],
+    );
+    assert_eq!(env, format!("{} nobody nobody {}", nobody[5], nobody[6]));
+    assert_cleaned_up();
+}
+
+/// A signal to `run` reaches every process of its command, as a terminal's reaches a whole
+/// group: here a child that its shell does not pass the signal on to.
+#[test]
+fn run_signals_the_whole_command_not_only_its_first_process() {
+    let _g = setup();
+    let script = "trap 'exit 3' TERM; sleep 60 & wait";
+    let mut child =
+        Command::new(mptcpify_bin()).args(["run", "--", "sh", "-c", script]).stdin(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while Command::new("pgrep").args(["-x", "sleep"]).output().unwrap().stdout.is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(20), "run did not start its command");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let signalled = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(signalled.elapsed() < Duration::from_secs(15), "the background sleep kept run waiting: {status:?}");
+    assert_eq!(status.code(), Some(3), "the shell's trap ran");
     assert_cleaned_up();
 }
 
