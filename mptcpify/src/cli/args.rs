@@ -83,6 +83,9 @@ pub struct DisableArgs {
     /// A cgroup rule by id (from `status`), for a cgroup whose directory is gone.
     #[arg(long = "cgroup-id", value_name = "ID")]
     pub cgroup_ids: Vec<u64>,
+    /// Also remove rules the agent owns (they belong to its policy; it restores them).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// The flag of the commands that print for scripts too.
@@ -247,7 +250,7 @@ mod tests {
     #[test]
     fn disable_accepts_cgroup_ids_and_all() {
         let cli = parse(&["disable", "--cgroup-id", "1234", "--all"]).unwrap();
-        let Command::Disable(DisableArgs { cgroup_ids, targets, all }) = cli.command else { panic!() };
+        let Command::Disable(DisableArgs { cgroup_ids, targets, all, .. }) = cli.command else { panic!() };
         assert_eq!(cgroup_ids, [1234]);
         assert!(all && targets.selectors(false).unwrap().is_empty());
     }

@@ -4,7 +4,10 @@ pub mod args;
 mod docs;
 
 use anyhow::Result;
-use mptcpify::{agent, commands, state::rules::Action};
+use mptcpify::{
+    agent, commands,
+    state::rules::{Action, AgentRules},
+};
 
 use self::args::{Cli, Command};
 
@@ -18,7 +21,10 @@ pub async fn dispatch(command: Command) -> Result<i32> {
         Command::Exclude(a) => {
             commands::rules::add(&a.targets.selectors(false)?, Action::Exclude, Default::default()).await.map(done)
         }
-        Command::Disable(a) => commands::rules::disable(&a.targets.selectors(a.all)?, &a.cgroup_ids).await.map(done),
+        Command::Disable(a) => {
+            let agent_rules = if a.force { AgentRules::Override } else { AgentRules::Refuse };
+            commands::rules::disable(&a.targets.selectors(a.all)?, &a.cgroup_ids, agent_rules).await.map(done)
+        }
         Command::Status(a) => commands::status::status(a.json).await.map(done),
         Command::Sync => commands::sync::sync().await.map(done),
         Command::Run(a) => commands::run::run(a.user.as_deref(), &a.command).await,

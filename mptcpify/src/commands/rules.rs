@@ -12,7 +12,7 @@ use crate::{
     state::{
         maps::State,
         pins::{self, Lock},
-        rules::{self, Action, Key, Outcome, RuleStore as _},
+        rules::{self, Action, AgentRules, Key, Outcome, RuleStore as _},
     },
 };
 
@@ -69,7 +69,7 @@ fn add_with_origins(resolved: &[Target], action: Action) -> Result<Vec<Outcome>>
 }
 
 /// Removes the rules of `selectors` and of the cgroup ids given (for cgroups that are gone).
-pub async fn disable(selectors: &[Selector], cgroup_ids: &[u64]) -> Result<()> {
+pub async fn disable(selectors: &[Selector], cgroup_ids: &[u64], agent_rules: AgentRules) -> Result<()> {
     let mounts = preconditions::require_state_access()?;
     if selectors.is_empty() && cgroup_ids.is_empty() {
         bail!("nothing to disable: give --cgroup, --cgroup-id, --unit, --pid, --comm, --uid or --all");
@@ -82,7 +82,7 @@ pub async fn disable(selectors: &[Selector], cgroup_ids: &[u64]) -> Result<()> {
     }
     let mut st = State::open()?;
     let keys: Vec<Key> = resolved.iter().map(|t| t.key).collect();
-    rules::remove_all(&mut st, &keys)?;
+    rules::remove_all(&mut st, &keys, agent_rules)?;
     for t in &resolved {
         println!("removed: {}", super::shown(&t.label));
     }

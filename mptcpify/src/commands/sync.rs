@@ -35,7 +35,10 @@ pub async fn sync() -> Result<()> {
             Some(now) if now == id => {}
             Some(now) => {
                 if st.get(&Key::Cgroup(now))?.is_none() {
-                    st.insert_new(&Key::Cgroup(now), new_rule(Action::from_code(rule.action), Owner::Cli))?;
+                    st.insert_new(
+                        &Key::Cgroup(now),
+                        new_rule(Action::from_code(rule.action), Owner::from_code(rule.owner)),
+                    )?;
                     st.set_origin(now, &origin)?;
                 }
                 st.remove(&Key::Cgroup(id))?;

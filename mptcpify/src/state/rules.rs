@@ -209,11 +209,26 @@ pub fn add_all(store: &mut impl RuleStore, keys: &[Key], action: Action) -> Resu
     Ok(outcomes)
 }
 
-/// Removes the rule of every key, or none: a key without a rule fails the call before any change.
-pub fn remove_all(store: &mut impl RuleStore, keys: &[Key]) -> Result<Vec<Outcome>> {
+/// Whether a CLI edit may touch the agent's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentRules {
+    /// Refused: the agent would put them back; its policy is where they change.
+    Refuse,
+    /// `--force`, for emergencies.
+    Override,
+}
+
+/// Removes the rule of every key, or none: a key without a rule, or one the agent owns (unless
+/// overridden), fails the call before any change.
+pub fn remove_all(store: &mut impl RuleStore, keys: &[Key], agent_rules: AgentRules) -> Result<Vec<Outcome>> {
     for key in keys {
-        if store.get(key)?.is_none() {
-            bail!("{key} has no rule; `mptcpify status` lists the rules");
+        match store.get(key)? {
+            None => bail!("{key} has no rule; `mptcpify status` lists the rules"),
+            Some(rule) if Owner::from_code(rule.owner) == Owner::Agent && agent_rules == AgentRules::Refuse => bail!(
+                "{key} is owned by the agent; change the agent's policy (or `mptcpify disable --force` in an emergency: \
+                 the agent restores its rule at its next reconciliation)"
+            ),
+            Some(_) => {}
         }
     }
     for key in keys {
@@ -271,10 +286,10 @@ mod tests {
     fn removing_something_without_a_rule_changes_nothing() {
         let mut s = store(10);
         add_all(&mut s, &[Key::Pid(1), Key::Pid(2)], Action::Enable).unwrap();
-        let e = remove_all(&mut s, &[Key::Pid(1), Key::Pid(5)]).unwrap_err();
+        let e = remove_all(&mut s, &[Key::Pid(1), Key::Pid(5)], AgentRules::Refuse).unwrap_err();
         assert!(e.to_string().contains("pid 5 has no rule"), "{e}");
         assert_eq!(s.rules.len(), 2);
-        assert_eq!(remove_all(&mut s, &[Key::Pid(1), Key::Pid(2)]).unwrap().len(), 2);
+        assert_eq!(remove_all(&mut s, &[Key::Pid(1), Key::Pid(2)], AgentRules::Refuse).unwrap().len(), 2);
         assert!(s.rules.is_empty());
     }
 
@@ -285,5 +300,17 @@ mod tests {
         let e = Key::comm("a-very-long-program-name").unwrap_err().to_string();
         assert!(e.contains("at most 15") && e.contains("\"a-very-long-pro\""), "{e}");
         assert!(Key::comm("").is_err());
+    }
+
+    #[test]
+    fn the_agents_rules_are_removed_only_by_force() {
+        let mut s = store(10);
+        s.insert_new(&Key::Uid(7), new_rule(Action::Enable, Owner::Agent)).unwrap();
+        add_all(&mut s, &[Key::Pid(1)], Action::Enable).unwrap();
+        let e = remove_all(&mut s, &[Key::Pid(1), Key::Uid(7)], AgentRules::Refuse).unwrap_err();
+        assert!(e.to_string().contains("uid 7 is owned by the agent"), "{e}");
+        assert_eq!(s.rules.len(), 2, "nothing removed");
+        remove_all(&mut s, &[Key::Uid(7)], AgentRules::Override).unwrap();
+        assert_eq!(s.rules.keys().copied().collect::<Vec<_>>(), [Key::Pid(1)]);
     }
 }

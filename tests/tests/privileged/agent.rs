@@ -76,6 +76,21 @@ fn agent_applies_the_policy_and_follows_file_edits() {
     assert_eq!(rules_by_owner("agent").len(), 1);
 }
 
+/// A rule the agent owns belongs to its policy: the CLI refuses to remove it, except by force.
+#[test]
+fn the_cli_leaves_the_agents_rules_to_its_policy() {
+    let _g = setup();
+    let cg = TestCgroup::new("agent-o/a");
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\ncgroups = [\"agent-o/a\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    fails(&["disable", "--cgroup", &cg.relative], "owned by the agent; change the agent's policy");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "the refused disable changed nothing");
+    assert_eq!(rules_by_owner("agent").len(), 1);
+    ok(&["disable", "--cgroup", &cg.relative, "--force"]);
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP, "--force removes it: {}", agent.log());
+}
+
 #[test]
 fn a_killed_agents_rules_keep_working_and_its_successor_adopts_them() {
     let _g = setup();
