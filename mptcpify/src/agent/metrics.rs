@@ -39,6 +39,8 @@ pub struct Health {
     pub pending: usize,
     pub kubernetes_synced: Option<bool>,
     pub pods: Vec<PodCoverage>,
+    /// Wanted rules the kernel does not hold as wanted (after the last pass); 0 when ready.
+    pub missing_rules: usize,
     /// Pods of this node refused because their UID or cgroup path is not of kubelet's forms.
     pub refused_pods: usize,
     /// Why the agent is not ready, for `/readyz`.
@@ -174,7 +176,13 @@ impl Snapshot {
             "Wanted rules that conflict with a CLI rule or each other (last run)",
             h.conflicts as i64,
         )?;
-        gauge(e, "mptcpify_pending_cgroups", "Wanted cgroups that do not exist yet (watched)", h.pending as i64)
+        gauge(e, "mptcpify_pending_cgroups", "Wanted cgroups that do not exist yet (watched)", h.pending as i64)?;
+        gauge(
+            e,
+            "mptcpify_rules_missing",
+            "Wanted rules the kernel does not hold as wanted after the last reconciliation (not ready while above 0)",
+            h.missing_rules as i64,
+        )
     }
 
     /// The program's counters: decisions, and the calls that could have been upgraded.
@@ -280,7 +288,7 @@ fn respond(health: &SharedHealth, path: &str) -> Response<Full<Bytes>> {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
             let h = health.lock().expect("health lock");
-            if h.ready && h.attached {
+            if h.ready {
                 (StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("not ready: {}\n", h.not_ready_reason))

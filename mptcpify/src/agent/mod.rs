@@ -4,6 +4,7 @@
 //! (never detaches to start), and on SIGTERM leaves program and rules pinned so sockets keep being
 //! upgraded across restarts and upgrades.
 pub mod desired;
+mod drift;
 pub mod kubernetes;
 pub mod metrics;
 pub mod policy;
@@ -67,6 +68,11 @@ struct Agent {
     health: SharedHealth,
     /// Pods refused so far, each logged once.
     reported_refusals: std::collections::BTreeSet<String>,
+    /// What the last pass wanted the kernel to hold.
+    expected: drift::Expected,
+    backoff: drift::Backoff,
+    /// The last pass applied everything: until then retries, not the drift check, catch up.
+    settled: bool,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -93,11 +99,11 @@ pub async fn run(opts: Options) -> Result<()> {
     // Bind before loading anything: a taken port must not leave a half-started agent behind.
     let bound = metrics::serve(opts.metrics_addr, health.clone()).await?;
     log::info!("metrics, /healthz and /readyz on http://{bound}");
-    let mut watches = Watches::new(&opts.config)?;
+    let watches = Watches::new(&opts.config)?;
     attach(opts.log_level)?;
     health.lock().expect("health lock").attached = true;
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mpsc::unbounded_channel();
     let cluster = node.map(|node| {
         let shared: kubernetes::watch::Shared = Arc::new(Mutex::new(Cluster::default()));
         log::info!("watching the pods of node {node} and the namespaces' {} label", pods::SELECT_KEY);
@@ -109,36 +115,77 @@ pub async fn run(opts: Options) -> Result<()> {
         ));
         shared
     });
-    let mut agent =
-        Agent { opts, root, policy, seen_text: text, cluster, health, reported_refusals: Default::default() };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut due = Some(Instant::now());
-    loop {
-        let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            Some(event) = watches.next() => {
-                watches.note(&event);
-                due.get_or_insert(Instant::now() + SETTLE);
-            }
-            Some(()) = rx.recv() => { due.get_or_insert(Instant::now() + SETTLE); }
-            _ = tokio::time::sleep_until(wake), if due.is_some() => {
-                due = None;
-                // New watches may have missed what appeared before they were added: look again.
-                if agent.reconcile(&mut watches).await {
-                    due = Some(Instant::now());
-                }
-            }
-        }
-    }
+    let agent = Agent {
+        opts,
+        root,
+        policy,
+        seen_text: text,
+        cluster,
+        health,
+        reported_refusals: Default::default(),
+        expected: Default::default(),
+        backoff: Default::default(),
+        settled: false,
+    };
+    let agent = serve(agent, watches, rx).await?;
     if agent.opts.cleanup_on_exit {
         cleanup()?;
     } else {
         log::info!("exiting; the program and rules stay pinned (`mptcpify reset` or --cleanup-on-exit removes them)");
     }
     Ok(())
+}
+
+/// Reconciles at start and whenever something changes, until SIGTERM or SIGINT: the file or a
+/// watched cgroup directory (inotify), the cluster (`changed`), the kernel's rules changed by
+/// others (checked every [`drift::CHECK_EVERY`] while the last pass succeeded), or a retry of a
+/// failed pass coming due.
+async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::UnboundedReceiver<()>) -> Result<Agent> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut check = tokio::time::interval(drift::CHECK_EVERY);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut due = Some(Instant::now());
+    loop {
+        let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = term.recv() => return Ok(agent),
+            _ = int.recv() => return Ok(agent),
+            Some(event) = watches.next() => {
+                watches.note(&event);
+                due.get_or_insert(Instant::now() + SETTLE);
+            }
+            Some(()) = changed.recv() => { due.get_or_insert(Instant::now() + SETTLE); }
+            _ = check.tick(), if due.is_none() && agent.settled => {
+                if agent.drifted() {
+                    log::info!("the kernel's rules changed under the agent (reset, or edited by hand); reconciling");
+                    due = Some(Instant::now());
+                }
+            }
+            _ = tokio::time::sleep_until(wake), if due.is_some() => {
+                let pass = agent.reconcile(&mut watches).await;
+                due = if pass.added_watches {
+                    // New watches may have missed what appeared before they were added: look again.
+                    Some(Instant::now())
+                } else if pass.retry {
+                    let delay = agent.backoff.next_delay();
+                    log::warn!("reconciliation incomplete; retrying in {delay:?}");
+                    Some(Instant::now() + delay)
+                } else {
+                    agent.backoff.reset();
+                    None
+                };
+            }
+        }
+    }
+}
+
+/// What one reconciliation asks of the loop.
+struct Pass {
+    /// Watches were added: look once more at once.
+    added_watches: bool,
+    /// Something failed or could not be resolved: try again after a backoff.
+    retry: bool,
 }
 
 /// Loads and pins the program unless it is already attached, which is adopted as it is.
@@ -211,46 +258,64 @@ impl Agent {
         }
     }
 
-    /// One reconciliation; returns whether it added watches (so another pass should follow).
-    async fn reconcile(&mut self, watches: &mut Watches) -> bool {
+    /// One reconciliation: resolve, apply, then record what the kernel holds against what is
+    /// wanted (readiness and the drift check follow from that).
+    async fn reconcile(&mut self, watches: &mut Watches) -> Pass {
         let valid = self.refresh_policy();
         let (selected, mut refused, synced) = self.cluster_view();
         let resolved = desired::resolve(&self.policy, &selected, &self.root).await;
         refused.extend(resolved.refused.iter().cloned());
         self.report_refusals(&refused);
         let result = self.apply(&resolved, synced);
-        let added = watches.update(&resolved.watch_dirs);
+        let added_watches = watches.update(&resolved.watch_dirs);
+        for e in &resolved.errors {
+            log::warn!("not resolved (no rule of the agent is removed until it is): {e}");
+        }
+        let conflicts = match &result {
+            Ok(plan) => plan.conflicts.len(),
+            Err(e) => {
+                log::error!("reconcile failed: {e:#}");
+                0
+            }
+        };
+        let retry = result.is_err() || !resolved.errors.is_empty();
+        self.expected = drift::Expected::from_desired(&resolved.desired);
+        let held = drift::kernel_rules();
+        let missing = held.as_ref().map_or(usize::MAX, |a| self.expected.missing(a));
+        self.settled = !retry && held.is_some();
+
         let mut h = self.health.lock().expect("health lock");
         h.reconcile_runs += 1;
         h.policy_valid = valid;
         h.pending = resolved.pending.len();
         h.pods = resolved.pods;
         h.refused_pods = refused.len();
+        h.conflicts = conflicts;
+        h.attached = held.is_some();
+        h.missing_rules = missing.min(i64::MAX as usize);
         if let Some(s) = h.kubernetes_synced.as_mut() {
             *s = synced;
         }
-        let mut failed = !valid || !resolved.errors.is_empty();
-        for e in &resolved.errors {
-            log::warn!("not resolved (no rule of the agent is removed until it is): {e}");
-        }
-        match result {
-            Ok(plan) => {
-                h.conflicts = plan.conflicts.len();
-                h.attached = true;
-                failed |= !plan.conflicts.is_empty();
-            }
-            Err(e) => {
-                log::error!("reconcile failed: {e:#}");
-                failed = true;
-            }
-        }
-        if failed {
+        if retry || !valid || conflicts > 0 {
             h.reconcile_errors += 1;
         }
-        h.ready = synced && h.attached;
-        h.not_ready_reason =
-            if synced { String::new() } else { "waiting for the first list of pods and namespaces".into() };
-        added
+        h.not_ready_reason = match () {
+            _ if !h.attached => "the program is not attached".into(),
+            _ if !synced => "waiting for the first list of pods and namespaces".into(),
+            _ if !resolved.errors.is_empty() => {
+                format!("{} wanted rule(s) could not be resolved", resolved.errors.len())
+            }
+            _ if result.is_err() => "the last reconciliation failed; retrying".into(),
+            _ if missing > 0 => format!("{missing} wanted rule(s) are not in force (conflicts: {conflicts})"),
+            _ => String::new(),
+        };
+        h.ready = h.not_ready_reason.is_empty();
+        Pass { added_watches, retry }
+    }
+
+    /// Whether the kernel no longer holds what the last pass left (read from the maps).
+    fn drifted(&self) -> bool {
+        drift::kernel_rules().is_none_or(|held| self.expected.drifted(&held))
     }
 
     /// The selected pods of this node, the refused ones (`pod ns/name: reason`), and whether

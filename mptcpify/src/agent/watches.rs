@@ -1,6 +1,7 @@
 //! inotify watches on the policy file's directory (editors and ConfigMap updates replace files
 //! rather than write them) and on the cgroup directories where wanted cgroups appear. Events only
-//! wake the reconciler, which re-reads everything; nothing polls.
+//! wake the reconciler, which re-reads everything; nothing polls the files (the kernel's rule maps
+//! are compared in `drift`).
 use std::{
     collections::BTreeMap,
     io,

@@ -87,8 +87,48 @@ fn the_cli_leaves_the_agents_rules_to_its_policy() {
     fails(&["disable", "--cgroup", &cg.relative], "owned by the agent; change the agent's policy");
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "the refused disable changed nothing");
     assert_eq!(rules_by_owner("agent").len(), 1);
+    let out = ok(&["disable", "--cgroup", &cg.relative, "--force"]);
+    assert!(out.contains("removed: cgroup /agent-o/a"), "--force removes it: {out}");
+    // (The agent puts it back: the_agent_restores_its_policy_and_readiness_tells_the_truth.)
+    drop(agent);
+}
+
+/// What others change in the pinned state is undone within a second, and `/readyz` says
+/// whether the policy is in force.
+#[test]
+fn the_agent_restores_its_policy_and_readiness_tells_the_truth() {
+    let _g = setup();
+    let cg = TestCgroup::new("agent-c/a");
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\ncgroups = [\"agent-c/a\"]\ncomms = [\"agent-c-probe\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    let restored_within = |what: &str| {
+        let start = Instant::now();
+        let back = wait_for(Duration::from_secs(3), || (proto_of(Some(&cg), "tcp4") == IPPROTO_MPTCP).then_some(()));
+        assert!(back.is_some(), "not restored after {what}: {}", agent.log());
+        eprintln!("restored {:?} after {what}", start.elapsed());
+        start.elapsed()
+    };
+
+    ok(&["reset"]);
+    let after_reset = restored_within("reset (the program reloaded)");
     ok(&["disable", "--cgroup", &cg.relative, "--force"]);
-    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP, "--force removes it: {}", agent.log());
+    let after_disable = restored_within("a forced disable");
+    assert!(after_disable < Duration::from_secs(1), "{after_disable:?}");
+    assert!(after_reset < Duration::from_secs(2), "{after_reset:?} (a reload under emulation)");
+    assert_eq!(agent.get("/readyz").unwrap().0, 200);
+
+    // A CLI rule that contradicts the policy: reported, not fought, and the agent is not ready.
+    ok(&["exclude", "--comm", "agent-c-other"]);
+    replace_file(&policy, "[enable]\ncgroups = [\"agent-c/a\"]\ncomms = [\"agent-c-probe\", \"agent-c-other\"]\n");
+    let unready = wait_for(Duration::from_secs(3), || (agent.get("/readyz").ok()?.0 == 503).then_some(()));
+    assert!(unready.is_some(), "ready with a wanted rule not in force: {}", agent.log());
+    assert_eq!(metric(&agent.metrics(), "mptcpify_rules_missing"), Some(1.0));
+    assert!(agent.get("/readyz").unwrap().1.contains("not in force"));
+    ok(&["disable", "--comm", "agent-c-other"]);
+    let ready = wait_for(Duration::from_secs(3), || (agent.get("/readyz").ok()?.0 == 200).then_some(()));
+    assert!(ready.is_some(), "not ready again once the conflict is gone: {}", agent.log());
+    assert_eq!(rules_by_owner("agent").len(), 3, "the agent's rule for agent-c-other is in force");
 }
 
 #[test]
