@@ -43,13 +43,25 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const CONFIG_MAP: &str = "CONFIG";
 /// Ring buffer of [`Event`]s, written only while a monitor listens.
 pub const EVENTS_MAP: &str = "EVENTS";
+/// One-slot array holding [`LoadFacts`]: how the attached program was loaded. Only user space
+/// reads it (`doctor`).
+pub const FACTS_MAP: &str = "FACTS";
 /// cgroup id -> [`Origin`]: what a cgroup rule was made from. Only user space reads it.
 pub const ORIGINS_MAP: &str = "ORIGINS";
 
 /// Maps pinned beside the link; the rest (.rodata, the log ring buffer, the program's own cache)
 /// live on with the program, which the link holds.
-pub const PINNED_MAPS: [&str; 8] =
-    [CGROUP_RULES_MAP, PID_RULES_MAP, COMM_RULES_MAP, UID_RULES_MAP, COUNTERS_MAP, CONFIG_MAP, EVENTS_MAP, ORIGINS_MAP];
+pub const PINNED_MAPS: [&str; 9] = [
+    CGROUP_RULES_MAP,
+    PID_RULES_MAP,
+    COMM_RULES_MAP,
+    UID_RULES_MAP,
+    COUNTERS_MAP,
+    CONFIG_MAP,
+    EVENTS_MAP,
+    ORIGINS_MAP,
+    FACTS_MAP,
+];
 
 /// Room for 10,000 rules of each kind, with headroom for hash collisions.
 pub const MAX_RULES: u32 = 16384;
@@ -101,6 +113,18 @@ pub struct Config {
     /// result of its per-level cgroup walk per caller cgroup, tagged with this number, so a
     /// change makes every cached walk stale at once (see [`CgroupDecision`]).
     pub cgroup_generation: u32,
+}
+
+/// What the loader decided when it loaded the attached program, kept beside it because the
+/// program's own globals are read-only and unpinned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadFacts {
+    /// 1 when the program reads each caller's `net.mptcp.enabled` (its offsets and the address
+    /// of `mptcp_pernet_id` were found), 0 when that check is off for this program's life.
+    pub netns_check: u32,
+    /// aya-log's level baked in (0 = off).
+    pub log_level: u32,
 }
 
 /// Cached result of walking one cgroup's ancestors through the cgroup rules. Exact while
@@ -326,4 +350,6 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Origin {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::LoadFacts {}
 }

@@ -30,7 +30,7 @@ use aya_log_ebpf::debug;
 use mptcpify_common::{
     ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH, COMM_LEN,
     COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, IPPROTO_MPTCP, IPPROTO_TCP,
-    MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule, RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
+    LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule, RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -54,6 +54,9 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 /// BPF_F_NO_PREALLOC: entries are 512 bytes and usually few.
 #[map]
 static ORIGINS: HashMap<u64, Origin> = HashMap::with_max_entries(MAX_RULES, 1);
+/// Written by the loader, read by `doctor`; defined here so it is created and pinned with the rest.
+#[map]
+static FACTS: Array<LoadFacts> = Array::with_max_entries(1, 0);
 
 // Set by the loader from the running kernel's BTF and the address of `mptcp_pernet_id`, which it
 // asks of the kernel's `bpf_kallsyms_lookup_name` (see `mptcp_enabled_here` below).

@@ -15,7 +15,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
-    HOOK_FUNCTION, LINK_PIN, LOADING_INFIX, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, netns_globals, task_globals,
+    FACTS_MAP, HOOK_FUNCTION, LINK_PIN, LOADING_INFIX, LoadFacts, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, netns_globals,
+    task_globals,
 };
 
 use super::{
@@ -123,6 +124,10 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
     set_globals(&mut obj, log_level, task, netns)?;
     let maps = create_maps(&mut obj)?;
+    record_facts(
+        &maps,
+        LoadFacts { netns_check: u32::from(netns.is_some()), log_level: log_level.as_global().into() },
+    )?;
     let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
     obj.relocate_maps(
         // aya keeps `MapData::obj` crate-private, hence the parsed definition kept beside it.
@@ -197,7 +202,7 @@ fn create_maps(obj: &mut Object) -> Result<HashMap<String, (aya_obj::Map, MapDat
         let data = map_obj.data().to_vec();
         let map = MapData::create(map_obj.clone(), &name, None).with_context(|| format!("creating map {name}"))?;
         if matches!(kind, EbpfSectionKind::Data | EbpfSectionKind::Rodata | EbpfSectionKind::Bss) && !data.is_empty() {
-            sys::write_global_data(map.fd().as_fd(), &data).with_context(|| format!("initialising {name}"))?;
+            sys::write_first_element(map.fd().as_fd(), &data).with_context(|| format!("initialising {name}"))?;
             if kind == EbpfSectionKind::Rodata {
                 sys::freeze_map(map.fd().as_fd()).with_context(|| format!("freezing {name}"))?;
             }
@@ -205,6 +210,15 @@ fn create_maps(obj: &mut Object) -> Result<HashMap<String, (aya_obj::Map, MapDat
         maps.insert(name, (map_obj, map));
     }
     Ok(maps)
+}
+
+/// Keeps how the program was loaded in its FACTS map, for `doctor`.
+fn record_facts(maps: &HashMap<String, (aya_obj::Map, MapData)>, facts: LoadFacts) -> Result<()> {
+    let (_, map) = maps.get(FACTS_MAP).ok_or_else(|| anyhow!("map {FACTS_MAP} missing from the embedded object"))?;
+    let mut bytes = facts.netns_check.to_ne_bytes().to_vec();
+    bytes.extend(facts.log_level.to_ne_bytes());
+    const _: () = assert!(size_of::<LoadFacts>() == 8, "LoadFacts is two u32s");
+    sys::write_first_element(map.fd().as_fd(), &bytes).context("recording how the program was loaded")
 }
 
 /// What a user needs to hear when the kernel refuses the program.

@@ -203,8 +203,9 @@ struct MapElemAttr {
     flags: u64,
 }
 
-/// Seeds a global-data map (`.rodata`/`.data`/`.bss`: one element, key 0) with its initial bytes.
-pub fn write_global_data(map: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
+/// Writes the value of key 0 of an array map: a global-data map's (`.rodata`/`.data`/`.bss`)
+/// initial bytes, or a one-slot map's value. `data` must be the map's value size.
+pub fn write_first_element(map: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
     let key = 0u32;
     let mut attr = MapElemAttr {
         map_fd: map.as_raw_fd() as u32,

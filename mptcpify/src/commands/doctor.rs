@@ -19,7 +19,7 @@ use crate::{
         preconditions::{self, MptcpSysctl},
     },
     state::{
-        maps::State,
+        maps::{self, State},
         pins,
         rules::{Action, RuleStore as _, comm_str},
         selection,
@@ -150,6 +150,7 @@ pub async fn checks() -> Vec<Check> {
         bpffs_check(&bpffs),
         cgroup2_check(&cgroup2),
         sysctl_check(),
+        fallback_guards_check(),
         never_break_check(btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(netns::find)),
         endpoints_check().await,
     ];
@@ -256,9 +257,64 @@ fn sysctl_check() -> Check {
     }
 }
 
+/// The kernel's own guards for paths that drop MPTCP (Linux >= 6.12): after how many SYN
+/// retransmissions a connection falls back to TCP, and for how long MPTCP is then avoided.
+/// With either off, an upgraded connection through such a middlebox can stall.
+fn fallback_guards_check() -> Check {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/net/mptcp/{name}")).ok().and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (read("syn_retrans_before_tcp_fallback"), read("blackhole_timeout")) {
+        (None, None) => {
+            check("fallback-guards", Level::Ok, "this kernel has no MPTCP blackhole guards (before 6.12)", None)
+        }
+        (syn, blackhole) if syn != Some(0) && blackhole != Some(0) => check(
+            "fallback-guards",
+            Level::Ok,
+            format!(
+                "syn_retrans_before_tcp_fallback {}, blackhole_timeout {} s",
+                syn.map_or("-".into(), |v| v.to_string()),
+                blackhole.map_or("-".into(), |v| v.to_string())
+            ),
+            None,
+        ),
+        (syn, blackhole) => check(
+            "fallback-guards",
+            Level::Warn,
+            format!(
+                "a guard is off (syn_retrans_before_tcp_fallback {:?}, blackhole_timeout {:?}): through a middlebox \
+                 that drops MPTCP, upgraded connections can stall instead of falling back to TCP",
+                syn, blackhole
+            ),
+            Some("sysctl -w net.mptcp.syn_retrans_before_tcp_fallback=2 net.mptcp.blackhole_timeout=3600".into()),
+        ),
+    }
+}
+
+/// Whether a selected socket in a namespace with MPTCP disabled stays TCP: for the attached
+/// program, as it was loaded (a check off at load stays off); otherwise, as a load now would be.
 fn never_break_check(netns: Result<netns::NetnsOffsets>) -> Check {
+    let fix =
+        || Some("allow kallsyms (sysctl -w kernel.kptr_restrict=1), then `mptcpify reset` and enable again".into());
+    if pins::is_loaded() {
+        return match maps::load_facts() {
+            Some(f) if f.netns_check == 1 => {
+                check("never-break", Level::Ok, "the loaded program reads each namespace's net.mptcp.enabled", None)
+            }
+            Some(_) => check(
+                "never-break",
+                Level::Warn,
+                "the loaded program was loaded without the per-namespace net.mptcp.enabled check (kernel addresses \
+                 were hidden then): in a namespace with MPTCP disabled, selected sockets would fail",
+                fix(),
+            ),
+            None => {
+                check("never-break", Level::Warn, "unknown: the attached program was loaded by an older mptcpify", None)
+            }
+        };
+    }
     match netns {
-        Ok(_) => check("never-break", Level::Ok, "the program reads each namespace's net.mptcp.enabled", None),
+        Ok(_) => check("never-break", Level::Ok, "a program loaded now reads each namespace's net.mptcp.enabled", None),
         Err(e) => check(
             "never-break",
             Level::Warn,
@@ -266,7 +322,7 @@ fn never_break_check(netns: Result<netns::NetnsOffsets>) -> Check {
                 "cannot read net.mptcp.enabled per namespace ({e:#}): in a namespace with MPTCP disabled, \
                  selected sockets would fail"
             ),
-            Some("allow kallsyms (sysctl -w kernel.kptr_restrict=1)".into()),
+            fix(),
         ),
     }
 }

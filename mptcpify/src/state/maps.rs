@@ -9,7 +9,7 @@ use aya::{
 };
 use mptcpify_common::{
     ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config, Counter, EVENTS_MAP,
-    MAX_RULES, ORIGINS_MAP, Origin, PID_RULES_MAP, PIN_DIR, Rule, RuleKind, UID_RULES_MAP,
+    FACTS_MAP, LoadFacts, MAX_RULES, ORIGINS_MAP, Origin, PID_RULES_MAP, PIN_DIR, Rule, RuleKind, UID_RULES_MAP,
 };
 
 use super::{
@@ -43,6 +43,12 @@ pub fn program_stats(program_id: u32) -> Result<Option<ProgramStats>> {
         }
     }
     Ok(None)
+}
+
+/// How the attached program was loaded; `None` for state pinned by a version without them.
+pub fn load_facts() -> Option<LoadFacts> {
+    let facts: Array<MapData, LoadFacts> = Array::try_from(Map::Array(open_map(FACTS_MAP).ok()?)).ok()?;
+    facts.get(&0, 0).ok()
 }
 
 pub fn open_map(name: &str) -> Result<MapData> {

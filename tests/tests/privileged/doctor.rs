@@ -18,11 +18,26 @@ fn doctor_passes_here_and_points_at_missing_endpoints() {
     let _g = setup();
     let (code, v) = doctor();
     assert_eq!(code, 0, "{v}");
-    for name in
-        ["privileges", "kernel", "btf", "hook", "program", "bpffs", "cgroup2", "net.mptcp.enabled", "never-break"]
-    {
+    for name in [
+        "privileges",
+        "kernel",
+        "btf",
+        "hook",
+        "program",
+        "bpffs",
+        "cgroup2",
+        "net.mptcp.enabled",
+        "fallback-guards",
+        "never-break",
+    ] {
         assert_eq!(check(&v, name)["level"], "OK", "{name}: {v}");
     }
+    assert!(check(&v, "fallback-guards")["detail"].as_str().unwrap().contains("blackhole_timeout 3600 s"), "{v}");
+    std::fs::write("/proc/sys/net/mptcp/blackhole_timeout", "0").unwrap();
+    let (_, off) = doctor();
+    std::fs::write("/proc/sys/net/mptcp/blackhole_timeout", "3600").unwrap();
+    assert_eq!(check(&off, "fallback-guards")["level"], "WARN", "{off}");
+    assert!(check(&off, "fallback-guards")["fix"].as_str().unwrap().contains("blackhole_timeout=3600"));
     let endpoints = check(&v, "endpoints");
     assert_eq!(endpoints["level"], "WARN", "{v}");
     assert!(endpoints["fix"].as_str().unwrap().contains("ip mptcp endpoint add"), "{endpoints}");

@@ -46,4 +46,17 @@ fn hidden_kernel_addresses_turn_the_netns_check_off_with_the_reason() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("netns check off") && stderr.contains("kernel.kptr_restrict"), "{stderr}");
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "selection itself is unaffected");
+    // Addresses visible again: a load would work now, but the loaded program's check stays off.
+    let never_break = || {
+        let report: serde_json::Value = serde_json::from_slice(&mptcpify(&["doctor", "--json"]).stdout).unwrap();
+        report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "never-break").unwrap().clone()
+    };
+    let check = never_break();
+    assert_eq!(check["level"], "WARN", "{check}");
+    assert!(check["detail"].as_str().unwrap().contains("loaded without"), "{check}");
+    ok(&["reset"]);
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let check = never_break();
+    assert_eq!(check["level"], "OK", "{check}");
+    assert!(check["detail"].as_str().unwrap().contains("the loaded program reads"), "{check}");
 }
