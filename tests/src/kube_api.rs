@@ -40,6 +40,9 @@ struct State {
     namespaces: BTreeMap<String, Value>,
     watchers: Vec<Watcher>,
     requests: Vec<String>,
+    /// Serve every pod whatever `fieldSelector` asks: a server (or proxy) the agent must not
+    /// trust to filter by node.
+    ignore_field_selectors: bool,
 }
 
 fn node_of(pod: &Value) -> Option<&str> {
@@ -94,7 +97,11 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request<hyper::body::Incoming>) -> Re
             );
         }
     };
-    let node = query.get("fieldSelector").and_then(|f| f.strip_prefix("spec.nodeName=")).map(str::to_owned);
+    let node = query
+        .get("fieldSelector")
+        .and_then(|f| f.strip_prefix("spec.nodeName="))
+        .map(str::to_owned)
+        .filter(|_| !st.ignore_field_selectors);
     let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     if watch {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -174,6 +181,11 @@ impl FakeApi {
         let Some(mut pod) = st.pods.remove(uid) else { panic!("no pod {uid}") };
         st.stamp(&mut pod);
         st.notify(Kind::Pods, "DELETED", &pod);
+    }
+
+    /// From now on, list and watch every pod whatever the field selector says.
+    pub fn ignore_field_selectors(&self) {
+        self.state.lock().unwrap().ignore_field_selectors = true;
     }
 
     pub fn put_namespace(&self, name: &str, labels: Value) {

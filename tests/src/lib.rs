@@ -369,6 +369,25 @@ impl AgentProcess {
         self.log.lock().unwrap().clone()
     }
 
+    /// The log once nothing new has arrived for 500 ms (waiting at most 10 s): for checks that
+    /// a line was *not* written, which a reader thread lagging behind would otherwise pass.
+    pub fn settled_log(&self) -> String {
+        let start = std::time::Instant::now();
+        let mut last = self.log();
+        let mut since = std::time::Instant::now();
+        while since.elapsed() < std::time::Duration::from_millis(500)
+            && start.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = self.log();
+            if now != last {
+                last = now;
+                since = std::time::Instant::now();
+            }
+        }
+        last
+    }
+
     /// Sends `signal` and waits for the exit; returns the exit code.
     pub fn stop(mut self, signal: i32) -> Option<i32> {
         send_signal(self.child.id(), signal);

@@ -225,10 +225,22 @@ fn the_agent_runs_from_its_shipped_unit_and_follows_a_unit_across_restarts() {
 
     // Restarting the agent keeps the program attached: same link, sockets upgraded throughout.
     let link = status_json()["link"].clone();
+    let agent_procs = cgroup_root().join(agent_cg.trim_start_matches('/')).join("cgroup.procs");
     manager("RestartUnit", "ss", &["mptcpify-agent.service", "replace"]).unwrap();
     assert_eq!(proto_in_unit(&cgroup), IPPROTO_MPTCP);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(status_json()["link"], link);
+    // A new agent runs (another process in the unit's cgroup, the unit active) …
+    let successor = wait_for(Duration::from_secs(30), || {
+        let now = std::fs::read_to_string(&agent_procs).ok()?.lines().next()?.to_owned();
+        let active = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Unit", "ActiveState") == "active";
+        (now != pid && active).then_some(now)
+    });
+    assert!(successor.is_some(), "no new agent after the restart");
+    assert_eq!(status_json()["link"], link, "the restart kept the program attached");
+    // … and enforces: it puts back a rule removed by force.
+    let key = status_json()["rules"][0]["key"].to_string();
+    ok(&["disable", "--cgroup-id", &key, "--force"]);
+    let back = wait_for(Duration::from_secs(5), || (proto_in_unit(&cgroup) == IPPROTO_MPTCP).then_some(()));
+    assert!(back.is_some(), "the restarted agent does not enforce its policy: {}", status_json());
     manager("StopUnit", "ss", &["mptcpify-agent.service", "replace"]).unwrap();
     assert_eq!(proto_in_unit(&cgroup), IPPROTO_MPTCP, "a stopped agent leaves its rules in force");
     let _ = std::fs::remove_file("/etc/systemd/system/mptcpify-agent.service");

@@ -211,6 +211,7 @@ mod tests {
             qos,
             annotation: None,
             finished: false,
+            node: None,
         };
         let r = resolve(&Policy::default(), &[pod(Qos::BestEffort)], t.path()).await;
         assert_eq!(r.pods, [PodCoverage { namespace: "ns".into(), name: "p".into(), cgroup: Some(id) }]);
@@ -249,6 +250,7 @@ mod tests {
             qos,
             annotation: Some("true".into()),
             finished: false,
+            node: None,
         };
         let hostile = ["/../..", "/../../system.slice", "/..", "/", "/../burstable", "/../kubepods-burstable.slice"];
         for driver in ["auto", "systemd", "cgroupfs"] {

@@ -105,7 +105,8 @@ pub async fn run(opts: Options) -> Result<()> {
 
     let (tx, rx) = mpsc::unbounded_channel();
     let cluster = node.map(|node| {
-        let shared: kubernetes::watch::Shared = Arc::new(Mutex::new(Cluster::default()));
+        let shared: kubernetes::watch::Shared =
+            Arc::new(Mutex::new(Cluster { node: node.clone(), ..Default::default() }));
         log::info!("watching the pods of node {node} and the namespaces' {} label", pods::SELECT_KEY);
         tokio::spawn(kubernetes::watch::run(
             client.expect("client made with the node"),
@@ -327,6 +328,7 @@ impl Agent {
         let mut refused = Vec::new();
         for pod in c.pods.values() {
             match pod {
+                Ok(p) if p.node.as_deref() != Some(c.node.as_str()) => {}
                 Ok(p) if pods::selected(p, &c.namespaces) => selected.push(p.clone()),
                 Ok(_) => {}
                 Err((name, reason)) => refused.push(format!("pod {name}: {reason}")),

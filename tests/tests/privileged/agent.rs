@@ -104,7 +104,7 @@ fn the_agent_restores_its_policy_and_readiness_tells_the_truth() {
     let agent = AgentProcess::start(&policy, &[], &[]);
     let restored_within = |what: &str| {
         let start = Instant::now();
-        let back = wait_for(Duration::from_secs(3), || (proto_of(Some(&cg), "tcp4") == IPPROTO_MPTCP).then_some(()));
+        let back = wait_for(Duration::from_secs(10), || (proto_of(Some(&cg), "tcp4") == IPPROTO_MPTCP).then_some(()));
         assert!(back.is_some(), "not restored after {what}: {}", agent.log());
         eprintln!("restored {:?} after {what}", start.elapsed());
         start.elapsed()
@@ -114,8 +114,10 @@ fn the_agent_restores_its_policy_and_readiness_tells_the_truth() {
     let after_reset = restored_within("reset (the program reloaded)");
     ok(&["disable", "--cgroup", &cg.relative, "--force"]);
     let after_disable = restored_within("a forced disable");
+    // The drift check runs every 250 ms; a reset also needs the program loaded again, which
+    // takes about a second under emulation (bounds generous for a loaded machine).
     assert!(after_disable < Duration::from_secs(1), "{after_disable:?}");
-    assert!(after_reset < Duration::from_secs(2), "{after_reset:?} (a reload under emulation)");
+    assert!(after_reset < Duration::from_secs(5), "{after_reset:?} (a reload under emulation)");
     assert_eq!(agent.get("/readyz").unwrap().0, 200);
 
     // A CLI rule that contradicts the policy: reported, not fought, and the agent is not ready.
@@ -138,7 +140,8 @@ fn a_killed_agents_rules_keep_working_and_its_successor_adopts_them() {
     let (_d, policy) = policy_dir();
     std::fs::write(&policy, "[enable]\ncgroups = [\"agent-k/a\"]\n[exclude]\ncomms = [\"nope\"]\n").unwrap();
     let agent = AgentProcess::start(&policy, &[], &[]);
-    assert!(agent.log().contains("loaded and attached"), "{}", agent.log());
+    let loaded = wait_for(Duration::from_secs(5), || agent.log().contains("loaded and attached").then_some(()));
+    assert!(loaded.is_some(), "{}", agent.log());
     let link = status_json()["link"].clone();
     assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_MPTCP);
     assert_eq!(agent.stop(SIGKILL), None, "killed");
@@ -148,8 +151,9 @@ fn a_killed_agents_rules_keep_working_and_its_successor_adopts_them() {
 
     // The successor adopts: same link and program, rules untouched (their hits kept).
     let agent = AgentProcess::start(&policy, &["--cleanup-on-exit"], &[]);
-    assert!(agent.log().contains("adopting the attached program"), "{}", agent.log());
-    assert!(!agent.log().contains("enabled:"), "nothing re-added: {}", agent.log());
+    let log = agent.settled_log();
+    assert!(log.contains("adopting the attached program"), "{log}");
+    assert!(!log.contains("enabled:"), "nothing re-added: {log}");
     assert_eq!(status_json()["link"], link, "no detach, no reload");
     let hits_after: u64 = rules_by_owner("agent").iter().map(|r| r["hits"].as_u64().unwrap()).sum();
     assert!(hits_after >= hits_before, "{hits_after} < {hits_before}");
@@ -231,6 +235,7 @@ fn the_daemonsets_capabilities_are_enough_for_the_agent() {
     let eff = status.lines().find(|l| l.starts_with("CapEff:")).unwrap().to_owned();
     assert_eq!(eff.split_whitespace().nth(1), Some("000000c400000000"), "{eff}");
     assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_MPTCP, "{}", agent.log());
-    assert!(!agent.log().contains("netns check off"), "the kallsyms read worked: {}", agent.log());
+    let log = agent.settled_log();
+    assert!(!log.contains("netns check off"), "the kallsyms read worked: {log}");
     assert_eq!(agent.stop(SIGTERM), Some(0));
 }

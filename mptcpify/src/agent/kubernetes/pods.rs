@@ -31,6 +31,9 @@ pub struct PodInfo {
     pub annotation: Option<String>,
     /// Succeeded or Failed: its containers are gone, and so is its cgroup.
     pub finished: bool,
+    /// `spec.nodeName`: the watch asks the API server for this node's pods only, and the agent
+    /// checks again rather than trust every server and proxy on the way to honour that.
+    pub node: Option<String>,
 }
 
 /// Why a pod from the API server is not considered: what it says would not name a pod cgroup.
@@ -81,6 +84,7 @@ impl PodInfo {
             qos,
             annotation: annotations.and_then(|a| a.get(SELECT_KEY)).cloned(),
             finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
+            node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         })
     }
 
@@ -194,6 +198,7 @@ mod tests {
             qos: Qos::Burstable,
             annotation: annotation.map(Into::into),
             finished: false,
+            node: Some("node-a".into()),
         }
     }
 

@@ -20,6 +20,8 @@ use super::pods::{PodInfo, PodRefused, SELECT_KEY};
 /// What the watchers know of the cluster.
 #[derive(Debug, Default)]
 pub struct Cluster {
+    /// This node's name.
+    pub node: String,
     /// This node's pods by UID.
     pub pods: BTreeMap<String, Listed>,
     /// Every namespace's `mptcpify.io/enabled` label.
