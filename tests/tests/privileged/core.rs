@@ -191,8 +191,9 @@ fn a_held_lock_times_out_naming_its_holder() {
     let held = wait_for(std::time::Duration::from_secs(10), || {
         std::process::Command::new("pgrep")
             .args(["-P", &holder.id().to_string(), "sleep"])
-            .status()
+            .output()
             .ok()?
+            .status
             .success()
             .then_some(())
     });
