@@ -248,9 +248,30 @@ pub fn attach_empty_program() -> Result<OwnedFd> {
     sys::attach_modify_return(prog.as_fd()).context("attaching the empty program")
 }
 
+/// Removes what loads killed midway left (`PIN_DIR` + `LOADING_INFIX` + a PID that is gone),
+/// their link first: otherwise a second program would stay attached beside the next one.
+fn remove_abandoned_loads() -> Result<()> {
+    let dir = Path::new(PIN_DIR);
+    let (parent, name) = (dir.parent().expect("PIN_DIR has a parent"), dir.file_name().expect("PIN_DIR has a name"));
+    let prefix = format!("{}{LOADING_INFIX}", name.to_string_lossy());
+    for entry in std::fs::read_dir(parent).with_context(|| format!("listing {}", parent.display()))?.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let path = entry.path();
+        log::warn!("removing {}, left by a load that was killed midway", path.display());
+        let _ = std::fs::remove_file(path.join(LINK_PIN));
+        std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Loads, attaches and pins everything. On any error nothing is left pinned.
 pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
     let final_dir = Path::new(PIN_DIR);
+    remove_abandoned_loads()?;
     if final_dir.exists() {
         bail!("{} exists already; `mptcpify reset` removes it", final_dir.display());
     }

@@ -113,10 +113,11 @@ impl State {
     }
 
     /// Keeps the program's per-table counts (which let it skip empty tables) in step with one
-    /// insert (`delta` 1) or removal (-1); O(1), so edits stay fast with many rules loaded.
-    fn adjust_counts(&mut self, key: &Key, action: u32, delta: i32) -> Result<()> {
+    /// insert (`delta` 1) or removal (-1), bumping the cgroup generation with it when asked;
+    /// O(1), so edits stay fast with many rules loaded.
+    fn adjust_counts(&mut self, key: &Key, action: u32, delta: i32, bump_generation: bool) -> Result<()> {
         let mut c = self.config()?;
-        if matches!(key, Key::Cgroup(_)) {
+        if bump_generation && matches!(key, Key::Cgroup(_)) {
             // After the map edit, so the program's cached cgroup walks never outlive it.
             c.cgroup_generation = c.cgroup_generation.wrapping_add(1);
         }
@@ -182,19 +183,38 @@ impl RuleStore for State {
         }
     }
 
+    /// Crash-consistent at every step: the count goes up first (killed here, a count one too
+    /// high only costs the program a lookup), then the rule, then the cgroup generation (so no
+    /// cached walk outlives the edit; killed before it, the next `enable` of the same key, or
+    /// `sync`, bumps it: see [`RuleStore::confirm`]).
     fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()> {
-        match *key {
-            Key::Cgroup(id) => insert(&mut self.cgroups, id, rule, key.kind())?,
-            Key::Pid(p) => insert(&mut self.pids, p, rule, key.kind())?,
-            Key::Comm(c) => insert(&mut self.comms, c, rule, key.kind())?,
-            Key::Uid(u) => insert(&mut self.uids, u, rule, key.kind())?,
-            Key::All => {
-                let mut config = self.config()?;
-                config.all = 1 + rule.owner;
-                return self.set_config(config);
-            }
+        if *key == Key::All {
+            let mut config = self.config()?;
+            config.all = 1 + rule.owner;
+            return self.set_config(config);
         }
-        self.adjust_counts(key, rule.action, 1)
+        self.adjust_counts(key, rule.action, 1, false)?;
+        let inserted = match *key {
+            Key::Cgroup(id) => insert(&mut self.cgroups, id, rule, key.kind()),
+            Key::Pid(p) => insert(&mut self.pids, p, rule, key.kind()),
+            Key::Comm(c) => insert(&mut self.comms, c, rule, key.kind()),
+            Key::Uid(u) => insert(&mut self.uids, u, rule, key.kind()),
+            Key::All => unreachable!("handled above"),
+        };
+        if let Err(e) = inserted {
+            let _ = self.adjust_counts(key, rule.action, -1, false);
+            return Err(e);
+        }
+        self.confirm(key)
+    }
+
+    fn confirm(&mut self, key: &Key) -> Result<()> {
+        if !matches!(key, Key::Cgroup(_)) {
+            return Ok(());
+        }
+        let mut c = self.config()?;
+        c.cgroup_generation = c.cgroup_generation.wrapping_add(1);
+        self.set_config(c)
     }
 
     fn remove(&mut self, key: &Key) -> Result<()> {
@@ -215,7 +235,9 @@ impl RuleStore for State {
         };
         result.with_context(|| format!("removing the rule of {key}"))?;
         match action {
-            Some(action) => self.adjust_counts(key, action, -1),
+            // After the removal: killed before it, the count is one too high (a lookup more) and a
+            // cached walk may name the removed rule, which then decides nothing.
+            Some(action) => self.adjust_counts(key, action, -1, true),
             None => Ok(()),
         }
     }

@@ -145,6 +145,11 @@ pub trait RuleStore {
     fn insert_new(&mut self, key: &Key, rule: Rule) -> Result<()>;
     fn remove(&mut self, key: &Key) -> Result<()>;
     fn entries(&self) -> Result<Vec<(Key, Rule)>>;
+    /// A rule that exists was asked for again: repair what an interrupted insert of it may
+    /// have left behind (the kernel store: the cgroup cache's generation).
+    fn confirm(&mut self, _key: &Key) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A table refused an insert because it is full.
@@ -194,6 +199,9 @@ pub fn add_all(store: &mut impl RuleStore, keys: &[Key], action: Action) -> Resu
     let mut added: Vec<Key> = Vec::new();
     for (key, present) in keys.iter().zip(present) {
         if present || added.contains(key) {
+            if present {
+                store.confirm(key)?;
+            }
             outcomes.push(Outcome::AlreadyPresent);
             continue;
         }

@@ -208,6 +208,49 @@ fn a_held_lock_times_out_naming_its_holder() {
     ok(&["enable", "--pid", "1"]);
 }
 
+/// A first load killed at any moment leaves state the next command repairs: exactly one program
+/// attached, no half-made pin directory, the rule in force.
+#[test]
+fn a_first_load_killed_at_any_moment_is_repaired_by_the_next_command() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-killed");
+    let attached =
+        || aya::programs::loaded_programs().flatten().filter(|p| p.name_as_str() == Some("mptcpify")).count();
+    // Kill points spread over a load (about half a second under emulation), in a fixed order.
+    // What a load killed between pinning its link and renaming its directory leaves (the window
+    // is a few milliseconds, too narrow to hit by timing): made by renaming a complete state.
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let abandoned = format!("{PIN_DIR}{}4194000", mptcpify_common::LOADING_INFIX);
+    std::fs::rename(PIN_DIR, &abandoned).unwrap();
+    ok(&["enable", "--cgroup", &cg.relative]);
+    assert_eq!(mptcpify_pins(), ["mptcpify"], "the abandoned load was removed");
+    let one = wait_for(std::time::Duration::from_secs(5), || (attached() == 1).then_some(()));
+    assert!(one.is_some(), "{} programs attached beside an abandoned load", attached());
+    ok(&["reset"]);
+    for (i, delay_ms) in [0u64, 90, 220, 380, 520, 700].into_iter().enumerate() {
+        let mut first = std::process::Command::new(mptcpify_bin())
+            .args(["enable", "--cgroup", &cg.relative])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = first.kill();
+        let _ = first.wait();
+        ok(&["enable", "--cgroup", &cg.relative]);
+        assert_eq!(mptcpify_pins(), ["mptcpify"], "round {i} ({delay_ms} ms): leftovers");
+        // A killed process's unpinned program is freed once the kernel gets to it: wait, bounded.
+        let one = wait_for(std::time::Duration::from_secs(5), || (attached() == 1).then_some(()));
+        assert!(one.is_some(), "round {i} ({delay_ms} ms): {} programs attached", attached());
+        assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "round {i}");
+        let rules = status_json()["rules"].as_array().unwrap().len();
+        assert_eq!(rules, 1, "round {i}");
+        ok(&["reset"]);
+        let none = wait_for(std::time::Duration::from_secs(5), || (attached() == 0).then_some(()));
+        assert!(none.is_some(), "round {i}: {} programs left after reset", attached());
+    }
+}
+
 /// Whoever can write the pin directory decides which sockets are upgraded: loads make it root's
 /// alone, and state anyone else could have written is refused until `reset`.
 #[test]
