@@ -1,16 +1,10 @@
-//! Prometheus text exposition (prometheus-client) and the health endpoints, served over HTTP/1
-//! (hyper). Kernel figures (rule hits, counters) are read from the pinned maps at each scrape, so
+//! Prometheus text exposition (prometheus-client) and the health endpoints' answers (served by
+//! [`super::http`]). Kernel figures (rule hits, counters) are read from the pinned maps at each scrape, so
 //! they are exact and survive agent restarts.
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Mutex},
-};
+use std::sync::{Arc, Mutex};
 
-use anyhow::{Context as _, Result};
 use http_body_util::Full;
-use hyper::{Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{Response, StatusCode, body::Bytes};
 use mptcpify_common::{Counter, RuleKind};
 use prometheus_client::{
     collector::Collector,
@@ -282,7 +276,8 @@ pub fn render(health: &SharedHealth) -> String {
     out
 }
 
-fn respond(health: &SharedHealth, path: &str) -> Response<Full<Bytes>> {
+/// The answer to a request for `path`.
+pub(super) fn respond(health: &SharedHealth, path: &str) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match path {
         "/metrics" => (StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", render(health)),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".into()),
@@ -301,29 +296,6 @@ fn respond(health: &SharedHealth, path: &str) -> Response<Full<Bytes>> {
         .header("content-type", ctype)
         .body(Full::new(Bytes::from(body)))
         .expect("a static response is valid")
-}
-
-/// Binds `addr` (an error here stops the agent before it changes anything) and serves in the
-/// background.
-pub async fn serve(addr: SocketAddr, health: SharedHealth) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("listening for metrics on {addr} (is another agent running? pick another --metrics-addr)")
-    })?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
-            let health = health.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let resp = respond(&health, req.uri().path());
-                    async move { Ok::<_, Infallible>(resp) }
-                });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    });
-    Ok(bound)
 }
 
 #[cfg(test)]

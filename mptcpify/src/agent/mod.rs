@@ -5,6 +5,7 @@
 //! upgraded across restarts and upgrades.
 pub mod desired;
 mod drift;
+pub mod http;
 pub mod kubernetes;
 pub mod metrics;
 pub mod policy;
@@ -97,7 +98,7 @@ pub async fn run(opts: Options) -> Result<()> {
         ..Default::default()
     }));
     // Bind before loading anything: a taken port must not leave a half-started agent behind.
-    let bound = metrics::serve(opts.metrics_addr, health.clone()).await?;
+    let bound = http::serve(opts.metrics_addr, health.clone()).await?;
     log::info!("metrics, /healthz and /readyz on http://{bound}");
     let watches = Watches::new(&opts.config)?;
     attach(opts.log_level)?;

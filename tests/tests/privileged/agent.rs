@@ -133,6 +133,63 @@ fn the_agent_restores_its_policy_and_readiness_tells_the_truth() {
     assert_eq!(rules_by_owner("agent").len(), 3, "the agent's rule for agent-c-other is in force");
 }
 
+/// An unprivileged client of the metrics port holding 1,100 idle connections and sending a
+/// header a byte a second: the agent keeps reconciling, stays healthy and does not spin.
+#[test]
+fn the_metrics_endpoint_cannot_stop_the_agent() {
+    let _g = setup();
+    let a = TestCgroup::new("agent-h/a");
+    let b = TestCgroup::new("agent-h/b");
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\ncgroups = [\"agent-h/a\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    let (host, port) = agent.metrics.rsplit_once(':').unwrap();
+    let flood = format!(
+        r#"
+import resource, socket, sys, time
+resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+idle = [socket.create_connection(("{host}", {port})) for _ in range(1100)]
+slow = socket.create_connection(("{host}", {port}))
+print("ready", flush=True)
+for c in b"GET /metrics HTTP/1.1\r\nHost: x\r\n":
+    try:
+        slow.send(bytes([c]))
+    except OSError:
+        break
+    time.sleep(1)
+time.sleep(30)
+"#
+    );
+    let mut attacker = std::process::Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", &flood])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(attacker.stdout.as_mut().unwrap()), &mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready", "the flood did not connect");
+
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", agent.child.id())).unwrap();
+        let fields: Vec<u64> =
+            stat.rsplit_once(')').unwrap().1.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        fields[10] + fields[11] // utime + stime, in clock ticks (fields 14 and 15 of stat)
+    };
+    let before = cpu();
+    replace_file(&policy, "[enable]\ncgroups = [\"agent-h/b\"]\n");
+    let applied = wait_for(Duration::from_secs(1), || (proto_of(Some(&b), "tcp4") == IPPROTO_MPTCP).then_some(()));
+    assert!(applied.is_some(), "a policy edit was not applied within 1 s under the flood: {}", agent.log());
+    assert_eq!(proto_of(Some(&a), "tcp4"), IPPROTO_TCP);
+    let healthy = wait_for(Duration::from_secs(20), || matches!(agent.get("/healthz"), Ok((200, _))).then_some(()));
+    assert!(healthy.is_some(), "/healthz did not answer under the flood: {}", agent.log());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu() - before;
+    let _ = attacker.kill();
+    let _ = attacker.wait();
+    // 100 ticks a second: a spinning loop would use most of them.
+    assert!(used < 150, "the agent used {used} ticks of CPU under the flood");
+}
+
 #[test]
 fn a_killed_agents_rules_keep_working_and_its_successor_adopts_them() {
     let _g = setup();
