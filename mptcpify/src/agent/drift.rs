@@ -101,14 +101,7 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn want(key: Key, action: Action) -> Desired {
-        Desired { key, action, origin: None, label: key.to_string() }
-    }
-
-    fn have(key: Key, action: Action, owner: Owner) -> Actual {
-        Actual { key, action, owner }
-    }
+    use crate::agent::reconcile::fixtures::{have, want};
 
     #[test]
     fn what_others_change_is_drift_and_conflicts_are_not() {

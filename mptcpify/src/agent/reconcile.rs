@@ -91,17 +91,23 @@ pub fn plan(desired: &[Desired], actual: &[Actual]) -> Plan {
     out
 }
 
+/// Wanted and held rules in one line each, for the agent's unit tests.
 #[cfg(test)]
-mod tests {
+pub(super) mod fixtures {
     use super::*;
 
-    fn want(key: Key, action: Action) -> Desired {
+    pub fn want(key: Key, action: Action) -> Desired {
         Desired { key, action, origin: None, label: key.to_string() }
     }
 
-    fn have(key: Key, action: Action, owner: Owner) -> Actual {
+    pub fn have(key: Key, action: Action, owner: Owner) -> Actual {
         Actual { key, action, owner }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fixtures::*, *};
 
     #[test]
     fn from_nothing_everything_is_added() {
