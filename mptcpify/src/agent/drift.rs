@@ -31,6 +31,11 @@ impl Expected {
         Self(wants)
     }
 
+    /// How many rules are wanted.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Wanted rules the kernel lacks or holds with the other action (a CLI rule's conflict
     /// included): until there are none, the agent is not ready.
     pub fn missing(&self, actual: &[Actual]) -> usize {

@@ -283,8 +283,9 @@ impl Agent {
         let retry = result.is_err() || !resolved.errors.is_empty();
         self.expected = drift::Expected::from_desired(&resolved.desired);
         let held = drift::kernel_rules();
-        let missing = held.as_ref().map_or(usize::MAX, |a| self.expected.missing(a));
-        self.settled = !retry && held.is_some();
+        let missing = held.as_ref().map_or(self.expected.len(), |a| self.expected.missing(a));
+        // Until the pods are listed the agent removes nothing, so its rules may exceed the wants.
+        self.settled = !retry && held.is_some() && synced;
 
         let mut h = self.health.lock().expect("health lock");
         h.reconcile_runs += 1;
@@ -294,7 +295,7 @@ impl Agent {
         h.refused_pods = refused.len();
         h.conflicts = conflicts;
         h.attached = held.is_some();
-        h.missing_rules = missing.min(i64::MAX as usize);
+        h.missing_rules = missing;
         if let Some(s) = h.kubernetes_synced.as_mut() {
             *s = synced;
         }
