@@ -154,10 +154,25 @@ fn signal_members(procs: &Path, child: Option<Pid>, sig: Signal) {
     }
 }
 
+/// The name of the cgroup a `run` makes: `run-` and its PID.
+const RUN_CGROUP_PREFIX: &str = "run-";
+
+/// Whether processes are left in the cgroup (`populated 1` in `cgroup.events`).
+fn populated(cgroup: &Path) -> bool {
+    std::fs::read_to_string(cgroup.join("cgroup.events")).is_ok_and(|s| s.contains("populated 1"))
+}
+
+/// Whether a `run` cgroup was left behind: its `run` is gone (killed before it could clean up)
+/// and no process is left in it. A PID taken again by another process keeps it (the safe side).
+pub fn abandoned(cgroup: &Path) -> bool {
+    let pid = cgroup.file_name().and_then(|n| n.to_str()?.strip_prefix(RUN_CGROUP_PREFIX)?.parse::<u32>().ok());
+    pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) && !populated(cgroup)
+}
+
 /// Waits until no process is left in the cgroup (`populated 0` in `cgroup.events`).
 async fn wait_empty(cgroup: &Path) -> Result<()> {
     let events = cgroup.join("cgroup.events");
-    let populated = || std::fs::read_to_string(&events).map(|s| s.contains("populated 1")).unwrap_or(false);
+    let populated = || populated(cgroup);
     let inotify = inotify::Inotify::init().context("inotify")?;
     inotify.watches().add(&events, inotify::WatchMask::MODIFY).context("watching cgroup.events")?;
     let mut stream = inotify.into_event_stream([0u8; 256])?;
@@ -181,7 +196,7 @@ pub async fn run(user: Option<&str>, command: &[String]) -> Result<i32> {
 
     let parent = root.join("mptcpify");
     std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = format!("run-{}", std::process::id());
+    let name = format!("{RUN_CGROUP_PREFIX}{}", std::process::id());
     let path = parent.join(&name);
     std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
     let cg = match cgroup::resolve(&root, &format!("mptcpify/{name}")) {

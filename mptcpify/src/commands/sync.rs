@@ -1,6 +1,6 @@
 //! `mptcpify sync`: moves every path and unit rule to its cgroup's current id (a restart
-//! recreated it) and drops the rules of `run` cgroups that are gone (their `run` was killed
-//! before it could clean up).
+//! recreated it) and drops the rules of `run` cgroups that are gone or abandoned (their `run`
+//! was killed before it could clean up, and they are empty).
 use std::path::Path;
 
 use anyhow::Result;
@@ -31,34 +31,67 @@ pub async fn sync() -> Result<()> {
     let mut st = State::open()?;
     let mut changed = 0;
     for (id, rule, origin, now) in planned {
-        match now {
-            Some(now) if now == id => {}
-            Some(now) => {
-                if st.get(&Key::Cgroup(now))?.is_none() {
-                    st.insert_new(
-                        &Key::Cgroup(now),
-                        new_rule(Action::from_code(rule.action), Owner::from_code(rule.owner)),
-                    )?;
-                    st.set_origin(now, &origin)?;
-                }
-                st.remove(&Key::Cgroup(id))?;
-                println!("sync: {}: cgroup id {id} -> {now}", super::shown(&origin.to_string()));
-                changed += 1;
-            }
-            None if origin.kind == OriginKind::Run => {
-                st.remove(&Key::Cgroup(id))?;
-                println!("sync: {}: cgroup gone, rule removed", super::shown(&origin.to_string()));
-                changed += 1;
-            }
-            None => println!(
-                "sync: {}: cgroup gone; the rule is kept until it reappears",
-                super::shown(&origin.to_string())
-            ),
+        let what = super::shown(&origin.to_string());
+        let done = step(&mut st, &root, (id, rule, &origin, now))?;
+        changed += usize::from(done.changes());
+        match done {
+            Step::Current => {}
+            Step::Abandoned => println!("sync: {what}: its run is gone and the cgroup empty: rule and cgroup removed"),
+            Step::Moved(now) => println!("sync: {what}: cgroup id {id} -> {now}"),
+            Step::RunGone => println!("sync: {what}: cgroup gone, rule removed"),
+            Step::Kept => println!("sync: {what}: cgroup gone; the rule is kept until it reappears"),
         }
     }
     st.recount()?;
     println!("sync: {changed} rule(s) changed");
     Ok(())
+}
+
+/// What sync did with one rule.
+enum Step {
+    Current,
+    /// A `run` cgroup whose `run` is gone, now empty: rule and cgroup removed.
+    Abandoned,
+    /// Moved to the recreated cgroup's new id.
+    Moved(u64),
+    /// A `run` cgroup that is gone: its rule removed.
+    RunGone,
+    /// Gone, kept until it reappears.
+    Kept,
+}
+
+impl Step {
+    fn changes(&self) -> bool {
+        matches!(self, Step::Abandoned | Step::Moved(_) | Step::RunGone)
+    }
+}
+
+fn step(st: &mut State, root: &Path, (id, rule, origin, now): (u64, Rule, &RuleOrigin, Option<u64>)) -> Result<Step> {
+    let path = root.join(origin.text.trim_start_matches('/'));
+    let run = origin.kind == OriginKind::Run;
+    Ok(match now {
+        Some(now) if now == id && run && super::run::abandoned(&path) => {
+            st.remove(&Key::Cgroup(id))?;
+            let _ = std::fs::remove_dir(&path);
+            Step::Abandoned
+        }
+        Some(now) if now == id => Step::Current,
+        Some(now) => {
+            if st.get(&Key::Cgroup(now))?.is_none() {
+                // The same owner: a rule the agent made stays the agent's.
+                let moved = new_rule(Action::from_code(rule.action), Owner::from_code(rule.owner));
+                st.insert_new(&Key::Cgroup(now), moved)?;
+                st.set_origin(now, origin)?;
+            }
+            st.remove(&Key::Cgroup(id))?;
+            Step::Moved(now)
+        }
+        None if run => {
+            st.remove(&Key::Cgroup(id))?;
+            Step::RunGone
+        }
+        None => Step::Kept,
+    })
 }
 
 /// Every cgroup rule with a path, unit or run origin, and where that origin is now.

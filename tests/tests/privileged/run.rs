@@ -131,3 +131,38 @@ fn run_forwards_signals_and_cleans_up() {
     let left = Command::new("pgrep").args(["-x", "sleep"]).output().unwrap();
     assert!(left.stdout.is_empty(), "the command outlived run: {}", String::from_utf8_lossy(&left.stdout));
 }
+
+/// A `run` killed before it could clean up (a stopped service, SIGKILL) leaves its cgroup and
+/// rule; `sync` keeps them while the command still runs and removes both once it has ended.
+#[test]
+fn sync_removes_what_a_killed_run_left_once_its_command_ends() {
+    let _g = setup();
+    let mut child =
+        Command::new(mptcpify_bin()).args(["run", "--", "sleep", "60"]).stdin(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    let sleeper = loop {
+        let out = Command::new("pgrep").args(["-x", "sleep"]).output().unwrap();
+        if let Some(pid) = String::from_utf8_lossy(&out.stdout).lines().next() {
+            break pid.to_owned();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "run did not start its command");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(run_cgroups().len(), 1, "the killed run left its cgroup");
+    let out = ok(&["sync"]);
+    assert_eq!(run_cgroups().len(), 1, "kept while its command runs: {out}");
+    assert_eq!(status_json()["rules"].as_array().unwrap().len(), 1);
+    assert!(Command::new("kill").args(["-KILL", &sleeper]).status().unwrap().success());
+    let empty = wait_for(Duration::from_secs(5), || {
+        let events =
+            std::fs::read_to_string(cgroup_root().join("mptcpify").join(&run_cgroups()[0]).join("cgroup.events"))
+                .ok()?;
+        events.contains("populated 0").then_some(())
+    });
+    assert!(empty.is_some(), "the command did not end");
+    let out = ok(&["sync"]);
+    assert!(out.contains("its run is gone and the cgroup empty"), "{out}");
+    assert_cleaned_up();
+}
