@@ -251,6 +251,38 @@ fn a_first_load_killed_at_any_moment_is_repaired_by_the_next_command() {
     }
 }
 
+/// Twenty CLIs racing the first load, each adding its own rule: all succeed, one program is
+/// attached, and every rule is there and works.
+#[test]
+fn concurrent_first_loads_end_with_one_program_and_every_rule() {
+    let _g = setup();
+    let children: Vec<_> = (0..20)
+        .map(|i| {
+            std::process::Command::new(mptcpify_bin())
+                .args(["enable", "--comm", &format!("race-{i}")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "enable {i}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let programs = aya::programs::loaded_programs().flatten().filter(|p| p.name_as_str() == Some("mptcpify")).count();
+    assert_eq!(programs, 1, "one program attached");
+    let rules = status_json()["rules"].as_array().unwrap().clone();
+    let mut keys: Vec<String> = rules.iter().map(|r| r["key"].as_str().unwrap().to_owned()).collect();
+    keys.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("race-{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+    let probe = std::path::PathBuf::from("/tmp/race-7");
+    std::fs::copy(sockprobe_bin(), &probe).unwrap();
+    assert_eq!(parse_probe(&run_in(None, &probe, &["tcp4"]))["tcp4"]["proto"], IPPROTO_MPTCP);
+}
+
 /// Whoever can write the pin directory decides which sockets are upgraded: loads make it root's
 /// alone, and state anyone else could have written is refused until `reset`.
 #[test]
