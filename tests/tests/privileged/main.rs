@@ -2,6 +2,7 @@
 //! Run as root in the 6.12 VM by `cargo xtask test` (one binary, so one boot).
 mod agent;
 mod core;
+mod differential;
 mod doctor;
 mod kernel_facts;
 mod kubernetes;
