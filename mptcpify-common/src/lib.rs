@@ -48,10 +48,37 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const FACTS_MAP: &str = "FACTS";
 /// cgroup id -> [`Origin`]: what a cgroup rule was made from. Only user space reads it.
 pub const ORIGINS_MAP: &str = "ORIGINS";
+/// Array of `u32` slots about the pinned state itself ([`MetaSlot`]). Only user space reads it.
+/// Its shape never changes (slots are only ever added at the end), so that every version can
+/// read the layout version of any state it meets.
+pub const META_MAP: &str = "META";
+pub const META_SLOTS: u32 = 8;
+
+/// The slots of [`META_MAP`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaSlot {
+    /// The [`LAYOUT_VERSION`] of whoever pinned the state.
+    Layout = 0,
+    /// Non-zero while an edit is under way: the editor's PID. Seen under the lock, that editor
+    /// was killed midway, and the next one repairs what it left (counts, the cgroup cache).
+    EditPid = 1,
+    /// Bumped at the end of every edit: a change of this slot or of [`Config`] is how the agent
+    /// notices edits by others without reading every rule.
+    Edits = 2,
+}
+
+/// Version of the pinned layout: the set of pinned maps, their key and value shapes, and what
+/// their values mean. Bump it with any such change; a version meeting state of another layout
+/// refuses to edit it (see README, "Upgrading").
+pub const LAYOUT_VERSION: u32 = 2;
+/// State pinned before layouts were numbered (no [`META_MAP`]): its maps are this layout's when
+/// they open with this version's shapes, and it is adopted by pinning a `META` beside them.
+pub const LAYOUT_UNNUMBERED: u32 = 1;
 
 /// Maps pinned beside the link; the rest (.rodata, the log ring buffer, the program's own cache)
 /// live on with the program, which the link holds.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 10] = [
     CGROUP_RULES_MAP,
     PID_RULES_MAP,
     COMM_RULES_MAP,
@@ -61,6 +88,7 @@ pub const PINNED_MAPS: [&str; 9] = [
     EVENTS_MAP,
     ORIGINS_MAP,
     FACTS_MAP,
+    META_MAP,
 ];
 
 /// Room for 10,000 rules of each kind, with headroom for hash collisions.

@@ -30,7 +30,7 @@ use aya_log_ebpf::debug;
 use mptcpify_common::{
     ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH, COMM_LEN,
     COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, IPPROTO_MPTCP, IPPROTO_TCP,
-    LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, Origin, Rule, RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
+    LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Rule, RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -57,6 +57,9 @@ static ORIGINS: HashMap<u64, Origin> = HashMap::with_max_entries(MAX_RULES, 1);
 /// Written by the loader, read by `doctor`; defined here so it is created and pinned with the rest.
 #[map]
 static FACTS: Array<LoadFacts> = Array::with_max_entries(1, 0);
+/// The pinned state's layout version and edit journal; user space only, pinned with the rest.
+#[map]
+static META: Array<u32> = Array::with_max_entries(META_SLOTS, 0);
 
 // Set by the loader from the running kernel's BTF and the address of `mptcp_pernet_id`, which it
 // asks of the kernel's `bpf_kallsyms_lookup_name` (see `mptcp_enabled_here` below).

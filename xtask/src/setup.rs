@@ -22,6 +22,8 @@ const PACKAGES: &[&str] = &[
     // Benchmarks: the real two-path workload and the LD_PRELOAD tool we compare with.
     "iperf3",
     "mptcpize",
+    // Tests: kills edits at each of their bpf(2) calls (fault injection).
+    "strace",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -8,7 +8,7 @@ use std::{
 use super::{
     kubernetes::pods::{PodCgroup, PodInfo, cgroup_paths},
     policy::{CgroupDriver, Policy, Selector},
-    reconcile::Desired,
+    reconcile::{Concern, Desired},
 };
 use crate::{
     host::{cgroup, selector::CgroupPath, systemd},
@@ -34,7 +34,7 @@ pub struct Resolved {
     /// Wanted cgroups that do not exist yet.
     pub pending: Vec<String>,
     /// What could not be resolved this round (e.g. systemd unreachable): while any is set, the
-    /// agent removes none of its rules, so a transient failure never drops coverage.
+    /// agent removes none of the rules it concerns, so a transient failure never drops coverage.
     pub errors: Vec<Unresolved>,
     pub pods: Vec<PodCoverage>,
     /// Pods whose cgroup would lie outside kubepods: never enabled, reported.
@@ -47,6 +47,7 @@ pub struct Resolved {
 pub struct Unresolved {
     pub what: String,
     pub error: anyhow::Error,
+    pub concerns: Concern,
 }
 
 /// Existing directories from `root` down to the parent of `relative`.
@@ -105,7 +106,7 @@ impl Resolved {
                 Some(cg.id)
             }
             Err(error) => {
-                self.errors.push(Unresolved { what: label.to_owned(), error });
+                self.errors.push(Unresolved { what: label.to_owned(), error, concerns: Concern::Cgroup(cg.id) });
                 None
             }
         }
@@ -126,6 +127,7 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
             Selector::Cgroup(CgroupPath::Mounted(path)) => r.errors.push(Unresolved {
                 what: format!("cgroup {}", path.display()),
                 error: anyhow::anyhow!("a policy's cgroups are relative to the cgroup2 root"),
+                concerns: Concern::Origin(OriginKind::Path, path.display().to_string()),
             }),
             Selector::Unit(unit) => match systemd::unit_cgroup_expected(unit).await {
                 Ok(Some(path)) => {
@@ -134,7 +136,11 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
                     }
                 }
                 Ok(None) => r.pending.push(format!("unit {unit}: systemd has no such unit")),
-                Err(error) => r.errors.push(Unresolved { what: format!("unit {unit}"), error }),
+                Err(error) => r.errors.push(Unresolved {
+                    what: format!("unit {unit}"),
+                    error,
+                    concerns: Concern::Origin(OriginKind::Unit, unit.clone()),
+                }),
             },
             Selector::Key(key) => {
                 r.desired.push(Desired { key: *key, action: w.action, origin: None, label: key.to_string() })

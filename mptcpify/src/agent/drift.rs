@@ -1,19 +1,62 @@
 //! What the agent wants the kernel to hold, checked against the kernel between
 //! reconciliations, so that changes made by others (`mptcpify reset`, a forced `disable`, a CLI
-//! rule that covered a want going away) are undone within a second; and the backoff between
-//! retries of a pass that failed.
+//! rule that covered a want going away, an edit killed midway) are undone within a second; and
+//! the backoff between retries of a pass that failed.
 use std::{collections::BTreeMap, time::Duration};
+
+use tokio::time::Instant;
 
 use super::reconcile::{Actual, Desired};
 use crate::state::{
-    maps::State,
+    maps::{Fingerprint, State},
     pins,
     rules::{Action, Key, Owner, RuleStore as _},
 };
 
-/// How often the kernel's rules are compared with the wanted ones: a read of the rule maps, no
-/// resolving (systemd, the cgroup tree and the API server are followed by their events).
+/// How often the state's [`Fingerprint`] is read (a few syscalls): every edit made through
+/// mptcpify changes it, and so do a reset and a reload. No resolving here: systemd, the cgroup
+/// tree and the API server are followed by their events.
 pub const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often every rule is compared even though the fingerprint stayed: catches map edits made
+/// around mptcpify (bpftool), at O(rules) syscalls.
+pub const COMPARE_EVERY: Duration = Duration::from_secs(2);
+
+/// What one check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    Nothing,
+    /// Read every rule and compare.
+    Compare,
+    /// An edit was killed midway: a pass repairs it.
+    Reconcile,
+}
+
+/// Decides, per check, whether the rules need a full read.
+#[derive(Debug)]
+pub struct Watcher {
+    last: Option<Fingerprint>,
+    compared: Instant,
+}
+
+impl Watcher {
+    pub fn new(now: Instant) -> Self {
+        Self { last: None, compared: now }
+    }
+
+    /// After a pass or a full comparison: what the kernel held then is the baseline.
+    pub fn compared(&mut self, seen: Option<Fingerprint>, now: Instant) {
+        self.last = seen;
+        self.compared = now;
+    }
+
+    pub fn look(&self, seen: Option<Fingerprint>, now: Instant, alive: impl Fn(u32) -> bool) -> Look {
+        match seen {
+            Some(Fingerprint { edit_pid: Some(pid), .. }) if !alive(pid) => Look::Reconcile,
+            _ if seen != self.last || now.duration_since(self.compared) >= COMPARE_EVERY => Look::Compare,
+            _ => Look::Nothing,
+        }
+    }
+}
 
 /// The wanted rules, one action per key (an exclusion beats an enable, as in the kernel).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -62,19 +105,26 @@ impl Expected {
     }
 }
 
-/// The kernel's rules as the reconciler sees them; `None` when the program is not attached or
-/// the state cannot be read (which a reconciliation repairs or reports).
-pub fn kernel_rules() -> Option<Vec<Actual>> {
+/// Why the kernel's rules could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Unheld {
+    #[error("the program is not attached")]
+    NotAttached,
+    #[error("the pinned state cannot be used: {0:#}")]
+    Unreadable(anyhow::Error),
+}
+
+/// The kernel's rules as the reconciler sees them (a reconciliation repairs or reports what
+/// keeps them from being read).
+pub fn kernel_rules() -> Result<Vec<Actual>, Unheld> {
     if !pins::is_loaded() {
-        return None;
+        return Err(Unheld::NotAttached);
     }
-    let entries = State::open().and_then(|st| st.entries()).ok()?;
-    Some(
-        entries
-            .into_iter()
-            .map(|(key, r)| Actual { key, action: Action::from_code(r.action), owner: Owner::from_code(r.owner) })
-            .collect(),
-    )
+    let entries = State::open().and_then(|st| st.entries()).map_err(Unheld::Unreadable)?;
+    Ok(entries
+        .into_iter()
+        .map(|(key, r)| Actual { key, action: Action::from_code(r.action), owner: Owner::from_code(r.owner) })
+        .collect())
 }
 
 /// Doubling delays between retries of a failed reconciliation, from 100 ms up to 30 s.
@@ -122,6 +172,23 @@ mod tests {
         let extra = [held[0], held[1], have(Key::Pid(9), Action::Enable, Owner::Agent)];
         assert!(e.drifted(&extra), "an agent rule nothing wants");
         assert!(!e.drifted(&[held[0], held[1], have(Key::Pid(9), Action::Enable, Owner::Cli)]), "CLI rules are theirs");
+    }
+
+    #[test]
+    fn rules_are_read_when_the_fingerprint_moves_a_killed_edit_is_repaired_and_all_are_compared_now_and_then() {
+        let t0 = Instant::now();
+        let fp = |edits, edit_pid| Fingerprint { link_id: 1, config: Default::default(), edits, edit_pid };
+        let mut w = Watcher::new(t0);
+        w.compared(Some(fp(3, None)), t0);
+        let alive = |_| true;
+        assert_eq!(w.look(Some(fp(3, None)), t0 + CHECK_EVERY, alive), Look::Nothing);
+        assert_eq!(w.look(Some(fp(4, None)), t0 + CHECK_EVERY, alive), Look::Compare, "an edit");
+        assert_eq!(w.look(None, t0 + CHECK_EVERY, alive), Look::Compare, "reset");
+        let reloaded = Fingerprint { link_id: 2, ..fp(3, None) };
+        assert_eq!(w.look(Some(reloaded), t0 + CHECK_EVERY, alive), Look::Compare, "reset and loaded again");
+        assert_eq!(w.look(Some(fp(3, Some(77))), t0 + CHECK_EVERY, |_| false), Look::Reconcile, "killed midway");
+        assert_eq!(w.look(Some(fp(3, Some(77))), t0 + CHECK_EVERY, alive), Look::Compare, "an edit under way");
+        assert_eq!(w.look(Some(fp(3, None)), t0 + COMPARE_EVERY, alive), Look::Compare, "edits around mptcpify");
     }
 
     #[test]

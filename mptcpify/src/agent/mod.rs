@@ -30,7 +30,7 @@ use self::{
     kubernetes::{pods, watch::Cluster},
     metrics::{Health, SharedHealth},
     policy::Policy,
-    reconcile::{Actual, Plan},
+    reconcile::{Actual, Concern, Plan},
     watches::Watches,
 };
 use crate::{
@@ -40,7 +40,8 @@ use crate::{
     },
     host::{preconditions, users::system_users},
     state::{
-        maps::State,
+        maps::{self, State},
+        origin::OriginKind,
         pins::{self, Lock},
         rules::{Action, Key, Owner, RuleStore as _, new_rule},
     },
@@ -74,6 +75,7 @@ struct Agent {
     backoff: drift::Backoff,
     /// The last pass applied everything: until then retries, not the drift check, catch up.
     settled: bool,
+    watcher: drift::Watcher,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -128,6 +130,7 @@ pub async fn run(opts: Options) -> Result<()> {
         expected: Default::default(),
         backoff: Default::default(),
         settled: false,
+        watcher: drift::Watcher::new(Instant::now()),
     };
     let agent = serve(agent, watches, rx).await?;
     if agent.opts.cleanup_on_exit {
@@ -159,8 +162,7 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
             }
             Some(()) = changed.recv() => { due.get_or_insert(Instant::now() + SETTLE); }
             _ = check.tick(), if due.is_none() && agent.settled => {
-                if agent.drifted() {
-                    log::info!("the kernel's rules changed under the agent (reset, or edited by hand); reconciling");
+                if agent.changed_under_it() {
                     due = Some(Instant::now());
                 }
             }
@@ -180,6 +182,17 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
             }
         }
     }
+}
+
+/// What a pass found, for [`Agent::record`].
+struct PassOutcome {
+    valid: bool,
+    synced: bool,
+    refused: usize,
+    conflicts: usize,
+    missing: usize,
+    held: Result<Vec<Actual>, drift::Unheld>,
+    retry: bool,
 }
 
 /// What one reconciliation asks of the loop.
@@ -207,17 +220,17 @@ fn attach(log_level: LogLevel) -> Result<()> {
 
 /// `--cleanup-on-exit`: removes the agent's rules, and the program too if no CLI rule is left.
 fn cleanup() -> Result<()> {
-    let _lock = Lock::take()?;
+    let lock = Lock::take()?;
     if !pins::is_loaded() {
         return Ok(());
     }
-    let mut st = State::open()?;
-    let entries = st.entries()?;
-    let mine: Vec<Key> =
-        entries.iter().filter(|(_, r)| Owner::from_code(r.owner) == Owner::Agent).map(|(k, _)| *k).collect();
-    for k in &mine {
-        st.remove(k)?;
-    }
+    let (entries, mine) = State::edit(&lock, |st| {
+        let entries = st.entries()?;
+        let mine: Vec<Key> =
+            entries.iter().filter(|(_, r)| Owner::from_code(r.owner) == Owner::Agent).map(|(k, _)| *k).collect();
+        mine.iter().try_for_each(|k| st.remove(k))?;
+        Ok((entries, mine))
+    })?;
     if entries.len() == mine.len() {
         pins::remove_all()?;
         log::info!("cleanup: removed {} rule(s) and detached the program", mine.len());
@@ -271,7 +284,7 @@ impl Agent {
         let result = self.apply(&resolved, synced);
         let added_watches = watches.update(&resolved.watch_dirs);
         for e in &resolved.errors {
-            log::warn!("not resolved (no rule of the agent is removed until it is): {e}");
+            log::warn!("not resolved (no rule of the agent it could concern is removed until it is): {e}");
         }
         let conflicts = match &result {
             Ok(plan) => plan.conflicts.len(),
@@ -282,19 +295,28 @@ impl Agent {
         };
         let retry = result.is_err() || !resolved.errors.is_empty();
         self.expected = drift::Expected::from_desired(&resolved.desired);
+        let seen = maps::fingerprint();
         let held = drift::kernel_rules();
+        self.watcher.compared(seen, Instant::now());
         let missing = held.as_ref().map_or(self.expected.len(), |a| self.expected.missing(a));
-        // Until the pods are listed the agent removes nothing, so its rules may exceed the wants.
-        self.settled = !retry && held.is_some() && synced;
+        // Until the pods are listed the agent removes no pod rule, so its rules may exceed the wants.
+        self.settled = !retry && held.is_ok() && synced;
+        let outcome = PassOutcome { valid, synced, refused: refused.len(), conflicts, missing, held, retry };
+        self.record(resolved, &result, outcome);
+        Pass { added_watches, retry }
+    }
 
+    /// Health, metrics and readiness after a pass.
+    fn record(&self, resolved: desired::Resolved, result: &Result<Plan>, o: PassOutcome) {
+        let PassOutcome { valid, synced, conflicts, missing, retry, .. } = o;
         let mut h = self.health.lock().expect("health lock");
         h.reconcile_runs += 1;
         h.policy_valid = valid;
         h.pending = resolved.pending.len();
         h.pods = resolved.pods;
-        h.refused_pods = refused.len();
+        h.refused_pods = o.refused;
         h.conflicts = conflicts;
-        h.attached = held.is_some();
+        h.attached = pins::is_loaded();
         h.missing_rules = missing;
         if let Some(s) = h.kubernetes_synced.as_mut() {
             *s = synced;
@@ -303,7 +325,7 @@ impl Agent {
             h.reconcile_errors += 1;
         }
         h.not_ready_reason = match () {
-            _ if !h.attached => "the program is not attached".into(),
+            _ if let Err(unheld) = &o.held => unheld.to_string(),
             _ if !synced => "waiting for the first list of pods and namespaces".into(),
             _ if !resolved.errors.is_empty() => {
                 format!("{} wanted rule(s) could not be resolved", resolved.errors.len())
@@ -313,12 +335,28 @@ impl Agent {
             _ => String::new(),
         };
         h.ready = h.not_ready_reason.is_empty();
-        Pass { added_watches, retry }
     }
 
-    /// Whether the kernel no longer holds what the last pass left (read from the maps).
-    fn drifted(&self) -> bool {
-        drift::kernel_rules().is_none_or(|held| self.expected.drifted(&held))
+    /// Whether the kernel no longer holds what the last pass left, or an edit was killed
+    /// midway: the fingerprint on every check, every rule when it moved (and now and then).
+    fn changed_under_it(&mut self) -> bool {
+        let now = Instant::now();
+        let seen = maps::fingerprint();
+        match self.watcher.look(seen, now, |pid| std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            drift::Look::Nothing => false,
+            drift::Look::Reconcile => {
+                log::warn!("an edit of the pinned state was killed midway; reconciling repairs it");
+                true
+            }
+            drift::Look::Compare => {
+                self.watcher.compared(seen, now);
+                let drifted = drift::kernel_rules().map_or(true, |held| self.expected.drifted(&held));
+                if drifted {
+                    log::info!("the kernel's rules changed under the agent (reset, or edited by hand); reconciling");
+                }
+                drifted
+            }
+        }
     }
 
     /// The selected pods of this node, the refused ones (`pod ns/name: reason`), and whether
@@ -351,54 +389,77 @@ impl Agent {
 
     /// Diffs and applies under the lock (re-loading the program if someone reset it).
     fn apply(&self, resolved: &desired::Resolved, synced: bool) -> Result<Plan> {
-        let _lock = Lock::take()?;
+        let lock = Lock::take()?;
         if !pins::is_loaded() {
             log::warn!("the program is not attached (was `mptcpify reset` run?); loading it again");
             loader::load_and_pin(self.opts.log_level)?;
             sys::release_free_memory();
         }
-        let mut st = State::open()?;
-        let actual: Vec<Actual> = st
-            .entries()?
-            .into_iter()
-            .map(|(key, r)| Actual { key, action: Action::from_code(r.action), owner: Owner::from_code(r.owner) })
-            .collect();
-        let mut plan = reconcile::plan(&resolved.desired, &actual);
-        for c in &plan.conflicts {
-            log::warn!("conflict: {c}");
-        }
-        if !resolved.errors.is_empty() || !synced {
-            plan.remove.clear();
-        }
-        log::debug!("reconcile: {} kept, {} covered by CLI rules", plan.kept, plan.covered_by_cli);
-        let mut failures = Vec::new();
-        for key in &plan.replace {
-            if let Err(error) = st.remove(key) {
-                failures.push(RuleFailure { rule: key.to_string(), error });
-            }
-        }
-        for d in &plan.add {
-            match add_desired(&mut st, d) {
-                Ok(()) => log::info!("{}: {}", d.action.done(), d.label),
-                Err(error) => failures.push(RuleFailure { rule: d.label.clone(), error }),
-            }
-        }
-        for key in &plan.remove {
-            let rule = match key {
-                Key::Cgroup(id) => st.origin(*id).map(|o| format!("{key} ({o})")),
-                _ => None,
-            }
-            .unwrap_or_else(|| key.to_string());
-            match st.remove(key) {
-                Ok(()) => log::info!("removed: {rule}"),
-                Err(error) => failures.push(RuleFailure { rule, error }),
-            }
-        }
-        if !failures.is_empty() {
-            return Err(ApplyFailed(failures).into());
-        }
-        Ok(plan)
+        State::edit(&lock, |st| apply_plan(st, resolved, synced))
     }
+}
+
+/// Brings the kernel's rules to `resolved`'s wants, as far as it can: removals that something
+/// unresolved could concern wait for it.
+fn apply_plan(st: &mut State, resolved: &desired::Resolved, synced: bool) -> Result<Plan> {
+    let actual: Vec<Actual> = st
+        .entries()?
+        .into_iter()
+        .map(|(key, r)| Actual { key, action: Action::from_code(r.action), owner: Owner::from_code(r.owner) })
+        .collect();
+    let mut plan = reconcile::plan(&resolved.desired, &actual);
+    for c in &plan.conflicts {
+        log::warn!("conflict: {c}");
+    }
+    let mut blockers: Vec<Concern> = resolved.errors.iter().map(|e| e.concerns.clone()).collect();
+    if !synced {
+        blockers.push(Concern::Kind(OriginKind::Pod));
+    }
+    plan.remove.retain(|key| {
+        let origin = match key {
+            Key::Cgroup(id) => st.origin(*id),
+            _ => None,
+        };
+        let held = reconcile::held_back(key, origin.as_ref(), &blockers);
+        if held {
+            log::info!("kept until what could concern it is resolved: {key}");
+        }
+        !held
+    });
+    log::debug!("reconcile: {} kept, {} covered by CLI rules", plan.kept, plan.covered_by_cli);
+    execute(st, plan)
+}
+
+/// Applies a plan: replacements, then additions, then removals; every rule it could not change
+/// is reported together.
+fn execute(st: &mut State, plan: Plan) -> Result<Plan> {
+    let mut failures = Vec::new();
+    for key in &plan.replace {
+        if let Err(error) = st.remove(key) {
+            failures.push(RuleFailure { rule: key.to_string(), error });
+        }
+    }
+    for d in &plan.add {
+        match add_desired(st, d) {
+            Ok(()) => log::info!("{}: {}", d.action.done(), d.label),
+            Err(error) => failures.push(RuleFailure { rule: d.label.clone(), error }),
+        }
+    }
+    for key in &plan.remove {
+        let rule = match key {
+            Key::Cgroup(id) => st.origin(*id).map(|o| format!("{key} ({o})")),
+            _ => None,
+        }
+        .unwrap_or_else(|| key.to_string());
+        match st.remove(key) {
+            Ok(()) => log::info!("removed: {rule}"),
+            Err(error) => failures.push(RuleFailure { rule, error }),
+        }
+    }
+    if !failures.is_empty() {
+        return Err(ApplyFailed(failures).into());
+    }
+    Ok(plan)
 }
 
 /// Adds one wanted rule of the agent with its origin; neither stays if either fails.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::state::{
-    origin::RuleOrigin,
+    origin::{OriginKind, RuleOrigin},
     rules::{Action, Key, Owner},
 };
 
@@ -47,6 +47,31 @@ impl Plan {
     pub fn is_noop(&self) -> bool {
         self.replace.is_empty() && self.add.is_empty() && self.remove.is_empty()
     }
+}
+
+/// Which of the agent's rules something unresolved could concern: those it must not remove
+/// until it is resolved, since it might still want them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Concern {
+    /// Rules made from this origin (a unit while systemd is unreachable).
+    Origin(OriginKind, String),
+    /// Every rule made from an origin of this kind (pods until the first list arrives).
+    Kind(OriginKind),
+    /// The rule of this cgroup.
+    Cgroup(u64),
+}
+
+/// Whether removing the agent's rule for `key` (made from `origin`) must wait for `blockers`:
+/// only cgroup rules are resolved, so only they can be concerned, and one whose origin is
+/// unknown is concerned by any blocker.
+pub fn held_back(key: &Key, origin: Option<&RuleOrigin>, blockers: &[Concern]) -> bool {
+    let Key::Cgroup(id) = key else { return false };
+    blockers.iter().any(|b| match (b, origin) {
+        (Concern::Cgroup(c), _) => c == id,
+        (_, None) => true,
+        (Concern::Kind(kind), Some(o)) => o.kind == *kind,
+        (Concern::Origin(kind, text), Some(o)) => o.kind == *kind && o.text == *text,
+    })
 }
 
 /// Diffs `desired` against `actual`.
@@ -165,6 +190,24 @@ mod tests {
         let a = [have(Key::Cgroup(3), Action::Enable, Owner::Agent), have(Key::Cgroup(4), Action::Enable, Owner::Cli)];
         let p = plan(&[], &a);
         assert_eq!(p.remove, [Key::Cgroup(3)]);
+    }
+
+    #[test]
+    fn something_unresolved_holds_back_only_the_removals_it_concerns() {
+        let unit = |u: &str| Some(RuleOrigin::new(OriginKind::Unit, u).unwrap());
+        let pod = Some(RuleOrigin::new(OriginKind::Pod, "shop/web").unwrap());
+        let path = Some(RuleOrigin::new(OriginKind::Path, "/a.slice").unwrap());
+        let systemd_down = [Concern::Origin(OriginKind::Unit, "db.service".into())];
+        assert!(held_back(&Key::Cgroup(1), unit("db.service").as_ref(), &systemd_down));
+        assert!(!held_back(&Key::Cgroup(2), unit("web.service").as_ref(), &systemd_down), "another unit");
+        assert!(!held_back(&Key::Cgroup(3), path.as_ref(), &systemd_down));
+        assert!(!held_back(&Key::Uid(5), None, &systemd_down), "user rules need no resolving");
+        assert!(held_back(&Key::Cgroup(4), None, &systemd_down), "an unknown origin could be anything");
+        let unlisted = [Concern::Kind(OriginKind::Pod)];
+        assert!(held_back(&Key::Cgroup(5), pod.as_ref(), &unlisted));
+        assert!(!held_back(&Key::Cgroup(6), unit("db.service").as_ref(), &unlisted), "pods unlisted: units go");
+        assert!(held_back(&Key::Cgroup(7), path.as_ref(), &[Concern::Cgroup(7)]));
+        assert!(!held_back(&Key::Cgroup(7), path.as_ref(), &[]));
     }
 
     #[test]

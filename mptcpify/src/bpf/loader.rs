@@ -15,8 +15,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
-    FACTS_MAP, HOOK_FUNCTION, LINK_PIN, LOADING_INFIX, LoadFacts, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, netns_globals,
-    task_globals,
+    FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP, PIN_DIR, PINNED_MAPS,
+    PROGRAM_NAME, netns_globals, task_globals,
 };
 
 use super::{
@@ -128,6 +128,8 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
         &maps,
         LoadFacts { netns_check: u32::from(netns.is_some()), log_level: log_level.as_global().into() },
     )?;
+    let (_, meta) = maps.get(META_MAP).ok_or_else(|| anyhow!("map {META_MAP} missing from the embedded object"))?;
+    stamp_layout(meta)?;
     let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
     obj.relocate_maps(
         // aya keeps `MapData::obj` crate-private, hence the parsed definition kept beside it.
@@ -219,6 +221,21 @@ fn record_facts(maps: &HashMap<String, (aya_obj::Map, MapData)>, facts: LoadFact
     bytes.extend(facts.log_level.to_ne_bytes());
     const _: () = assert!(size_of::<LoadFacts>() == 8, "LoadFacts is two u32s");
     sys::write_first_element(map.fd().as_fd(), &bytes).context("recording how the program was loaded")
+}
+
+/// Writes this version's layout into a new META map.
+fn stamp_layout(meta: &MapData) -> Result<()> {
+    sys::write_first_element(meta.fd().as_fd(), &LAYOUT_VERSION.to_ne_bytes()).context("recording the state's layout")
+}
+
+/// Pins a META map stamped with this layout into `dir`, made from the embedded program's own
+/// definition: how state pinned before layouts were numbered is adopted.
+pub fn pin_meta(dir: &Path) -> Result<()> {
+    let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
+    let def = obj.maps.remove(META_MAP).ok_or_else(|| anyhow!("map {META_MAP} missing from the embedded object"))?;
+    let meta = MapData::create(def, META_MAP, None).context("creating the META map")?;
+    stamp_layout(&meta)?;
+    meta.pin(dir.join(META_MAP)).with_context(|| format!("pinning {}", dir.join(META_MAP).display()))
 }
 
 /// What a user needs to hear when the kernel refuses the program.

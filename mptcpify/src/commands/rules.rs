@@ -36,12 +36,12 @@ pub async fn add(selectors: &[Selector], action: Action, log_level: LogLevel) ->
 
 /// Applies resolved targets under the lock; all or nothing, including a first load.
 pub fn add_resolved(resolved: &[Target], action: Action, log_level: LogLevel) -> Result<Vec<Outcome>> {
-    let _lock = Lock::take()?;
+    let lock = Lock::take()?;
     let loaded_now = !pins::is_loaded();
     if loaded_now {
         loader::load_and_pin(log_level)?;
     }
-    let applied = add_with_origins(resolved, action);
+    let applied = State::edit(&lock, |st| add_with_origins(st, resolved, action));
     if applied.is_err() && loaded_now {
         let _ = pins::remove_all();
     }
@@ -49,10 +49,9 @@ pub fn add_resolved(resolved: &[Target], action: Action, log_level: LogLevel) ->
 }
 
 /// The rules and, for the ones added, their origins; a failure removes what this call added.
-fn add_with_origins(resolved: &[Target], action: Action) -> Result<Vec<Outcome>> {
-    let mut st = State::open()?;
+fn add_with_origins(st: &mut State, resolved: &[Target], action: Action) -> Result<Vec<Outcome>> {
     let keys: Vec<Key> = resolved.iter().map(|t| t.key).collect();
-    let outcomes = rules::add_all(&mut st, &keys, action)?;
+    let outcomes = rules::add_all(st, &keys, action)?;
     let added: Vec<&Target> =
         resolved.iter().zip(&outcomes).filter(|(_, o)| **o == Outcome::Added).map(|(t, _)| t).collect();
     let recorded = added.iter().try_for_each(|t| match (&t.key, &t.origin) {
@@ -76,13 +75,12 @@ pub async fn disable(selectors: &[Selector], cgroup_ids: &[u64], agent_rules: Ag
     }
     let mut resolved = resolve::resolve(selectors, &mounts, Purpose::Remove).await?;
     resolved.extend(cgroup_ids.iter().map(|&id| Target::plain(Key::Cgroup(id), format!("cgroup id {id}"))));
-    let _lock = Lock::take()?;
+    let lock = Lock::take()?;
     if !pins::is_loaded() {
         bail!("nothing is enabled: mptcpify is not loaded");
     }
-    let mut st = State::open()?;
     let keys: Vec<Key> = resolved.iter().map(|t| t.key).collect();
-    rules::remove_all(&mut st, &keys, agent_rules)?;
+    State::edit(&lock, |st| rules::remove_all(st, &keys, agent_rules))?;
     for t in &resolved {
         println!("removed: {}", super::shown(&t.label));
     }

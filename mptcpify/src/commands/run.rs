@@ -102,10 +102,8 @@ struct RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        if let Ok(_lock) = Lock::take()
-            && let Ok(mut st) = State::open()
-        {
-            let _ = st.remove(&Key::Cgroup(self.id));
+        if let Ok(lock) = Lock::take() {
+            let _ = State::edit(&lock, |st| st.remove(&Key::Cgroup(self.id)));
         }
         let _ = std::fs::remove_dir(&self.path);
     }

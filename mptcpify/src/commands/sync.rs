@@ -27,12 +27,18 @@ pub async fn sync() -> Result<()> {
     }
     // Resolve outside the lock (systemd may be slow), then apply under it.
     let planned = plan(&root).await?;
-    let _lock = Lock::take()?;
-    let mut st = State::open()?;
+    let lock = Lock::take()?;
+    let changed = State::edit(&lock, |st| apply(st, &root, planned))?;
+    println!("sync: {changed} rule(s) changed");
+    Ok(())
+}
+
+/// Applies the planned steps and recounts; returns how many rules changed.
+fn apply(st: &mut State, root: &Path, planned: Vec<Planned>) -> Result<usize> {
     let mut changed = 0;
     for (id, rule, origin, now) in planned {
         let what = super::shown(&origin.to_string());
-        let done = step(&mut st, &root, (id, rule, &origin, now))?;
+        let done = step(st, root, (id, rule, &origin, now))?;
         changed += usize::from(done.changes());
         match done {
             Step::Current => {}
@@ -43,8 +49,7 @@ pub async fn sync() -> Result<()> {
         }
     }
     st.recount()?;
-    println!("sync: {changed} rule(s) changed");
-    Ok(())
+    Ok(changed)
 }
 
 /// What sync did with one rule.

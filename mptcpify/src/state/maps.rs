@@ -13,7 +13,9 @@ use mptcpify_common::{
 };
 
 use super::{
+    meta::{self, LayoutError, Meta},
     origin::RuleOrigin,
+    pins::{self, Lock},
     rules::{Full, Key, RuleStore},
 };
 
@@ -65,6 +67,38 @@ pub struct State {
     origins: HashMap<MapData, u64, Origin>,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
+    /// `None` until state pinned before layouts were numbered is adopted by its first edit.
+    meta: Option<Meta>,
+}
+
+/// What changes with every edit of the pinned state, read in a few syscalls however many rules
+/// there are: the agent compares it between full comparisons of the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub link_id: u32,
+    pub config: Config,
+    pub edits: u32,
+    /// An edit under way, or one killed midway (its PID).
+    pub edit_pid: Option<u32>,
+}
+
+/// `None` while nothing is attached or the state cannot be read.
+pub fn fingerprint() -> Option<Fingerprint> {
+    let link_id = pins::link_ids().ok()?.link_id;
+    let config: Array<MapData, Config> = Array::try_from(Map::Array(open_map(CONFIG_MAP).ok()?)).ok()?;
+    let meta = Meta::open().ok()?;
+    Some(Fingerprint {
+        link_id,
+        config: config.get(&0, 0).ok()?,
+        edits: meta.as_ref().map_or(Ok(0), Meta::edits).ok()?,
+        edit_pid: meta.as_ref().map_or(Ok(None), Meta::edit_pid).ok()?,
+    })
+}
+
+/// Opens one pinned map with the shape this version expects; another shape means state of
+/// another layout.
+fn shaped<T>(name: &'static str, typed: impl FnOnce(MapData) -> Result<T, MapError>) -> Result<T> {
+    typed(open_map(name)?).map_err(|e| LayoutError::Unreadable { map: name, reason: e.to_string() }.into())
 }
 
 fn get<K: Pod>(map: &HashMap<MapData, K, Rule>, key: &K) -> Result<Option<Rule>> {
@@ -90,18 +124,65 @@ fn entries<K: Pod>(map: &HashMap<MapData, K, Rule>) -> Result<Vec<(K, Rule)>> {
 }
 
 impl State {
-    /// Opens the pinned maps, once [`super::pins::verify_dir`] trusts their directory.
+    /// Opens the pinned maps, once [`super::pins::verify_dir`] trusts their directory and the
+    /// state's layout is this version's.
     pub fn open() -> Result<Self> {
-        super::pins::verify_dir()?;
+        pins::verify_dir()?;
+        let meta = Meta::open()?;
+        meta::check(meta.as_ref().map(Meta::layout).transpose()?)?;
         Ok(Self {
-            cgroups: HashMap::try_from(Map::HashMap(open_map(CGROUP_RULES_MAP)?))?,
-            pids: HashMap::try_from(Map::HashMap(open_map(PID_RULES_MAP)?))?,
-            comms: HashMap::try_from(Map::HashMap(open_map(COMM_RULES_MAP)?))?,
-            uids: HashMap::try_from(Map::HashMap(open_map(UID_RULES_MAP)?))?,
-            origins: HashMap::try_from(Map::HashMap(open_map(ORIGINS_MAP)?))?,
-            counters: PerCpuArray::try_from(Map::PerCpuArray(open_map(COUNTERS_MAP)?))?,
-            config: Array::try_from(Map::Array(open_map(CONFIG_MAP)?))?,
+            cgroups: shaped(CGROUP_RULES_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
+            pids: shaped(PID_RULES_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
+            comms: shaped(COMM_RULES_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
+            uids: shaped(UID_RULES_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
+            origins: shaped(ORIGINS_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
+            counters: shaped(COUNTERS_MAP, |m| PerCpuArray::try_from(Map::PerCpuArray(m)))?,
+            config: shaped(CONFIG_MAP, |m| Array::try_from(Map::Array(m)))?,
+            meta,
         })
+    }
+
+    /// Runs one edit of the pinned state, crash-consistently: the journal names this process
+    /// while `edit` runs, so that if it is killed midway the next edit (or the agent) finds its
+    /// PID there and repairs what it left (counts, the cgroup cache, origins without a rule)
+    /// before its own change. State pinned before layouts were numbered is adopted first.
+    pub fn edit<T>(_lock: &Lock, edit: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let mut st = State::open()?;
+        if st.meta.is_none() {
+            log::info!("adopting pinned state of an unnumbered layout as layout {}", mptcpify_common::LAYOUT_VERSION);
+            crate::bpf::loader::pin_meta(Path::new(PIN_DIR))?;
+            st.meta = Meta::open()?;
+        }
+        let mut meta = st.meta.take().context("the pinned state has no META map")?;
+        if let Some(pid) = meta.edit_pid()? {
+            log::warn!("an edit (pid {pid}) was killed midway; repairing what it left");
+            st.repair()?;
+        }
+        meta.begin_edit()?;
+        let result = edit(&mut st);
+        if result.is_err() {
+            // Its rollback may have failed halfway too.
+            st.repair()?;
+        }
+        meta.end_edit()?;
+        st.meta = Some(meta);
+        result
+    }
+
+    /// Makes the derived state agree with the rules again: counts, the cgroup generation, and
+    /// no origin without its rule.
+    fn repair(&mut self) -> Result<()> {
+        self.recount()?;
+        let orphans: Vec<u64> = self
+            .origins
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|id| matches!(self.cgroups.get(id, 0), Err(MapError::KeyNotFound)))
+            .collect();
+        for id in orphans {
+            self.origins.remove(&id).with_context(|| format!("removing the origin of cgroup id {id}"))?;
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> Result<Config> {
@@ -149,6 +230,38 @@ impl State {
         config.exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
         config.cgroup_generation = config.cgroup_generation.wrapping_add(1);
         self.set_config(config)
+    }
+
+    /// What disagrees with the rules: per-table counts, origins without their rule, and an
+    /// edit that was killed midway (or is under way). Empty when the state is consistent.
+    pub fn inconsistencies(&self) -> Result<Vec<String>> {
+        let config = self.config()?;
+        let all = self.entries()?;
+        let count = |kind: RuleKind| all.iter().filter(|(k, _)| k.kind() == kind).count() as u32;
+        let mut found = Vec::new();
+        for (kind, held) in [
+            (RuleKind::Cgroup, config.cgroup_rules),
+            (RuleKind::Pid, config.pid_rules),
+            (RuleKind::Comm, config.comm_rules),
+            (RuleKind::Uid, config.uid_rules),
+        ] {
+            if count(kind) != held {
+                found.push(format!("{} rules: {} in the table, {held} counted", kind.name(), count(kind)));
+            }
+        }
+        let exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
+        if exclusions != config.exclusions {
+            found.push(format!("exclusions: {exclusions} in the tables, {} counted", config.exclusions));
+        }
+        for id in self.origins.keys().filter_map(Result::ok) {
+            if matches!(self.cgroups.get(&id, 0), Err(MapError::KeyNotFound)) {
+                found.push(format!("an origin for cgroup id {id}, which has no rule"));
+            }
+        }
+        if let Some(pid) = self.meta.as_ref().map(Meta::edit_pid).transpose()?.flatten() {
+            found.push(format!("an edit by pid {pid} is under way or was killed midway"));
+        }
+        Ok(found)
     }
 
     /// Sum over CPUs of each counter slot.

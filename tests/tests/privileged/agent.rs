@@ -133,6 +133,55 @@ fn the_agent_restores_its_policy_and_readiness_tells_the_truth() {
     assert_eq!(rules_by_owner("agent").len(), 3, "the agent's rule for agent-c-other is in force");
 }
 
+/// Writes the layout version of the pinned state, as a newer mptcpify would have pinned it.
+fn set_layout(version: u32) {
+    meta_map().set(mptcpify_common::MetaSlot::Layout as u32, version, 0).unwrap();
+}
+
+fn meta_map() -> aya::maps::Array<aya::maps::MapData, u32> {
+    let path = std::path::Path::new(mptcpify_common::PIN_DIR).join(mptcpify_common::META_MAP);
+    let map = aya::maps::MapData::from_pin(&path).expect("the pinned state has a META map");
+    aya::maps::Array::try_from(aya::maps::Map::Array(map)).unwrap()
+}
+
+/// State of another layout is neither edited nor misread: the CLI refuses it with the reason,
+/// the agent is not ready and says why, and the rules stay in force. State pinned before layouts
+/// were numbered (no META map) is adopted by the next edit.
+#[test]
+fn state_of_another_layout_is_refused_and_unnumbered_state_adopted() {
+    let _g = setup();
+    let cg = TestCgroup::new("agent-l/a");
+    let (_d, policy) = policy_dir();
+    std::fs::write(&policy, "[enable]\ncgroups = [\"agent-l/a\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    set_layout(mptcpify_common::LAYOUT_VERSION + 97);
+    let newer = format!("layout {}", mptcpify_common::LAYOUT_VERSION + 97);
+    fails(&["enable", "--comm", "layout-probe"], &newer);
+    fails(&["disable", "--cgroup", &cg.relative, "--force"], &newer);
+    fails(&["status"], &newer);
+    let unready = wait_for(Duration::from_secs(5), || {
+        let (code, body) = agent.get("/readyz").ok()?;
+        (code == 503 && body.contains(&newer)).then_some(())
+    });
+    assert!(unready.is_some(), "ready beside state of another layout: {:?} {}", agent.get("/readyz"), agent.log());
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_MPTCP, "the rules stay in force");
+    set_layout(mptcpify_common::LAYOUT_VERSION);
+    // Noticed at the next retry, whose backoff has been doubling meanwhile.
+    let ready = wait_for(Duration::from_secs(15), || (agent.get("/readyz").ok()?.0 == 200).then_some(()));
+    assert!(ready.is_some(), "not ready once the layout is this version's again: {}", agent.log());
+
+    // As the previous release pinned it: no META map. Read as it is, adopted by the next edit.
+    std::fs::remove_file(std::path::Path::new(mptcpify_common::PIN_DIR).join(mptcpify_common::META_MAP)).unwrap();
+    assert_eq!(rules_by_owner("agent").len(), 1);
+    ok(&["enable", "--comm", "layout-probe"]);
+    let layout = meta_map().get(&(mptcpify_common::MetaSlot::Layout as u32), 0).unwrap();
+    assert_eq!(layout, mptcpify_common::LAYOUT_VERSION, "the edit adopted the state");
+    assert_eq!(rules_by_owner("cli").len(), 1);
+    assert_eq!(rules_by_owner("agent").len(), 1);
+    assert_eq!(agent.get("/readyz").unwrap().0, 200);
+    ok(&["disable", "--comm", "layout-probe"]);
+}
+
 /// An unprivileged client of the metrics port holding 1,100 idle connections and sending a
 /// header a byte a second: the agent keeps reconciling, stays healthy and does not spin.
 #[test]

@@ -5,6 +5,7 @@ mod core;
 mod differential;
 mod doctor;
 mod kernel_facts;
+mod killed_edits;
 mod kubernetes;
 mod monitor;
 mod run;
