@@ -3,6 +3,7 @@
 mod artifacts;
 mod bench;
 mod demo;
+mod fuzz;
 mod kernels;
 mod lint;
 mod modules;
@@ -45,6 +46,8 @@ enum Cmd {
     },
     /// rustfmt and clippy (warnings are errors) on the host crates and the kernel program.
     Lint,
+    /// Each fuzz target (policy, pod cgroup, kallsyms, BTF) for MPTCPIFY_FUZZ_SECONDS (20) each.
+    Fuzz,
     /// Lints, unit tests, then the privileged suite (6.12 VM unless this kernel takes the program)
     /// and the negative suite (6.1 VM).
     Test,
@@ -81,6 +84,10 @@ fn main() -> ExitCode {
         Cmd::Setup { build_only: false } => setup::all().map(|()| 0),
         Cmd::Vm { kernel, rw, cmd } => vm::cli(&kernel, &cmd, &rw),
         Cmd::Lint => lint::all().map(|()| 0),
+        Cmd::Fuzz => fuzz::all().map(|ran| {
+            fuzz::print_summary(&ran);
+            0
+        }),
         Cmd::Test => test::all().map(|()| 0),
         Cmd::Demo => demo::run().map(|()| 0),
         Cmd::Bench { render_only: true, .. } => {

@@ -102,6 +102,7 @@ pub fn helm() -> Result<()> {
 pub fn all() -> Result<()> {
     apt_packages()?;
     rust_tools()?;
+    crate::fuzz::install()?;
     helm()?;
     crate::kernels::fetch_all()?;
     Ok(())

@@ -146,6 +146,7 @@ pub fn all() -> Result<()> {
     setup::all()?;
     crate::lint::all()?;
     host_tests()?;
+    let fuzzed = crate::fuzz::all()?;
     let a = artifacts::build()?;
     let ran = privileged_suites(&a)?;
     eprintln!("== benchmark smoke run (6.12 VM)");
@@ -153,6 +154,7 @@ pub fn all() -> Result<()> {
     crate::bench::run(true)?;
     println!();
     println!("benchmark smoke run: completed in {} s", t.elapsed().as_secs());
+    crate::fuzz::print_summary(&fuzzed);
     for r in &ran {
         println!("{}: {} passed, 0 failed, 0 skipped in {} s", r.title, r.counts.passed, r.secs);
     }

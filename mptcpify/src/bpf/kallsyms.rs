@@ -113,6 +113,9 @@ pub fn bpf_lookup(symbol: &str) -> Result<u64, BpfLookup> {
 /// Searches with `str::find` rather than line by line: 160k lines parsed one by one take
 /// seconds in a debug build under emulation.
 pub fn kallsyms_address(kallsyms: &str, symbol: &str) -> Option<u64> {
+    if symbol.is_empty() || symbol.contains(char::is_whitespace) {
+        return None;
+    }
     let mut from = 0;
     while let Some(i) = kallsyms[from..].find(symbol).map(|i| i + from) {
         from = i + symbol.len();
@@ -150,6 +153,15 @@ mod tests {
         assert_eq!(kallsyms_address(text, "pernet_id"), None, "whole names only");
         assert_eq!(kallsyms_address(text, "hidden"), None, "kptr_restrict zeroes are not addresses");
         assert_eq!(kallsyms_address(text, "absent"), None);
+    }
+
+    /// Found by the kallsyms fuzz target: an empty name matched at the same place forever.
+    #[test]
+    fn names_that_no_line_can_hold_are_never_found() {
+        let text = "ffffffff9b665be8 b mptcp_pernet_id\n";
+        for name in ["", " ", "b mptcp_pernet_id", "mptcp_pernet_id\n", "a\tb"] {
+            assert_eq!(kallsyms_address(text, name), None, "{name:?}");
+        }
     }
 
     #[test]

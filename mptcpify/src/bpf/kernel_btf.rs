@@ -140,15 +140,17 @@ impl KernelBtf {
             .ids(STRUCT, name)
             .find(|&id| self.header(id).is_some_and(|(_, h)| h.vlen > 0))
             .ok_or_else(|| anyhow!("struct {name} is not in this kernel's BTF"))?;
-        self.find_member(id, member, 0)
+        self.find_member(id, member, 0, &mut std::collections::HashSet::new())
             .map(|bits| bits / 8)
             .ok_or_else(|| anyhow!("struct {name} has no member {member} in this kernel"))
     }
 
-    /// Bit offset of `member` in the struct or union `id`; `depth` bounds malformed cycles.
-    fn find_member(&self, id: u32, member: &str, depth: u32) -> Option<u32> {
+    /// Bit offset of `member` in the struct or union `id`. Each type is searched once (`seen`),
+    /// so malformed BTF whose anonymous members nest into themselves, or fan out level after
+    /// level, costs one visit per type; `depth` bounds the stack.
+    fn find_member(&self, id: u32, member: &str, depth: u32, seen: &mut std::collections::HashSet<u32>) -> Option<u32> {
         let (at, h) = self.header(id)?;
-        if !matches!(h.kind, STRUCT | UNION) || depth > 32 {
+        if !matches!(h.kind, STRUCT | UNION) || depth > 32 || !seen.insert(id) {
             return None;
         }
         for i in 0..h.vlen {
@@ -161,9 +163,10 @@ impl KernelBtf {
                 return Some(bits);
             }
             if name.is_empty()
-                && let Some(inner) = self.find_member(self.skip_modifiers(ty), member, depth + 1)
+                && let Some(inner) = self.find_member(self.skip_modifiers(ty), member, depth + 1, seen)
             {
-                return Some(bits + inner);
+                // An offset past 4 Gbit is malformed: not found, rather than wrapped.
+                return bits.checked_add(inner);
             }
         }
         None
@@ -278,5 +281,55 @@ mod tests {
         short[12..16].copy_from_slice(&(type_len - 2).to_ne_bytes());
         let e = refusal(short);
         assert!(e.contains("runs past") || e.contains("truncated"), "{e}");
+    }
+
+    /// BTF of `structs`, each (name, members as (name, type id, bit offset)), ids from 1.
+    fn synthetic(structs: &[(&str, &[(&str, u32, u32)])]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut string = |s: &str| {
+            if s.is_empty() {
+                return 0u32;
+            }
+            let at = strings.len() as u32;
+            strings.extend(s.as_bytes());
+            strings.push(0);
+            at
+        };
+        let mut types = Vec::new();
+        for (name, members) in structs {
+            let words = [string(name), STRUCT << 24 | members.len() as u32, 8];
+            types.extend(words.iter().flat_map(|w| w.to_ne_bytes()));
+            for (member, ty, offset) in *members {
+                types.extend([string(member), *ty, *offset].iter().flat_map(|w| w.to_ne_bytes()));
+            }
+        }
+        let mut data = MAGIC.to_ne_bytes().to_vec();
+        data.extend([1, 0]);
+        let (type_len, str_len) = (types.len() as u32, strings.len() as u32);
+        for word in [HEADER_LEN as u32, 0, type_len, type_len, str_len] {
+            data.extend(word.to_ne_bytes());
+        }
+        data.extend(types);
+        data.extend(strings);
+        data
+    }
+
+    /// Malformed BTF whose anonymous members nest into themselves or fan out: each lookup still
+    /// ends at once (found while writing the fuzz target: a search of 2^32 paths before).
+    #[test]
+    fn cyclic_and_fanned_out_anonymous_members_are_searched_once() {
+        let cyclic = synthetic(&[("s", &[("", 1, 0), ("", 1, 0)])]);
+        let btf = KernelBtf::parse(cyclic).unwrap();
+        assert!(btf.member_offset("s", "x").is_err());
+        // 40 levels, each with two anonymous members of the next: a DAG of 2^40 paths.
+        let levels: Vec<(String, [(&str, u32, u32); 3])> =
+            (1..=40u32).map(|i| (format!("t{i}"), [("leaf", 1, 0), ("", i + 1, 8), ("", i + 1, 16)])).collect();
+        let structs: Vec<(&str, &[(&str, u32, u32)])> = levels.iter().map(|(n, m)| (n.as_str(), &m[..])).collect();
+        let btf = KernelBtf::parse(synthetic(&structs)).unwrap();
+        assert!(btf.member_offset("t1", "absent").is_err());
+        assert_eq!(btf.member_offset("t1", "leaf").unwrap(), 0);
+        // Offsets that overflow are refused, not wrapped.
+        let huge = synthetic(&[("o", &[("", 2, u32::MAX)]), ("i", &[("m", 1, u32::MAX)])]);
+        assert!(KernelBtf::parse(huge).unwrap().member_offset("o", "m").is_err());
     }
 }
