@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 use k8s_openapi::api::{
     apps::v1::DaemonSet,
     core::v1::{ConfigMap, Namespace, ServiceAccount},
+    networking::v1::NetworkPolicy,
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use mptcpify_tests::*;
@@ -29,6 +30,7 @@ struct Objects {
     bindings: Vec<ClusterRoleBinding>,
     accounts: Vec<ServiceAccount>,
     namespaces: Vec<Namespace>,
+    network_policies: Vec<NetworkPolicy>,
 }
 
 fn load(files: &[PathBuf]) -> Objects {
@@ -43,6 +45,7 @@ fn load(files: &[PathBuf]) -> Objects {
                 "ClusterRoleBinding" => o.bindings.push(typed(&doc, &name)),
                 "ServiceAccount" => o.accounts.push(typed(&doc, &name)),
                 "Namespace" => o.namespaces.push(typed(&doc, &name)),
+                "NetworkPolicy" => o.network_policies.push(typed(&doc, &name)),
                 other => panic!("{name}: unexpected kind {other:?}"),
             }
         }
@@ -138,4 +141,39 @@ fn the_rendered_chart_is_valid_and_matches_the_manifests() {
         c
     };
     assert_eq!(container(&o.daemonsets[0]), container(&plain));
+}
+
+fn rendered(var: &str) -> Objects {
+    let dir = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} not set: run through `cargo xtask test`, which renders the chart with Helm"));
+    load(&std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).collect::<Vec<_>>())
+}
+
+/// The metrics port is open to whoever reaches pod addresses unless the chart's NetworkPolicy
+/// (off by default) admits only the named peers, to that port, of the agent's pods.
+#[test]
+fn the_chart_can_limit_who_scrapes_the_metrics() {
+    assert!(rendered("MPTCPIFY_RENDERED_CHART").network_policies.is_empty(), "off by default");
+    let o = rendered("MPTCPIFY_RENDERED_CHART_NETPOL");
+    check(&o);
+    assert_eq!(o.network_policies.len(), 1);
+    let spec = o.network_policies[0].spec.as_ref().unwrap();
+    let pod_labels = o.daemonsets[0].spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    for (k, v) in spec.pod_selector.as_ref().unwrap().match_labels.as_ref().unwrap() {
+        assert_eq!(pod_labels.get(k), Some(v), "the policy selects the agent's pods ({k})");
+    }
+    assert_eq!(spec.policy_types.as_deref(), Some(&["Ingress".to_owned()][..]));
+    let ingress = spec.ingress.as_ref().unwrap();
+    assert_eq!(ingress.len(), 1, "one rule: the metrics port, from the named peers");
+    let from = ingress[0].from.as_ref().expect("peers named");
+    assert!(!from.is_empty(), "an empty peer list admits everyone");
+    let container = &o.daemonsets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
+    let port = container.ports.as_ref().unwrap().iter().find(|p| p.name.as_deref() == Some("metrics")).unwrap();
+    let allowed = ingress[0].ports.as_ref().unwrap();
+    assert_eq!(allowed.len(), 1);
+    assert_eq!(
+        allowed[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port.container_port))
+    );
 }

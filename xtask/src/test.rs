@@ -88,16 +88,25 @@ fn host_tests() -> Result<()> {
     eprintln!("== unit tests (host, no root needed)");
     run(Command::new("cargo").args(["test", "-q"]).current_dir(workspace_root()))?;
     eprintln!("== deployment files: manifests, and the Helm chart as Helm renders it, as Kubernetes API types");
-    let rendered = workspace_root().join("target/helm-rendered");
-    let _ = std::fs::remove_dir_all(&rendered);
-    run(Command::new(crate::setup::helm_python())
-        .arg(workspace_root().join("deploy/helm/render.py"))
-        .arg(workspace_root().join("deploy/helm/mptcpify"))
-        .arg(&rendered))?;
+    let rendered = render_chart("helm-rendered", None)?;
+    let limited = render_chart("helm-rendered-netpol", Some(r#"{"metrics": {"networkPolicy": {"enabled": true}}}"#))?;
     run(Command::new("cargo")
         .args(["test", "-q", "-p", "mptcpify-tests", "--test", "deploy"])
         .env("MPTCPIFY_RENDERED_CHART", &rendered)
+        .env("MPTCPIFY_RENDERED_CHART_NETPOL", &limited)
         .current_dir(workspace_root()))
+}
+
+/// Renders the chart with Helm into `target/DIR`, with `values` (JSON) over its defaults.
+fn render_chart(dir: &str, values: Option<&str>) -> Result<std::path::PathBuf> {
+    let out = workspace_root().join("target").join(dir);
+    let _ = std::fs::remove_dir_all(&out);
+    run(Command::new(crate::setup::helm_python())
+        .arg(workspace_root().join("deploy/helm/render.py"))
+        .arg(workspace_root().join("deploy/helm/mptcpify"))
+        .arg(&out)
+        .args(values))?;
+    Ok(out)
 }
 
 /// A privileged suite that ran, for the summary.
