@@ -11,8 +11,8 @@ use crate::cli::args::{Cli, Command};
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // `logs` shows every record of the kernel program (its target is its crate, `mptcpify`) at
-    // whatever level it was loaded with; aya's own chatter stays at info.
-    let default_level = if matches!(cli.command, Command::Logs) { "info,mptcpify=trace" } else { "info" };
+    // whatever level it was loaded with. Libraries (aya, zbus, kube) say only warnings.
+    let default_level = if matches!(cli.command, Command::Logs) { "warn,mptcpify=trace" } else { "warn,mptcpify=info" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
     let (prefix, status) = (cli.error_prefix(), cli.error_status());
     match cli::dispatch(cli.command).await {

@@ -168,6 +168,40 @@ fn units_that_are_unknown_stopped_or_not_cgroup_units_are_refused() {
     assert!(mptcpify_pins().is_empty(), "a refused enable loaded nothing");
 }
 
+/// Where systemd runs, `run` puts CMD in a transient scope of the caller's slice (what
+/// `systemd-run --scope` makes), so the slice's limits hold, and leaves no rule or scope behind.
+#[test]
+fn run_puts_cmd_in_a_scope_of_the_callers_slice() {
+    let _g = setup();
+    systemd();
+    // The caller is a service in a slice of its own, as a real caller would be: inside systemd's
+    // PID namespace, which the scope's PID is read in.
+    let script = format!("cat /proc/self/cgroup; exec {} tcp4", sockprobe_bin().display());
+    let out = Command::new("systemd-run")
+        .args(["--quiet", "--wait", "--pipe", "--collect", "--slice=mptcpifytest.slice", "-p", "TasksMax=64"])
+        .arg(mptcpify_bin())
+        .args(["run", "--", "/bin/sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cgroup = stdout.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_default().to_owned();
+    let scope = cgroup.strip_prefix("/mptcpifytest.slice/mptcpify-run-").and_then(|s| s.strip_suffix(".scope"));
+    assert!(
+        scope.is_some_and(|pid| pid.parse::<u32>().is_ok()),
+        "CMD ran in {cgroup:?}, not a scope of the slice: {}",
+        text(&out)
+    );
+    assert_eq!(parse_probe(&stdout)["tcp4"]["proto"], IPPROTO_MPTCP, "{}", text(&out));
+    let gone = wait_for(Duration::from_secs(5), || {
+        (!cgroup_root().join(cgroup.trim_start_matches('/')).exists()).then_some(())
+    });
+    assert!(gone.is_some(), "systemd did not remove the empty scope {cgroup}");
+    let left: Vec<_> = status_json()["rules"].as_array().map(|r| r.to_vec()).unwrap_or_default();
+    assert!(left.iter().all(|r| r["origin"]["kind"] != "run"), "a run's rule was left: {left:?}");
+}
+
 fn unit_property(unit_path: &str, iface: &str, prop: &str) -> String {
     let out = busctl(&["get-property", "org.freedesktop.systemd1", unit_path, iface, prop]).unwrap_or_default();
     out.split_whitespace().nth(1).unwrap_or("").trim_matches('"').to_owned()

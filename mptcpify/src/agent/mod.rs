@@ -49,6 +49,9 @@ use crate::{
 
 /// Changes that arrive within this window are reconciled together.
 const SETTLE: Duration = Duration::from_millis(20);
+/// How often the rules of `mptcpify run`s that were killed are looked for (as `sync` removes
+/// them): a read of the cgroup rules' origins.
+const RUN_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -150,6 +153,8 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
     let mut int = signal(SignalKind::interrupt())?;
     let mut check = tokio::time::interval(drift::CHECK_EVERY);
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sweep = tokio::time::interval(RUN_SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut due = Some(Instant::now());
     loop {
         let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -161,6 +166,7 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
                 due.get_or_insert(Instant::now() + SETTLE);
             }
             Some(()) = changed.recv() => { due.get_or_insert(Instant::now() + SETTLE); }
+            _ = sweep.tick() => agent.sweep_runs(),
             _ = check.tick(), if due.is_none() && agent.settled => {
                 if agent.changed_under_it() {
                     due = Some(Instant::now());
@@ -335,6 +341,30 @@ impl Agent {
             _ => String::new(),
         };
         h.ready = h.not_ready_reason.is_empty();
+    }
+
+    /// Removes the rules (and cgroups) that killed `mptcpify run`s left once their commands
+    /// ended: CLI rules, but no one else would remove them.
+    fn sweep_runs(&self) {
+        let root = &self.root;
+        let found = State::open().and_then(|st| crate::commands::run::leftovers(&st, root));
+        let Ok(found) = found.inspect_err(|e| log::debug!("looking for what killed runs left: {e:#}")) else { return };
+        if found.is_empty() {
+            return;
+        }
+        let removed = Lock::take().and_then(|lock| {
+            State::edit(&lock, |st| {
+                // Looked at again under the lock: a run may have cleaned up meanwhile.
+                let found = crate::commands::run::leftovers(st, root)?;
+                crate::commands::run::remove_leftovers(st, &found).map(|()| found)
+            })
+        });
+        match removed {
+            Ok(found) => {
+                found.iter().for_each(|(_, p)| log::info!("removed the rule a killed run left: {}", p.display()))
+            }
+            Err(e) => log::warn!("removing what killed runs left: {e:#}"),
+        }
     }
 
     /// Whether the kernel no longer holds what the last pass left, or an edit was killed

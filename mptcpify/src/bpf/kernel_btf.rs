@@ -283,8 +283,13 @@ mod tests {
         assert!(e.contains("runs past") || e.contains("truncated"), "{e}");
     }
 
-    /// BTF of `structs`, each (name, members as (name, type id, bit offset)), ids from 1.
-    fn synthetic(structs: &[(&str, &[(&str, u32, u32)])]) -> Vec<u8> {
+    /// A struct member: name, type id, bit offset.
+    type Member<'a> = (&'a str, u32, u32);
+    /// A struct: name and members.
+    type Struct<'a> = (&'a str, &'a [Member<'a>]);
+
+    /// BTF of `structs`, ids from 1.
+    fn synthetic(structs: &[Struct<'_>]) -> Vec<u8> {
         let mut strings = vec![0u8];
         let mut string = |s: &str| {
             if s.is_empty() {
@@ -322,9 +327,9 @@ mod tests {
         let btf = KernelBtf::parse(cyclic).unwrap();
         assert!(btf.member_offset("s", "x").is_err());
         // 40 levels, each with two anonymous members of the next: a DAG of 2^40 paths.
-        let levels: Vec<(String, [(&str, u32, u32); 3])> =
+        let levels: Vec<(String, [Member<'_>; 3])> =
             (1..=40u32).map(|i| (format!("t{i}"), [("leaf", 1, 0), ("", i + 1, 8), ("", i + 1, 16)])).collect();
-        let structs: Vec<(&str, &[(&str, u32, u32)])> = levels.iter().map(|(n, m)| (n.as_str(), &m[..])).collect();
+        let structs: Vec<Struct<'_>> = levels.iter().map(|(n, m)| (n.as_str(), &m[..])).collect();
         let btf = KernelBtf::parse(synthetic(&structs)).unwrap();
         assert!(btf.member_offset("t1", "absent").is_err());
         assert_eq!(btf.member_offset("t1", "leaf").unwrap(), 0);

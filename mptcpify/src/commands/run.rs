@@ -1,5 +1,8 @@
 //! `mptcpify run`: what `mptcpize run` does, without LD_PRELOAD. CMD starts in a fresh cgroup
 //! that is enabled before it exists, so CMD and every child (static binaries, Go) get MPTCP.
+//! Where systemd runs, that cgroup is a transient scope in the caller's slice (what
+//! `systemd-run --scope` makes), so the slice's resource limits still hold; elsewhere it is
+//! `mptcpify/run-PID` below the cgroup2 root.
 //!
 //! The child is `mptcpify __exec`: it joins the cgroup, drops to the target user and execs CMD,
 //! so no `pre_exec` hook (and no `unsafe`) is needed.
@@ -26,6 +29,7 @@ use crate::{
     host::{
         cgroup, preconditions,
         resolve::Target,
+        systemd,
         users::{UidSpec, system_users, uid_of},
     },
     state::{
@@ -94,18 +98,93 @@ pub fn credentials(user: Option<&str>, sudo_uid: Option<&str>) -> Result<Credent
     credentials_of(found)
 }
 
+/// Who made a run's cgroup.
+enum Made {
+    /// systemd, as a transient scope, which it removes once empty. This process is in it (a
+    /// scope needs a process to exist) until CMD is, then returns to `caller` (`None`: done),
+    /// or to the cgroup2 `root` if that is gone.
+    Scope { caller: Option<PathBuf>, root: PathBuf },
+    /// `run`, below the cgroup2 root; it removes it.
+    Run,
+}
+
 /// The cgroup and rule of one `run`, removed on drop whatever happened.
 struct RunCgroup {
-    path: PathBuf,
-    id: u64,
+    cgroup: cgroup::Cgroup,
+    made: Made,
+}
+
+impl RunCgroup {
+    /// Where systemd runs, a scope in the caller's slice; elsewhere, or if systemd refuses, a
+    /// cgroup of mptcpify's own.
+    async fn make(root: &Path) -> Result<Self> {
+        if systemd::is_running() {
+            match Self::scope(root).await {
+                Ok(made) => return Ok(made),
+                Err(e) => log::warn!("{e:#}; CMD runs in a cgroup of mptcpify's own instead"),
+            }
+        }
+        let name = format!("{RUN_CGROUP_PREFIX}{}", std::process::id());
+        let path = root.join(RUN_PARENT).join(&name);
+        std::fs::create_dir_all(path.parent().expect("has a parent"))
+            .with_context(|| format!("creating {}", root.join(RUN_PARENT).display()))?;
+        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
+        match cgroup::resolve(root, &format!("{RUN_PARENT}/{name}")) {
+            Ok(cgroup) => Ok(Self { cgroup, made: Made::Run }),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&path);
+                Err(e)
+            }
+        }
+    }
+
+    async fn scope(root: &Path) -> Result<Self> {
+        let caller = cgroup::own()?;
+        let pid = std::process::id();
+        let name = format!("{RUN_SCOPE_PREFIX}{pid}.scope");
+        systemd::start_scope(&name, &systemd::slice_of(&caller), pid, "mptcpify run").await?;
+        let mut made = Self {
+            cgroup: cgroup::Cgroup { path: PathBuf::new(), relative: String::new(), id: 0 },
+            made: Made::Scope { caller: Some(root.join(caller.trim_start_matches('/'))), root: root.to_path_buf() },
+        };
+        // systemd's job moves this process into the scope.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let inside = loop {
+            let now = cgroup::own()?;
+            if now.ends_with(&format!("/{name}")) {
+                break now;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("systemd did not move mptcpify run into {name}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        made.cgroup = cgroup::resolve(root, inside.trim_start_matches('/'))?;
+        Ok(made)
+    }
+
+    /// Leaves a scope for the caller's cgroup (the root's if that is gone) once CMD is in it.
+    fn leave(&mut self) {
+        let Made::Scope { caller, root } = &mut self.made else { return };
+        let Some(caller) = caller.take() else { return };
+        if std::fs::write(caller.join("cgroup.procs"), "0").is_err() {
+            log::warn!("could not return to {}; moving to the cgroup2 root", caller.display());
+            let _ = std::fs::write(root.join("cgroup.procs"), "0");
+        }
+    }
 }
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        if let Ok(lock) = Lock::take() {
-            let _ = State::edit(&lock, |st| st.remove(&Key::Cgroup(self.id)));
+        self.leave();
+        if self.cgroup.id != 0
+            && let Ok(lock) = Lock::take()
+        {
+            let _ = State::edit(&lock, |st| st.remove(&Key::Cgroup(self.cgroup.id)));
         }
-        let _ = std::fs::remove_dir(&self.path);
+        if let Made::Run = self.made {
+            let _ = std::fs::remove_dir(&self.cgroup.path);
+        }
     }
 }
 
@@ -152,8 +231,20 @@ fn signal_members(procs: &Path, child: Option<Pid>, sig: Signal) {
     }
 }
 
-/// The name of the cgroup a `run` makes: `run-` and its PID.
+/// The name of the cgroup a `run` makes: `run-` and its PID, below [`RUN_PARENT`].
 const RUN_CGROUP_PREFIX: &str = "run-";
+const RUN_PARENT: &str = "mptcpify";
+/// The scope systemd makes for a `run`: `mptcpify-run-` + its PID + `.scope`.
+const RUN_SCOPE_PREFIX: &str = "mptcpify-run-";
+
+/// The PID of the `run` that made a cgroup of this name.
+fn run_pid(name: &str) -> Option<u32> {
+    let pid = match name.strip_prefix(RUN_SCOPE_PREFIX) {
+        Some(scope) => scope.strip_suffix(".scope")?,
+        None => name.strip_prefix(RUN_CGROUP_PREFIX)?,
+    };
+    pid.parse().ok()
+}
 
 /// Whether processes are left in the cgroup (`populated 1` in `cgroup.events`).
 fn populated(cgroup: &Path) -> bool {
@@ -163,16 +254,45 @@ fn populated(cgroup: &Path) -> bool {
 /// Whether a `run` cgroup was left behind: its `run` is gone (killed before it could clean up)
 /// and no process is left in it. A PID taken again by another process keeps it (the safe side).
 pub fn abandoned(cgroup: &Path) -> bool {
-    let pid = cgroup.file_name().and_then(|n| n.to_str()?.strip_prefix(RUN_CGROUP_PREFIX)?.parse::<u32>().ok());
+    let pid = cgroup.file_name().and_then(|n| run_pid(n.to_str()?));
     pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) && !populated(cgroup)
 }
 
-/// Waits until no process is left in the cgroup (`populated 0` in `cgroup.events`).
+/// The cgroup rules of runs that are over without having cleaned up (killed, their command
+/// ended since): their cgroup is gone, or abandoned. Read-only, so a caller can look cheaply
+/// before it takes the lock.
+pub fn leftovers(st: &State, root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    for (key, _) in st.entries()? {
+        let Key::Cgroup(id) = key else { continue };
+        let Some(origin) = st.origin(id).filter(|o| o.kind == OriginKind::Run) else { continue };
+        let path = root.join(origin.text.trim_start_matches('/'));
+        if !path.exists() || abandoned(&path) {
+            found.push((id, path));
+        }
+    }
+    Ok(found)
+}
+
+/// Removes what [`leftovers`] found: each rule, and its cgroup if still there (empty).
+pub fn remove_leftovers(st: &mut State, found: &[(u64, PathBuf)]) -> Result<()> {
+    for (id, path) in found {
+        st.remove(&Key::Cgroup(*id))?;
+        let _ = std::fs::remove_dir(path);
+    }
+    Ok(())
+}
+
+/// Waits until no process is left in the cgroup (`populated 0` in `cgroup.events`), or it is
+/// gone (systemd removes an empty scope at once).
 async fn wait_empty(cgroup: &Path) -> Result<()> {
     let events = cgroup.join("cgroup.events");
     let populated = || populated(cgroup);
     let inotify = inotify::Inotify::init().context("inotify")?;
-    inotify.watches().add(&events, inotify::WatchMask::MODIFY).context("watching cgroup.events")?;
+    match inotify.watches().add(&events, inotify::WatchMask::MODIFY) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.context("watching cgroup.events")?,
+    };
     let mut stream = inotify.into_event_stream([0u8; 256])?;
     use futures::StreamExt as _;
     while populated() {
@@ -191,20 +311,8 @@ pub async fn run(user: Option<&str>, command: &[String]) -> Result<i32> {
     let mounts = preconditions::require_state_access()?;
     let creds = credentials(user, std::env::var("SUDO_UID").ok().as_deref())?;
     let root = mounts.cgroup2_root()?;
-
-    let parent = root.join("mptcpify");
-    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = format!("{RUN_CGROUP_PREFIX}{}", std::process::id());
-    let path = parent.join(&name);
-    std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-    let cg = match cgroup::resolve(&root, &format!("mptcpify/{name}")) {
-        Ok(cg) => cg,
-        Err(e) => {
-            let _ = std::fs::remove_dir(&path);
-            return Err(e);
-        }
-    };
-    let guard = RunCgroup { path: cg.path.clone(), id: cg.id };
+    let mut guard = RunCgroup::make(&root).await?;
+    let cg = guard.cgroup.clone();
     let target = Target {
         key: Key::Cgroup(cg.id),
         origin: Some(RuleOrigin::new(OriginKind::Run, &cg.relative)?),
@@ -228,6 +336,8 @@ pub async fn run(user: Option<&str>, command: &[String]) -> Result<i32> {
         .envs(creds.environment())
         .spawn()
         .context("starting the command")?;
+    // CMD is in the scope now, which keeps it: this process need not stay.
+    guard.leave();
     let pid = Pid::from_raw(child.id().ok_or_else(|| anyhow!("child vanished"))? as i32);
     let reaped = Arc::new(AtomicBool::new(false));
     forward_signals(&cg.path, pid, reaped.clone())?;
@@ -268,6 +378,15 @@ mod tests {
         assert_eq!(nobody.uid, 65534, "--user wins over SUDO_UID");
         assert!(credentials(None, Some("abc")).unwrap_err().to_string().contains("SUDO_UID"));
         assert!(credentials(Some("no-such-user-xyz"), None).is_err());
+    }
+
+    #[test]
+    fn run_cgroups_name_their_run() {
+        assert_eq!(run_pid("run-42"), Some(42));
+        assert_eq!(run_pid("mptcpify-run-42.scope"), Some(42));
+        for other in ["run-", "mptcpify-run-42", "nginx.service", "run-4x", "mptcpify-run-.scope"] {
+            assert_eq!(run_pid(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{
     path::{Component, Path, PathBuf},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use mptcpify_common::MAX_CGROUP_DEPTH;
 
 /// A cgroup named by the user, resolved on the live tree.
@@ -72,6 +72,17 @@ pub fn resolve(root: &Path, arg: &str) -> Result<Cgroup> {
 }
 
 /// Every cgroup directory under `root` (itself included) with its id, depth first, read lazily.
+/// The cgroup2 path (`0::` line) of `/proc/PID/cgroup` text, relative to the cgroup2 root.
+pub fn unified_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(str::trim_end).filter(|p| p.starts_with('/'))
+}
+
+/// This process's cgroup, relative to the cgroup2 root.
+pub fn own() -> Result<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    unified_path(&text).map(str::to_owned).ok_or_else(|| anyhow::anyhow!("no cgroup2 line in /proc/self/cgroup"))
+}
+
 pub fn walk(root: &Path) -> impl Iterator<Item = (u64, PathBuf)> {
     let mut stack = vec![root.to_path_buf()];
     std::iter::from_fn(move || {

@@ -4,7 +4,7 @@ use zbus::{
     Connection,
     fdo::PropertiesProxy,
     names::InterfaceName,
-    zvariant::{OwnedObjectPath, OwnedValue},
+    zvariant::{OwnedObjectPath, OwnedValue, Value},
 };
 
 /// The kinds of unit that have a cgroup, by the suffix of their name.
@@ -128,6 +128,40 @@ pub async fn unit_cgroup_expected(unit: &str) -> Result<Option<String>> {
     Ok(Some(format!("{}/{unit}", slice_path(&slice).trim_end_matches('/'))))
 }
 
+/// Whether systemd manages this system (the test of `sd_booted(3)`).
+pub fn is_running() -> bool {
+    std::path::Path::new("/run/systemd/system").is_dir()
+}
+
+/// The slice of a cgroup path (`/user.slice/user-1000.slice/session-2.scope` is in
+/// `user-1000.slice`); `-.slice` (the root) when no component is one.
+pub fn slice_of(cgroup: &str) -> String {
+    cgroup.rsplit('/').find(|c| UnitType::of(c) == Some(UnitType::Slice)).unwrap_or("-.slice").to_owned()
+}
+
+/// Starts the transient scope `name` in `slice` holding `pid`, as `systemd-run --scope` does:
+/// systemd then owns its cgroup, under the slice's resource limits, and removes it once empty.
+pub async fn start_scope(name: &str, slice: &str, pid: u32, description: &str) -> Result<()> {
+    let conn = Connection::system().await.map_err(system_bus_error)?;
+    let properties: Vec<(&str, Value<'_>)> = vec![
+        ("PIDs", Value::from(vec![pid])),
+        ("Slice", Value::from(slice)),
+        ("Description", Value::from(description)),
+        ("CollectMode", Value::from("inactive-or-failed")),
+    ];
+    let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
+    conn.call_method(
+        Some("org.freedesktop.systemd1"),
+        "/org/freedesktop/systemd1",
+        Some("org.freedesktop.systemd1.Manager"),
+        "StartTransientUnit",
+        &(name, "fail", properties, aux),
+    )
+    .await
+    .with_context(|| format!("asking systemd to start the scope {name} in {slice}"))?;
+    Ok(())
+}
+
 /// Where systemd puts a slice: `a-b.slice` is `/a.slice/a-b.slice`, `-.slice` is the root.
 fn slice_path(slice: &str) -> String {
     let Some(stem) = slice.strip_suffix(".slice").filter(|s| *s != "-") else { return "/".into() };
@@ -153,6 +187,15 @@ mod tests {
         assert_eq!(slice_path("user-1000.slice"), "/user.slice/user-1000.slice");
         assert_eq!(slice_path("a-b-c.slice"), "/a.slice/a-b.slice/a-b-c.slice");
         assert_eq!(slice_path("-.slice"), "/");
+    }
+
+    #[test]
+    fn a_cgroups_slice_is_its_innermost_slice() {
+        assert_eq!(slice_of("/user.slice/user-1000.slice/session-2.scope"), "user-1000.slice");
+        assert_eq!(slice_of("/system.slice/nginx.service"), "system.slice");
+        assert_eq!(slice_of("/limited.slice"), "limited.slice");
+        assert_eq!(slice_of("/"), "-.slice");
+        assert_eq!(slice_of("/mptcpify/run-7"), "-.slice");
     }
 
     #[test]

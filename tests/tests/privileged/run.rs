@@ -132,11 +132,9 @@ fn run_forwards_signals_and_cleans_up() {
     assert!(left.stdout.is_empty(), "the command outlived run: {}", String::from_utf8_lossy(&left.stdout));
 }
 
-/// A `run` killed before it could clean up (a stopped service, SIGKILL) leaves its cgroup and
-/// rule; `sync` keeps them while the command still runs and removes both once it has ended.
-#[test]
-fn sync_removes_what_a_killed_run_left_once_its_command_ends() {
-    let _g = setup();
+/// Starts `run sleep 60` and kills the `run` (SIGKILL): its cgroup and rule stay behind, with
+/// the `sleep` (whose PID is returned) in it.
+fn killed_run() -> String {
     let mut child =
         Command::new(mptcpify_bin()).args(["run", "--", "sleep", "60"]).stdin(Stdio::null()).spawn().unwrap();
     let start = Instant::now();
@@ -151,6 +149,33 @@ fn sync_removes_what_a_killed_run_left_once_its_command_ends() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(run_cgroups().len(), 1, "the killed run left its cgroup");
+    sleeper
+}
+
+/// The agent, too, removes what a killed run left once its command has ended (and not before).
+#[test]
+fn the_agent_removes_what_a_killed_run_left_once_its_command_ends() {
+    let _g = setup();
+    let policy = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(policy.path(), "[enable]\ncomms = [\"run-sweep-probe\"]\n").unwrap();
+    let agent = AgentProcess::start(policy.path(), &[], &[]);
+    let sleeper = killed_run();
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(run_cgroups().len(), 1, "kept while its command runs: {}", agent.log());
+    assert!(Command::new("kill").args(["-KILL", &sleeper]).status().unwrap().success());
+    let swept = wait_for(Duration::from_secs(15), || run_cgroups().is_empty().then_some(()));
+    assert!(swept.is_some(), "the agent left the killed run's cgroup: {}", agent.log());
+    let rules = status_json()["rules"].clone();
+    assert!(rules.as_array().unwrap().iter().all(|r| r["owner"] == "agent"), "the run's rule stayed: {rules}");
+    assert!(agent.log().contains("removed the rule a killed run left"), "{}", agent.log());
+}
+
+/// A `run` killed before it could clean up (a stopped service, SIGKILL) leaves its cgroup and
+/// rule; `sync` keeps them while the command still runs and removes both once it has ended.
+#[test]
+fn sync_removes_what_a_killed_run_left_once_its_command_ends() {
+    let _g = setup();
+    let sleeper = killed_run();
     let out = ok(&["sync"]);
     assert_eq!(run_cgroups().len(), 1, "kept while its command runs: {out}");
     assert_eq!(status_json()["rules"].as_array().unwrap().len(), 1);
