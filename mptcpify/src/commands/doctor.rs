@@ -6,6 +6,7 @@ use futures::TryStreamExt as _;
 use mptcp_pm::{
     MptcpPathManagerAddressAttr, MptcpPathManagerAddressAttrFlag, MptcpPathManagerAttr, MptcpPathManagerLimitsAttr,
 };
+use mptcpify_common::LAYOUT_VERSION;
 use serde::Serialize;
 
 use crate::{
@@ -159,9 +160,35 @@ pub async fn checks() -> Vec<Check> {
         && privileged.is_ok()
         && let Ok(root) = &cgroup2
     {
+        out.push(pinned_state_check());
         out.push(listeners_check(root));
     }
     out
+}
+
+/// The pinned state is of this version's layout and agrees with itself (an edit killed midway
+/// leaves counts or origins that the next edit repairs).
+fn pinned_state_check() -> Check {
+    match State::open().and_then(|st| st.inconsistencies()) {
+        Ok(found) if found.is_empty() => check(
+            "pinned-state",
+            Level::Ok,
+            format!("layout {}; counts, origins and the edit journal agree with the rules", LAYOUT_VERSION),
+            None,
+        ),
+        Ok(found) => check(
+            "pinned-state",
+            Level::Warn,
+            format!("an interrupted edit left: {}", found.join("; ")),
+            Some("any edit repairs it (`mptcpify sync`, or the agent within a second)".into()),
+        ),
+        Err(e) => check(
+            "pinned-state",
+            Level::Fail,
+            format!("{e:#}"),
+            Some("`mptcpify reset`, then add the rules again (or use the mptcpify that pinned it)".into()),
+        ),
+    }
 }
 
 fn privileges_check(privileged: &Result<()>) -> Check {

@@ -159,6 +159,10 @@ fn state_of_another_layout_is_refused_and_unnumbered_state_adopted() {
     fails(&["enable", "--comm", "layout-probe"], &newer);
     fails(&["disable", "--cgroup", &cg.relative, "--force"], &newer);
     fails(&["status"], &newer);
+    let doctor: serde_json::Value = serde_json::from_slice(&mptcpify(&["doctor", "--json"]).stdout).unwrap();
+    let state = doctor["checks"].as_array().unwrap().iter().find(|c| c["name"] == "pinned-state").cloned();
+    let state = state.unwrap_or_else(|| panic!("no pinned-state check: {doctor}"));
+    assert!(state["level"] == "FAIL" && state["detail"].as_str().unwrap().contains(&newer), "{state}");
     let unready = wait_for(Duration::from_secs(5), || {
         let (code, body) = agent.get("/readyz").ok()?;
         (code == 503 && body.contains(&newer)).then_some(())
