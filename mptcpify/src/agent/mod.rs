@@ -299,14 +299,16 @@ impl Agent {
                 0
             }
         };
-        let retry = result.is_err() || !resolved.errors.is_empty();
         self.expected = drift::Expected::from_desired(&resolved.desired);
         let seen = maps::fingerprint();
         let held = drift::kernel_rules();
         self.watcher.compared(seen, Instant::now());
+        // State that cannot be read after an apply that worked (changed in between) is retried
+        // too: unsettled, no drift check would ever look again.
+        let retry = result.is_err() || !resolved.errors.is_empty() || held.is_err();
         let missing = held.as_ref().map_or(self.expected.len(), |a| self.expected.missing(a));
         // Until the pods are listed the agent removes no pod rule, so its rules may exceed the wants.
-        self.settled = !retry && held.is_ok() && synced;
+        self.settled = !retry && synced;
         let outcome = PassOutcome { valid, synced, refused: refused.len(), conflicts, missing, held, retry };
         self.record(resolved, &result, outcome);
         Pass { added_watches, retry }

@@ -4,6 +4,8 @@
 //!   `SPEC client=N server=N fallback=0|1 remote_key=0|1`.
 //! `--raw` makes `socket` with the raw syscall (no libc wrapper), for the static build.
 //! `--wait` prints `ready` and waits for a line on stdin first (so a PID rule can be added).
+//! `--serve` prints `ready`, then makes one socket per SPEC line read from stdin, until EOF (a
+//! caller that stays put while the rules change around it).
 //! `SPEC@NAME` makes the socket on a thread named NAME (as JVMs, tokio and Envoy name theirs);
 //! the process keeps its own command name.
 use std::{
@@ -110,6 +112,15 @@ fn main() {
     let raw = args.first().is_some_and(|a| a == "--raw");
     if raw {
         args.remove(0);
+    }
+    if args.first().is_some_and(|a| a == "--serve") {
+        println!("ready");
+        std::io::stdout().flush().unwrap();
+        for spec in std::io::stdin().lock().lines().map_while(Result::ok) {
+            println!("{}", one_socket(raw, spec.trim()));
+            std::io::stdout().flush().unwrap();
+        }
+        return;
     }
     if args.first().is_some_and(|a| a == "--wait") {
         args.remove(0);
