@@ -173,13 +173,7 @@ impl State {
     /// no origin without its rule.
     fn repair(&mut self) -> Result<()> {
         self.recount()?;
-        let orphans: Vec<u64> = self
-            .origins
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| matches!(self.cgroups.get(id, 0), Err(MapError::KeyNotFound)))
-            .collect();
-        for id in orphans {
+        for id in self.orphan_origins() {
             self.origins.remove(&id).with_context(|| format!("removing the origin of cgroup id {id}"))?;
         }
         Ok(())
@@ -220,43 +214,48 @@ impl State {
     /// counts, and cached cgroup walks, that an interrupted edit left behind; `mptcpify sync`
     /// calls it).
     pub fn recount(&mut self) -> Result<()> {
-        let mut config = self.config()?;
-        let all = self.entries()?;
-        let count = |f: fn(&Key) -> bool| all.iter().filter(|(k, _)| f(k)).count() as u32;
-        config.cgroup_rules = count(|k| matches!(k, Key::Cgroup(_)));
-        config.pid_rules = count(|k| matches!(k, Key::Pid(_)));
-        config.comm_rules = count(|k| matches!(k, Key::Comm(_)));
-        config.uid_rules = count(|k| matches!(k, Key::Uid(_)));
-        config.exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
+        let mut config = self.counted()?;
         config.cgroup_generation = config.cgroup_generation.wrapping_add(1);
         self.set_config(config)
+    }
+
+    /// The program's config with every count taken from the tables.
+    fn counted(&self) -> Result<Config> {
+        let mut config = self.config()?;
+        let all = self.entries()?;
+        let count = |kind: RuleKind| all.iter().filter(|(k, _)| k.kind() == kind).count() as u32;
+        config.cgroup_rules = count(RuleKind::Cgroup);
+        config.pid_rules = count(RuleKind::Pid);
+        config.comm_rules = count(RuleKind::Comm);
+        config.uid_rules = count(RuleKind::Uid);
+        config.exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
+        Ok(config)
+    }
+
+    /// Cgroup ids that have an origin but no rule.
+    fn orphan_origins(&self) -> Vec<u64> {
+        let gone = |id: &u64| matches!(self.cgroups.get(id, 0), Err(MapError::KeyNotFound));
+        self.origins.keys().filter_map(Result::ok).filter(gone).collect()
     }
 
     /// What disagrees with the rules: per-table counts, origins without their rule, and an
     /// edit that was killed midway (or is under way). Empty when the state is consistent.
     pub fn inconsistencies(&self) -> Result<Vec<String>> {
-        let config = self.config()?;
-        let all = self.entries()?;
-        let count = |kind: RuleKind| all.iter().filter(|(k, _)| k.kind() == kind).count() as u32;
+        let (held, counted) = (self.config()?, self.counted()?);
         let mut found = Vec::new();
-        for (kind, held) in [
-            (RuleKind::Cgroup, config.cgroup_rules),
-            (RuleKind::Pid, config.pid_rules),
-            (RuleKind::Comm, config.comm_rules),
-            (RuleKind::Uid, config.uid_rules),
+        for (what, held, counted) in [
+            ("cgroup rules", held.cgroup_rules, counted.cgroup_rules),
+            ("pid rules", held.pid_rules, counted.pid_rules),
+            ("comm rules", held.comm_rules, counted.comm_rules),
+            ("uid rules", held.uid_rules, counted.uid_rules),
+            ("exclusions", held.exclusions, counted.exclusions),
         ] {
-            if count(kind) != held {
-                found.push(format!("{} rules: {} in the table, {held} counted", kind.name(), count(kind)));
+            if held != counted {
+                found.push(format!("{what}: {counted} in the tables, {held} counted"));
             }
         }
-        let exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
-        if exclusions != config.exclusions {
-            found.push(format!("exclusions: {exclusions} in the tables, {} counted", config.exclusions));
-        }
-        for id in self.origins.keys().filter_map(Result::ok) {
-            if matches!(self.cgroups.get(&id, 0), Err(MapError::KeyNotFound)) {
-                found.push(format!("an origin for cgroup id {id}, which has no rule"));
-            }
+        for id in self.orphan_origins() {
+            found.push(format!("an origin for cgroup id {id}, which has no rule"));
         }
         if let Some(pid) = self.meta.as_ref().map(Meta::edit_pid).transpose()?.flatten() {
             found.push(format!("an edit by pid {pid} is under way or was killed midway"));
