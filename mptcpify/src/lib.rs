@@ -14,4 +14,5 @@ pub mod agent;
 pub mod bpf;
 pub mod commands;
 pub mod host;
+pub mod paths;
 pub mod state;

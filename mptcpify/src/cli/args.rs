@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, builder::TypedValueParser as _};
 use mptcpify::{
     bpf::loader::LogLevel,
     host::{selector::Selector, users::UidSpec},
+    paths::plan::AutoOptions,
 };
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,10 @@ pub enum Command {
     Monitor(JsonArgs),
     /// Check everything mptcpify needs and say how to fix what is missing.
     Doctor(JsonArgs),
+    /// Show the paths of a network namespace (addresses, MPTCP endpoints and who made them,
+    /// limits, whether each extra address can route a subflow); `auto` makes endpoints, limits
+    /// and source routing for them, `clear` removes exactly what mptcpify made.
+    Paths(PathsArgs),
     /// Detach the program and remove all pinned state; new sockets are TCP again.
     Reset,
     /// Print the kernel program's log records (needs `enable --log-level` at first load).
@@ -94,6 +99,68 @@ pub struct JsonArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PathsArgs {
+    #[command(subcommand)]
+    pub action: Option<PathsAction>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// The network namespace: a name of `ip netns` (/run/netns/NAME) or a path such as
+    /// /proc/PID/ns/net. Default: the caller's.
+    #[arg(long, global = true, value_name = "NAME|PATH")]
+    pub netns: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PathsAction {
+    /// Make an endpoint for every usable address of the chosen interfaces, raise the limits to
+    /// cover them and, with --source-routing, route each address out of its own interface.
+    /// Never edits what someone else made; refuses when another path manager is in charge.
+    Auto(PathsAutoArgs),
+    /// Remove the endpoints, rules and routes mptcpify made here; put back limits it raised.
+    Clear,
+}
+
+#[derive(Debug, Args)]
+pub struct PathsAutoArgs {
+    /// Exactly these interfaces (repeatable). Default: every interface holding a default route.
+    #[arg(long = "dev", value_name = "IFACE")]
+    pub devs: Vec<String>,
+    /// Also announce each address to peers (a server's `signal` endpoints).
+    #[arg(long)]
+    pub signal: bool,
+    /// `fullmesh` endpoints: a subflow from each to every address the peer announced.
+    #[arg(long)]
+    pub fullmesh: bool,
+    /// Mark this interface's endpoints `backup`: used only when no other path works (repeatable).
+    #[arg(long, value_name = "IFACE")]
+    pub backup: Vec<String>,
+    /// Raise the extra-subflow limit to at least N (the kernel's maximum is 8).
+    #[arg(long, value_name = "N")]
+    pub subflows: Option<u32>,
+    /// Raise the number of peer-announced addresses accepted to at least N (maximum 8).
+    #[arg(long, value_name = "N")]
+    pub add_addr_accepted: Option<u32>,
+    /// A rule and routing table per address, so its subflows leave through its own interface.
+    #[arg(long)]
+    pub source_routing: bool,
+}
+
+impl PathsAutoArgs {
+    pub fn options(self) -> AutoOptions {
+        AutoOptions {
+            devs: self.devs,
+            signal: self.signal,
+            fullmesh: self.fullmesh,
+            backup: self.backup,
+            subflows: self.subflows,
+            add_addr_accepted: self.add_addr_accepted,
+            source_routing: self.source_routing,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,15 @@ pub async fn dispatch(command: Command) -> Result<i32> {
         Command::Run(a) => commands::run::run(a.user.as_deref(), &a.command).await,
         Command::Monitor(a) => commands::monitor::monitor(a.json).await.map(done),
         Command::Doctor(a) => commands::doctor::doctor(a.json).await,
+        Command::Paths(a) => {
+            let netns = commands::paths::netns(a.netns.as_deref())?;
+            match a.action {
+                None => commands::paths::show(&netns, a.json).await,
+                Some(args::PathsAction::Auto(o)) => commands::paths::auto(&netns, &o.options(), a.json).await,
+                Some(args::PathsAction::Clear) => commands::paths::clear(&netns, a.json).await,
+            }
+            .map(done)
+        }
         Command::Reset => commands::lifecycle::reset().map(done),
         Command::Logs => commands::lifecycle::logs().await.map(done),
         Command::Probe => commands::lifecycle::probe().map(done),

@@ -10,15 +10,21 @@ use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, PinnedLink};
 pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, PIN_DIR};
 
-/// Serialises edits between concurrent invocations (an flock on the bpffs directory).
+/// Serialises edits between concurrent invocations (an flock on the bpffs directory, or on the
+/// directory of another kind of state).
 pub struct Lock(#[allow(dead_code)] File);
 
 /// How long an invocation waits for another one's edit before it names the holder and gives up.
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Lock {
+    /// The lock on the pinned state.
     pub fn take() -> Result<Self> {
-        let parent = Path::new(PIN_DIR).parent().expect("PIN_DIR has a parent");
+        Self::on(Path::new(PIN_DIR).parent().expect("PIN_DIR has a parent"))
+    }
+
+    /// A lock on the directory `parent`, which must exist.
+    pub fn on(parent: &Path) -> Result<Self> {
         let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
         let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {

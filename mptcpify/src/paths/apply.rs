@@ -1,0 +1,140 @@
+//! Carries out a [`Plan`] in one namespace, writing the [`Record`] before each endpoint it makes
+//! and after each it removes, under a lock shared by the CLI and the agent. If a change fails,
+//! what this run made is taken back, so a namespace is left as it was found or as planned.
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    connection::Netlink,
+    endpoints,
+    model::Snapshot,
+    plan::{self, AutoOptions, Plan},
+    read,
+    record::{RECORD_DIR, Record, RecordFile},
+    routing,
+};
+use crate::state::pins::Lock;
+
+fn lock() -> Result<Lock> {
+    std::fs::create_dir_all(RECORD_DIR).with_context(|| format!("creating {RECORD_DIR}"))?;
+    Lock::on(Path::new(RECORD_DIR))
+}
+
+/// The snapshot, and the record checked against it (what is gone from the kernel forgotten).
+pub async fn current(nl: &Netlink) -> Result<(Snapshot, Record, RecordFile)> {
+    let file = RecordFile::for_netns(nl.inode);
+    let mut record = file.load()?;
+    let snap = read::snapshot(nl).await?;
+    record.forget_missing(&snap.endpoints);
+    Ok((snap, record, file))
+}
+
+/// `paths auto`: plans from the namespace as it is now and carries the plan out.
+pub async fn auto(nl: &Netlink, opts: &AutoOptions, label: &str) -> Result<Plan> {
+    let _lock = lock()?;
+    let (snap, mut record, file) = current(nl).await?;
+    let plan = plan::auto(&snap, opts, &record)?;
+    record.label = label.to_string();
+    execute(nl, &plan, &mut record, &file).await?;
+    Ok(plan)
+}
+
+/// `paths clear`: removes what mptcpify made and forgets the namespace.
+pub async fn clear(nl: &Netlink) -> Result<Plan> {
+    let _lock = lock()?;
+    let (snap, mut record, file) = current(nl).await?;
+    let plan = plan::clear(&snap, &record);
+    execute(nl, &plan, &mut record, &file).await?;
+    file.save(&Record::default())?;
+    Ok(plan)
+}
+
+async fn execute(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFile) -> Result<()> {
+    for e in &plan.remove_endpoints {
+        endpoints::remove(nl, e).await?;
+        record.endpoints.retain(|m| m != e && !(m.id == e.id && m.ip == e.ip));
+        file.save(record)?;
+    }
+    for r in &plan.remove_rules {
+        routing::remove_rule(nl, r).await?;
+    }
+    for r in &plan.remove_routes {
+        routing::remove_route(nl, r).await?;
+    }
+    match add(nl, plan, record, file, Made::default()).await {
+        Ok(()) => Ok(()),
+        Err((error, made)) => {
+            made.take_back(nl, record, file).await;
+            Err(error)
+        }
+    }
+}
+
+/// What one run added, to take back if a later step fails.
+#[derive(Default)]
+struct Made {
+    routes: Vec<super::model::TableRoute>,
+    rules: Vec<super::model::SourceRule>,
+    endpoints: Vec<super::model::Endpoint>,
+}
+
+async fn add(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFile, mut made: Made) -> Result<(), (anyhow::Error, Made)> {
+    macro_rules! step {
+        ($e:expr) => {
+            if let Err(e) = $e {
+                return Err((e, made));
+            }
+        };
+    }
+    for r in &plan.add_routes {
+        step!(routing::add_route(nl, r).await);
+        made.routes.push(r.clone());
+    }
+    for r in &plan.add_rules {
+        step!(routing::add_rule(nl, r).await);
+        made.rules.push(r.clone());
+    }
+    for e in &plan.add_endpoints {
+        record.endpoints.push(e.clone());
+        step!(file.save(record));
+        step!(endpoints::add(nl, e).await);
+        made.endpoints.push(e.clone());
+    }
+    let previous = record.limits;
+    record.limits = plan.raised;
+    step!(file.save(record));
+    if let Some(limits) = plan.limits
+        && let Err(e) = endpoints::set_limits(nl, limits).await
+    {
+        record.limits = previous;
+        return Err((e, made));
+    }
+    Ok(())
+}
+
+impl Made {
+    /// Best effort: each failure is logged, and what is left is what the record says.
+    async fn take_back(self, nl: &Netlink, record: &mut Record, file: &RecordFile) {
+        for e in &self.endpoints {
+            if let Err(err) = endpoints::remove(nl, e).await {
+                log::warn!("taking back endpoint {}: {err:#}", e.ip);
+                continue;
+            }
+            record.endpoints.retain(|m| m != e);
+        }
+        for r in &self.rules {
+            if let Err(err) = routing::remove_rule(nl, r).await {
+                log::warn!("taking back a rule: {err:#}");
+            }
+        }
+        for r in &self.routes {
+            if let Err(err) = routing::remove_route(nl, r).await {
+                log::warn!("taking back a route: {err:#}");
+            }
+        }
+        if let Err(err) = file.save(record) {
+            log::warn!("writing {}: {err:#}", file.path().display());
+        }
+    }
+}

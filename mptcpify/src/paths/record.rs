@@ -1,0 +1,143 @@
+//! What mptcpify made in a network namespace that the kernel cannot mark as its own: endpoints
+//! (they carry no owner) and the limits it raised. Kept in a file per namespace under
+//! [`RECORD_DIR`] (tmpfs: gone at reboot, like the endpoints), written before each change so
+//! that a command killed half-way leaves a record the next one checks against the kernel.
+//! Rules and routes need no record: they carry [`super::ROUTING_PROTOCOL`].
+use std::{
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::{Deserialize, Serialize};
+
+use super::model::{Endpoint, Limits};
+
+pub const RECORD_DIR: &str = "/run/mptcpify/paths";
+
+/// Limits mptcpify raised: what they were, and what it set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RaisedLimits {
+    pub before: Limits,
+    pub set: Limits,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// What the namespace is, for people reading the file (`host`, `pod <uid>`, a netns path).
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    #[serde(default)]
+    pub limits: Option<RaisedLimits>,
+}
+
+impl Record {
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty() && self.limits.is_none()
+    }
+
+    /// Whether `e`, seen in the kernel, is one this record says mptcpify made.
+    pub fn made(&self, e: &Endpoint) -> bool {
+        self.endpoints.iter().any(|m| m.id == e.id && m.ip == e.ip)
+    }
+
+    /// Forgets what is no longer in the kernel (removed by someone, or never made because a
+    /// command was killed between writing the record and making it).
+    pub fn forget_missing(&mut self, kernel: &[Endpoint]) {
+        self.endpoints.retain(|m| kernel.iter().any(|e| e.id == m.id && e.ip == m.ip));
+    }
+}
+
+/// The record file of one network namespace, named after its nsfs inode.
+#[derive(Debug, Clone)]
+pub struct RecordFile {
+    path: PathBuf,
+}
+
+impl RecordFile {
+    pub fn for_netns(inode: u64) -> Self {
+        Self::at(Path::new(RECORD_DIR), inode)
+    }
+
+    pub fn at(dir: &Path, inode: u64) -> Self {
+        Self { path: dir.join(format!("netns-{inode}.json")) }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// An absent file is an empty record; an unreadable one is an error, so that nothing is
+    /// taken for someone else's and left, or for mptcpify's and removed, by mistake.
+    pub fn load(&self) -> Result<Record> {
+        match fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a record mptcpify wrote; remove it if nothing of it is needed", self.path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
+        }
+    }
+
+    /// Written whole to a temporary file and renamed over: a reader sees the old or the new one.
+    pub fn save(&self, record: &Record) -> Result<()> {
+        if record.is_empty() {
+            return match fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(e).with_context(|| format!("removing {}", self.path.display()))
+                }
+                _ => Ok(()),
+            };
+        }
+        let dir = self.path.parent().expect("a record file has a directory");
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
+        let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(record)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &self.path).with_context(|| format!("renaming {} over {}", tmp.display(), self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+    use crate::paths::model::EndpointFlags;
+
+    fn endpoint(id: u8, ip: &str) -> Endpoint {
+        Endpoint { id, ip: ip.parse::<IpAddr>().unwrap(), ifindex: Some(3), flags: EndpointFlags { subflow: true, ..Default::default() } }
+    }
+
+    #[test]
+    fn a_record_survives_a_round_trip_and_an_empty_one_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = RecordFile::at(dir.path(), 4026531840);
+        assert_eq!(file.load().unwrap(), Record::default());
+        let limits = Limits { subflows: 2, add_addr_accepted: 0 };
+        let record = Record {
+            label: "host".into(),
+            endpoints: vec![endpoint(7, "10.0.0.1")],
+            limits: Some(RaisedLimits { before: limits, set: Limits { subflows: 4, add_addr_accepted: 4 } }),
+        };
+        file.save(&record).unwrap();
+        assert_eq!(file.load().unwrap(), record);
+        file.save(&Record::default()).unwrap();
+        assert!(!file.path().exists());
+        std::fs::write(file.path(), "{ not json").unwrap();
+        assert!(file.load().unwrap_err().to_string().contains("not a record mptcpify wrote"));
+    }
+
+    #[test]
+    fn only_an_endpoint_with_the_recorded_id_and_address_is_ours() {
+        let mut record = Record { endpoints: vec![endpoint(7, "10.0.0.1"), endpoint(8, "10.0.0.2")], ..Default::default() };
+        assert!(record.made(&endpoint(7, "10.0.0.1")));
+        assert!(!record.made(&endpoint(7, "10.0.0.9")), "same id, another address: someone else's");
+        assert!(!record.made(&endpoint(9, "10.0.0.1")), "same address, another id: someone else's");
+        record.forget_missing(&[endpoint(8, "10.0.0.2")]);
+        assert_eq!(record.endpoints, vec![endpoint(8, "10.0.0.2")]);
+    }
+}
