@@ -4,6 +4,7 @@
 //! The tests assume root in a kernel with the hook (`cargo xtask test` boots one); they fail,
 //! never skip, anywhere else.
 pub mod kube_api;
+pub mod two_paths;
 
 use std::{
     collections::BTreeMap,
@@ -36,7 +37,7 @@ fn unsafe_free_euid() -> u32 {
     uid.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
 
-fn sibling_of_test_binary(name: &str) -> PathBuf {
+pub(crate) fn sibling_of_test_binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let exe = std::env::current_exe().unwrap();
     exe.parent().unwrap().parent().unwrap().join(name)
@@ -177,9 +178,9 @@ impl Drop for TestCgroup {
     }
 }
 
-/// Runs `program args` inside `cgroup` (moved there before exec, so every socket it makes
-/// counts) and returns its stdout.
-pub fn run_in(cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> String {
+/// `program args` to be started inside `cgroup` (moved there before exec, so every socket it
+/// makes counts).
+pub fn command_in(cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> Command {
     let mut cmd = match cgroup {
         Some(cg) => {
             let mut c = Command::new("/bin/sh");
@@ -188,7 +189,13 @@ pub fn run_in(cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> Str
         }
         None => Command::new(program),
     };
-    let out = cmd.args(args).output().expect("running the probe");
+    cmd.args(args);
+    cmd
+}
+
+/// Runs `program args` inside `cgroup` and returns its stdout.
+pub fn run_in(cgroup: Option<&TestCgroup>, program: &Path, args: &[&str]) -> String {
+    let out = command_in(cgroup, program, args).output().expect("running the probe");
     assert!(out.status.success(), "{} {args:?}: {}", program.display(), text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -39,6 +39,18 @@ pub struct Health {
     pub refused_pods: usize,
     /// Why the agent is not ready, for `/readyz`.
     pub not_ready_reason: String,
+    /// Present while the policy has `[paths]` (or had, until cleared).
+    pub paths: Option<PathsHealth>,
+}
+
+/// What the `[paths]` keeper found after its last pass.
+#[derive(Debug, Default, Clone)]
+pub struct PathsHealth {
+    /// Endpoints by flag and owner (`mptcpify` or `other`).
+    pub endpoints: std::collections::BTreeMap<(&'static str, &'static str), i64>,
+    /// Subflow endpoints whose subflows would not leave through their own interface.
+    pub unroutable: usize,
+    pub error: Option<String>,
 }
 
 pub type SharedHealth = Arc<Mutex<Health>>;
@@ -114,6 +126,9 @@ impl Collector for Snapshot {
         self.encode_health(&mut e)?;
         self.encode_sockets(&mut e)?;
         self.encode_rules(&mut e)?;
+        if let Some(paths) = &self.health.paths {
+            encode_paths(paths, &mut e)?;
+        }
         if let Some(synced) = self.health.kubernetes_synced {
             gauge(
                 &mut e,
@@ -265,6 +280,31 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// `[paths]`: the namespace's endpoints and whether their subflows can route.
+fn encode_paths(paths: &PathsHealth, e: &mut DescriptorEncoder) -> EncodeResult {
+    let mut m = e.encode_descriptor(
+        "mptcpify_path_endpoints",
+        "MPTCP endpoints of the agent's network namespace, by flag and by who made them",
+        None,
+        MetricType::Gauge,
+    )?;
+    for ((flag, owner), n) in &paths.endpoints {
+        ConstGauge::new(*n).encode(m.encode_family(&[("flag", *flag), ("owner", *owner)])?)?;
+    }
+    gauge(
+        e,
+        "mptcpify_path_unroutable_addresses",
+        "Subflow endpoints whose subflows would leave through another interface, or have no route",
+        paths.unroutable as i64,
+    )?;
+    gauge(
+        e,
+        "mptcpify_paths_failing",
+        "1 while the last [paths] pass failed (the agent's log says why)",
+        paths.error.is_some() as i64,
+    )
 }
 
 /// The exposition text for one scrape.

@@ -8,6 +8,7 @@ mod drift;
 pub mod http;
 pub mod kubernetes;
 pub mod metrics;
+mod paths;
 pub mod policy;
 pub mod reconcile;
 mod watches;
@@ -39,6 +40,11 @@ use crate::{
         sys,
     },
     host::{preconditions, users::system_users},
+    paths::{
+        apply,
+        connection::{Netlink, Netns},
+        plan::AutoOptions,
+    },
     state::{
         maps::{self, State},
         origin::OriginKind,
@@ -79,6 +85,8 @@ struct Agent {
     /// The last pass applied everything: until then retries, not the drift check, catch up.
     settled: bool,
     watcher: drift::Watcher,
+    /// The policy's `[paths]`, handed to their keeper ([`paths`]).
+    paths: tokio::sync::watch::Sender<Option<AutoOptions>>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -122,6 +130,8 @@ pub async fn run(opts: Options) -> Result<()> {
         ));
         shared
     });
+    let (paths_tx, paths_rx) = tokio::sync::watch::channel(policy.paths.clone());
+    paths::spawn(paths_rx, health.clone());
     let agent = Agent {
         opts,
         root,
@@ -134,10 +144,15 @@ pub async fn run(opts: Options) -> Result<()> {
         backoff: Default::default(),
         settled: false,
         watcher: drift::Watcher::new(Instant::now()),
+        paths: paths_tx,
     };
     let agent = serve(agent, watches, rx).await?;
     if agent.opts.cleanup_on_exit {
         cleanup()?;
+        if agent.policy.paths.is_some() {
+            let plan = apply::clear(&Netlink::open(&Netns::Current).await?).await?;
+            log::info!("cleanup: removed {} endpoint(s) mptcpify made", plan.remove_endpoints.len());
+        }
     } else {
         log::info!("exiting; the program and rules stay pinned (`mptcpify reset` or --cleanup-on-exit removes them)");
     }
@@ -269,6 +284,11 @@ impl Agent {
                 if p != self.policy {
                     log::info!("policy {} changed: {} selector(s)", path.display(), p.wanted.len());
                 }
+                self.paths.send_if_modified(|kept| {
+                    let changed = *kept != p.paths;
+                    kept.clone_from(&p.paths);
+                    changed
+                });
                 self.policy = p;
                 true
             }

@@ -10,6 +10,7 @@ use toml::Spanned;
 pub use crate::host::selector::Selector;
 use crate::{
     host::users::{UidSpec, UserLookup},
+    paths::plan::{self, AutoOptions},
     state::rules::Action,
 };
 
@@ -23,6 +24,9 @@ struct File {
     exclude: Selectors,
     #[serde(default)]
     kubernetes: Option<KubernetesFile>,
+    /// `paths auto`'s options and `auto = true` to keep them in force.
+    #[serde(default)]
+    paths: Option<Spanned<toml::Table>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -70,6 +74,8 @@ pub struct Wanted {
 pub struct Policy {
     pub wanted: Vec<Wanted>,
     pub cgroup_driver: CgroupDriver,
+    /// `[paths]` with `auto = true`: the agent keeps its namespace's paths so.
+    pub paths: Option<AutoOptions>,
 }
 
 /// A policy file was rejected.
@@ -145,6 +151,21 @@ pub fn read(path: &Path) -> anyhow::Result<String> {
     Ok(text)
 }
 
+/// `[paths]`: the options when `auto = true`.
+fn paths(table: Spanned<toml::Table>) -> Result<Option<AutoOptions>, Refusal> {
+    let span = table.span();
+    let mut table = table.into_inner();
+    let refused = |e: String| (span.clone(), format!("[paths]: {e}"));
+    let auto = match table.remove("auto") {
+        None => false,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(other) => return Err(refused(format!("auto must be true or false, not a {}", other.type_str()))),
+    };
+    let options = AutoOptions::deserialize(toml::Value::Table(table)).map_err(|e| refused(e.message().to_string()))?;
+    plan::check_options(&options).map_err(|e| refused(e.to_string()))?;
+    Ok(auto.then_some(options))
+}
+
 impl Policy {
     /// Parses and validates `text`; `source_name` (the file path) prefixes every error.
     pub fn parse(text: &str, source_name: &str, users: UserLookup<'_>) -> Result<Self, PolicyError> {
@@ -173,7 +194,11 @@ impl Policy {
             file.kubernetes.and_then(|k| k.cgroup_driver).map_or(CgroupDriver::Auto, Spanned::into_inner);
         let mut seen = std::collections::HashSet::new();
         let wanted = wanted.into_iter().map(|(w, _)| w).filter(|w| seen.insert(w.selector.clone())).collect();
-        Ok(Policy { wanted, cgroup_driver })
+        let paths = match file.paths {
+            Some(p) => paths(p).map_err(|(span, reason)| err(Some(span), reason))?,
+            None => None,
+        };
+        Ok(Policy { wanted, cgroup_driver, paths })
     }
 }
 
@@ -226,6 +251,17 @@ cgroup_driver = "cgroupfs"
     }
 
     #[test]
+    fn paths_are_kept_only_with_auto() {
+        let text = "[paths]\nauto = true\ndevs = [\"eth0\", \"wlan0\"]\nbackup = [\"wlan0\"]\nsource_routing = true\nadd_addr_accepted = 4\n";
+        let opts = parse(text).unwrap().paths.expect("auto = true");
+        assert_eq!(opts.devs, ["eth0", "wlan0"]);
+        assert_eq!(opts.backup, ["wlan0"]);
+        assert!(opts.source_routing && !opts.signal);
+        assert_eq!((opts.subflows, opts.add_addr_accepted), (None, Some(4)));
+        assert_eq!(parse("[paths]\ndevs = [\"eth0\"]\n").unwrap().paths, None, "written down but not switched on");
+    }
+
+    #[test]
     fn errors_name_the_line_and_the_reason() {
         let cases = [
             ("[enable]\ncomms = [\"a-very-long-program-name\"]\n", 2, "at most 15"),
@@ -240,6 +276,10 @@ cgroup_driver = "cgroupfs"
             ("[enable\n", 1, ""),
             ("[kubernetes]\ncgroup_driver = \"docker\"\n", 2, "unknown variant `docker`"),
             ("[enable]\nall = \"yes\"\n", 2, ""),
+            ("[paths]\nauto = true\nsubflows = 9\n", 1, "subflows 9 is above the kernel's maximum of 8"),
+            ("[paths]\nauto = true\nsignal = true\nfullmesh = true\n", 1, "both signal and fullmesh"),
+            ("[paths]\nauto = true\ndev = [\"eth0\"]\n", 1, "unknown field `dev`"),
+            ("[paths]\nauto = \"yes\"\n", 1, "auto must be true or false"),
         ];
         for (text, line, reason) in cases {
             let e = parse(text).unwrap_err();

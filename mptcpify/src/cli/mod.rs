@@ -39,7 +39,7 @@ pub async fn dispatch(command: Command) -> Result<i32> {
             }
             .map(done)
         }
-        Command::Reset => commands::lifecycle::reset().map(done),
+        Command::Reset => commands::lifecycle::reset().await.map(done),
         Command::Logs => commands::lifecycle::logs().await.map(done),
         Command::Probe => commands::lifecycle::probe().map(done),
         Command::Agent(a) => agent::run(agent_options(a)).await.map(done),

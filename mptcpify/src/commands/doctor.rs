@@ -2,12 +2,10 @@
 use std::{collections::HashMap, path::PathBuf};
 
 use anyhow::Result;
-use futures::TryStreamExt as _;
-use mptcp_pm::{
-    MptcpPathManagerAddressAttr, MptcpPathManagerAddressAttrFlag, MptcpPathManagerAttr, MptcpPathManagerLimitsAttr,
-};
 use mptcpify_common::LAYOUT_VERSION;
 use serde::Serialize;
+
+use super::shown;
 
 use crate::{
     bpf::{
@@ -18,6 +16,10 @@ use crate::{
     host::{
         mounts::{BPFFS, Mounts},
         preconditions::{self, MptcpSysctl},
+    },
+    paths::{
+        connection::{Netlink, Netns},
+        report::{self, NamespaceView, Routing},
     },
     state::{
         maps::{self, State},
@@ -53,44 +55,6 @@ fn check(name: &'static str, level: Level, detail: impl Into<String>, fix: Optio
 pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-/// MPTCP endpoints and limits of the caller's network namespace, from the kernel's path manager.
-struct PathManager {
-    extra_path_endpoints: usize,
-    subflows: Option<u32>,
-    add_addr_accepted: Option<u32>,
-}
-
-async fn path_manager() -> Result<PathManager> {
-    let (connection, handle, _) = mptcp_pm::new_connection()?;
-    tokio::spawn(connection);
-    let mut pm = PathManager { extra_path_endpoints: 0, subflows: None, add_addr_accepted: None };
-    let mut addrs = handle.address().get().execute().await;
-    while let Some(msg) = addrs.try_next().await? {
-        for attr in &msg.payload.nlas {
-            if let MptcpPathManagerAttr::Address(MptcpPathManagerAddressAttr::Flags(flags)) = attr
-                && flags.iter().any(|f| {
-                    matches!(f, MptcpPathManagerAddressAttrFlag::Subflow | MptcpPathManagerAddressAttrFlag::Signal)
-                })
-            {
-                pm.extra_path_endpoints += 1;
-            }
-        }
-    }
-    let mut limits = handle.limits().get().execute().await;
-    while let Some(msg) = limits.try_next().await? {
-        for attr in &msg.payload.nlas {
-            match attr {
-                MptcpPathManagerAttr::Limits(MptcpPathManagerLimitsAttr::Subflows(n)) => pm.subflows = Some(*n),
-                MptcpPathManagerAttr::Limits(MptcpPathManagerLimitsAttr::RcvAddAddrs(n)) => {
-                    pm.add_addr_accepted = Some(*n)
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(pm)
 }
 
 /// TCP listeners (inode -> port) from /proc/net/tcp{,6}.
@@ -153,8 +117,8 @@ pub async fn checks() -> Vec<Check> {
         sysctl_check(),
         fallback_guards_check(),
         never_break_check(btf.as_ref().map_err(|e| anyhow::anyhow!("{e:#}")).and_then(netns::find)),
-        endpoints_check().await,
     ];
+    out.extend(paths_checks().await);
     drop(btf);
     if pins::is_loaded()
         && privileged.is_ok()
@@ -354,33 +318,63 @@ fn never_break_check(netns: Result<netns::NetnsOffsets>) -> Check {
     }
 }
 
-async fn endpoints_check() -> Check {
-    match path_manager().await {
-        Ok(pm) if pm.extra_path_endpoints == 0 => check(
-            "endpoints",
-            Level::Warn,
-            "no MPTCP endpoint with the subflow or signal flag in this namespace: connections will use one path only",
-            Some("ip mptcp endpoint add <second local address> dev <its interface> subflow".into()),
-        ),
-        Ok(pm) if pm.subflows == Some(0) => check(
-            "endpoints",
-            Level::Warn,
-            format!("{} endpoint(s), but the subflow limit is 0", pm.extra_path_endpoints),
-            Some("ip mptcp limits set subflow 2 add_addr_accepted 2".into()),
-        ),
-        Ok(pm) => check(
-            "endpoints",
-            Level::Ok,
-            format!(
-                "{} endpoint(s); limits: subflow {}, add_addr_accepted {}",
-                pm.extra_path_endpoints,
-                pm.subflows.unwrap_or(0),
-                pm.add_addr_accepted.unwrap_or(0)
-            ),
-            None,
-        ),
-        Err(e) => check("endpoints", Level::Warn, format!("cannot ask the MPTCP path manager: {e:#}"), None),
+/// The endpoints and limits of the caller's namespace, and where their subflows would go.
+async fn paths_checks() -> [Check; 2] {
+    let view = match Netlink::open(&Netns::Current).await {
+        Ok(nl) => report::view(&nl).await,
+        Err(e) => Err(e),
+    };
+    match view {
+        Ok(v) => [endpoints_check(&v), routing_check(&v)],
+        Err(e) => {
+            let why = format!("cannot ask the MPTCP path manager: {e:#}");
+            [check("endpoints", Level::Warn, why.clone(), None), check("subflow-routing", Level::Warn, why, None)]
+        }
     }
+}
+
+fn endpoints_check(v: &NamespaceView) -> Check {
+    let paths = v.endpoints.iter().filter(|e| e.endpoint.flags.adds_a_path()).count();
+    let limits = format!("limits: subflow {}, add_addr_accepted {}", v.limits.subflows, v.limits.add_addr_accepted);
+    if paths == 0 {
+        let detail =
+            "no MPTCP endpoint with the subflow or signal flag in this namespace: connections will use one path only";
+        check(
+            "endpoints",
+            Level::Warn,
+            detail,
+            Some("mptcpify paths auto (or --dev IFACE for chosen interfaces)".into()),
+        )
+    } else if v.limits.subflows == 0 {
+        check(
+            "endpoints",
+            Level::Warn,
+            format!("{paths} endpoint(s), but the subflow limit is 0"),
+            Some("mptcpify paths auto --subflows 2".into()),
+        )
+    } else {
+        check("endpoints", Level::Ok, format!("{paths} endpoint(s); {limits}"), None)
+    }
+}
+
+fn routing_check(v: &NamespaceView) -> Check {
+    let unroutable: Vec<String> = v
+        .unroutable()
+        .map(|e| match &e.routing {
+            Routing::Through { dev } => format!("{} (leaves through {})", e.endpoint.ip, shown(dev)),
+            Routing::SubnetOnly => format!("{} (its own subnet only)", e.endpoint.ip),
+            _ => format!("{} (no route)", e.endpoint.ip),
+        })
+        .collect();
+    if unroutable.is_empty() {
+        return check("subflow-routing", Level::Ok, "every subflow endpoint routes out of its own interface", None);
+    }
+    check(
+        "subflow-routing",
+        Level::Warn,
+        format!("subflows from these endpoints cannot use their own path: {}", unroutable.join(", ")),
+        Some("mptcpify paths auto --source-routing".into()),
+    )
 }
 
 fn listeners_check(cgroup_root: &std::path::Path) -> Check {

@@ -1,5 +1,6 @@
-//! The program's life: `reset` (detach and unpin everything), `probe` (load and attach, then
-//! detach at once) and `logs` (the program's aya-log records).
+//! The program's life: `reset` (detach and unpin everything, and clear the paths mptcpify made
+//! in the caller's network namespace), `probe` (load and attach, then detach at once) and `logs`
+//! (the program's aya-log records).
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
@@ -8,16 +9,33 @@ use crate::{
         sys,
     },
     host::preconditions,
+    paths::{
+        apply,
+        connection::{Netlink, Netns},
+        model::PathManager,
+    },
     state::pins::{self, Lock},
 };
 
-pub fn reset() -> Result<()> {
+pub async fn reset() -> Result<()> {
     preconditions::require_state_access()?;
-    let _lock = Lock::take()?;
-    if pins::remove_all()? {
-        println!("reset: program detached, pinned state removed");
-    } else {
-        println!("reset: nothing was loaded");
+    {
+        let _lock = Lock::take()?;
+        if pins::remove_all()? {
+            println!("reset: program detached, pinned state removed");
+        } else {
+            println!("reset: nothing was loaded");
+        }
+    }
+    let nl = Netlink::open(&Netns::Current).await?;
+    if nl.path_manager == PathManager::Missing {
+        return Ok(());
+    }
+    let plan = apply::clear(&nl).await?;
+    if !plan.changes_nothing() {
+        let (endpoints, routing) = (plan.remove_endpoints.len(), plan.remove_rules.len() + plan.remove_routes.len());
+        let limits = if plan.limits.is_some() { ", limits put back" } else { "" };
+        println!("reset: removed {endpoints} endpoint(s) and {routing} rule(s)/route(s) mptcpify made{limits}");
     }
     Ok(())
 }

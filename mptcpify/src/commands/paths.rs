@@ -17,7 +17,9 @@ pub fn netns(arg: Option<&str>) -> Result<Netns> {
     match arg {
         None => Ok(Netns::Current),
         Some(a) if a.contains('/') => Ok(Netns::File(PathBuf::from(a))),
-        Some(name) if name.is_empty() || name == "." || name == ".." => bail!("{name:?} is not a network namespace name"),
+        Some(name) if name.is_empty() || name == "." || name == ".." => {
+            bail!("{name:?} is not a network namespace name")
+        }
         Some(name) => Ok(Netns::File(PathBuf::from("/run/netns").join(name))),
     }
 }
@@ -81,12 +83,18 @@ fn say(verb: &str, plan: &Plan, json: bool) -> Result<()> {
 
 fn note_text(note: &Note) -> String {
     match note {
-        Note::ForeignEndpointKept { ip, id } => format!("endpoint {ip} id {id} was made by someone else: left as it is"),
-        Note::LimitKept { which, asked, kept } => format!("{which} stays {kept} (asked {asked}): someone else set it higher"),
+        Note::ForeignEndpointKept { ip, id } => {
+            format!("endpoint {ip} id {id} was made by someone else: left as it is")
+        }
+        Note::LimitKept { which, asked, kept } => {
+            format!("{which} stays {kept} (asked {asked}): someone else set it higher")
+        }
         Note::NoRouteOfItsOwn { ip, dev } => {
             format!("{dev} holds no default route: subflows from {ip} can reach {dev}'s own subnet only")
         }
-        Note::TableTaken { table, dev } => format!("table {table} holds routes someone else made: {dev} is not source-routed"),
+        Note::TableTaken { table, dev } => {
+            format!("table {table} holds routes someone else made: {dev} is not source-routed")
+        }
         Note::LinkDown { dev } => format!("{dev} is down: no endpoint for it until it is up"),
         Note::NothingSelected => "no interface with a usable address was selected (no default route? try --dev)".into(),
         Note::LimitsChangedSince { set, now } => format!(
@@ -125,8 +133,14 @@ fn render(v: &NamespaceView) -> String {
         let dev = e.dev.as_deref().map(shown).unwrap_or_else(|| "any".into());
         let routing = match &e.routing {
             Routing::Own => "subflows leave through it".to_string(),
-            Routing::Through { dev } => format!("CANNOT ROUTE: subflows would leave through {} (try --source-routing)", shown(dev)),
+            Routing::Through { dev } => {
+                format!("CANNOT ROUTE: subflows would leave through {} (try --source-routing)", shown(dev))
+            }
             Routing::NoRoute => "CANNOT ROUTE: no route from this address".to_string(),
+            Routing::SubnetOnly => {
+                "reaches its own subnet only: no route beyond it through its interface (a gateway? --source-routing)"
+                    .to_string()
+            }
             Routing::NotAsked => "announced to peers".to_string(),
         };
         out += &format!(

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result};
 use super::{
     connection::Netlink,
     endpoints,
-    model::Snapshot,
+    model::{Endpoint, Link, Snapshot, SourceRule, TableRoute},
     plan::{self, AutoOptions, Plan},
     read,
     record::{RECORD_DIR, Record, RecordFile},
@@ -26,7 +26,7 @@ pub async fn current(nl: &Netlink) -> Result<(Snapshot, Record, RecordFile)> {
     let file = RecordFile::for_netns(nl.inode);
     let mut record = file.load()?;
     let snap = read::snapshot(nl).await?;
-    record.forget_missing(&snap.endpoints);
+    record.forget_missing(&snap.endpoints, &snap.links);
     Ok((snap, record, file))
 }
 
@@ -36,7 +36,7 @@ pub async fn auto(nl: &Netlink, opts: &AutoOptions, label: &str) -> Result<Plan>
     let (snap, mut record, file) = current(nl).await?;
     let plan = plan::auto(&snap, opts, &record)?;
     record.label = label.to_string();
-    execute(nl, &plan, &mut record, &file).await?;
+    execute(nl, &snap, &plan, &mut record, &file).await?;
     Ok(plan)
 }
 
@@ -45,12 +45,12 @@ pub async fn clear(nl: &Netlink) -> Result<Plan> {
     let _lock = lock()?;
     let (snap, mut record, file) = current(nl).await?;
     let plan = plan::clear(&snap, &record);
-    execute(nl, &plan, &mut record, &file).await?;
+    execute(nl, &snap, &plan, &mut record, &file).await?;
     file.save(&Record::default())?;
     Ok(plan)
 }
 
-async fn execute(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFile) -> Result<()> {
+async fn execute(nl: &Netlink, snap: &Snapshot, plan: &Plan, record: &mut Record, file: &RecordFile) -> Result<()> {
     for e in &plan.remove_endpoints {
         endpoints::remove(nl, e).await?;
         record.endpoints.retain(|m| m != e && !(m.id == e.id && m.ip == e.ip));
@@ -62,7 +62,7 @@ async fn execute(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFi
     for r in &plan.remove_routes {
         routing::remove_route(nl, r).await?;
     }
-    match add(nl, plan, record, file, Made::default()).await {
+    match add(nl, plan, &snap.links, record, file, Made::default()).await {
         Ok(()) => Ok(()),
         Err((error, made)) => {
             made.take_back(nl, record, file).await;
@@ -74,12 +74,19 @@ async fn execute(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFi
 /// What one run added, to take back if a later step fails.
 #[derive(Default)]
 struct Made {
-    routes: Vec<super::model::TableRoute>,
-    rules: Vec<super::model::SourceRule>,
-    endpoints: Vec<super::model::Endpoint>,
+    routes: Vec<TableRoute>,
+    rules: Vec<SourceRule>,
+    endpoints: Vec<Endpoint>,
 }
 
-async fn add(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFile, mut made: Made) -> Result<(), (anyhow::Error, Made)> {
+async fn add(
+    nl: &Netlink,
+    plan: &Plan,
+    links: &[Link],
+    record: &mut Record,
+    file: &RecordFile,
+    mut made: Made,
+) -> Result<(), (anyhow::Error, Made)> {
     macro_rules! step {
         ($e:expr) => {
             if let Err(e) = $e {
@@ -96,7 +103,7 @@ async fn add(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFile, 
         made.rules.push(r.clone());
     }
     for e in &plan.add_endpoints {
-        record.endpoints.push(e.clone());
+        record.made_now(e, links);
         step!(file.save(record));
         step!(endpoints::add(nl, e).await);
         made.endpoints.push(e.clone());

@@ -81,7 +81,8 @@ impl Netlink {
 
 /// Read in the calling thread's namespace: `/proc/sys/net` shows the reader's own.
 fn path_manager_here() -> PathManager {
-    let read = |name: &str| std::fs::read_to_string(format!("/proc/sys/net/mptcp/{name}")).map(|s| s.trim().to_string());
+    let read =
+        |name: &str| std::fs::read_to_string(format!("/proc/sys/net/mptcp/{name}")).map(|s| s.trim().to_string());
     match read("enabled") {
         Err(_) => return PathManager::Missing,
         Ok(v) if v == "0" => return PathManager::Disabled,

@@ -5,9 +5,12 @@ use std::net::IpAddr;
 
 use anyhow::{Result, anyhow};
 use futures::StreamExt as _;
-use mptcp_pm::{MptcpPathManagerAddressAttr as AddrAttr, MptcpPathManagerAddressAttrFlag as Flag, MptcpPathManagerLimitsAttr};
+use mptcp_pm::{
+    MptcpPathManagerAddressAttr as AddrAttr, MptcpPathManagerAddressAttrFlag as Flag, MptcpPathManagerLimitsAttr,
+};
 use netlink_packet_core::{
-    DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, Nla, NetlinkMessage, NetlinkPayload, ParseableParametrized,
+    DecodeError, Emitable, NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload, Nla,
+    ParseableParametrized,
 };
 use netlink_packet_generic::{GenlFamily, GenlHeader, GenlMessage};
 
@@ -119,7 +122,12 @@ fn address_attrs(e: &Endpoint, with_details: bool) -> Vec<AddrAttr> {
     }
     if with_details {
         let f = e.flags;
-        let flags = [(f.signal, Flag::Signal), (f.subflow, Flag::Subflow), (f.backup, Flag::Backup), (f.fullmesh, Flag::Fullmesh)];
+        let flags = [
+            (f.signal, Flag::Signal),
+            (f.subflow, Flag::Subflow),
+            (f.backup, Flag::Backup),
+            (f.fullmesh, Flag::Fullmesh),
+        ];
         attrs.push(AddrAttr::Flags(flags.into_iter().filter(|(on, _)| *on).map(|(_, f)| f).collect()));
         if let Some(i) = e.ifindex {
             attrs.push(AddrAttr::IfIndex(i as i32));

@@ -8,8 +8,8 @@ pub mod endpoints;
 pub mod model;
 pub mod plan;
 pub mod read;
-pub mod report;
 pub mod record;
+pub mod report;
 pub mod routing;
 
 /// `rtm_protocol` of the rules and routes mptcpify makes (unassigned in the kernel's list).

@@ -13,6 +13,8 @@ pub struct Link {
     pub name: String,
     pub up: bool,
     pub loopback: bool,
+    /// The hardware address, hex: a recreated interface (a new veth) has another.
+    pub hardware: String,
 }
 
 /// One address of a link, with what makes it unusable for a path.
@@ -50,7 +52,8 @@ pub struct EndpointFlags {
 impl EndpointFlags {
     /// The names `ip mptcp endpoint` uses.
     pub fn names(&self) -> Vec<&'static str> {
-        let all = [(self.signal, "signal"), (self.subflow, "subflow"), (self.backup, "backup"), (self.fullmesh, "fullmesh")];
+        let all =
+            [(self.signal, "signal"), (self.subflow, "subflow"), (self.backup, "backup"), (self.fullmesh, "fullmesh")];
         all.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect()
     }
 

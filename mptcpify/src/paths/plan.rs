@@ -7,26 +7,23 @@ use serde::Serialize;
 
 use super::{
     RULE_PRIORITY, TABLE_BASE,
-    model::{Address, Endpoint, EndpointFlags, KERNEL_LIMIT_MAX, Limits, PathManager, Snapshot, SourceRule, TableRoute},
+    model::{
+        Address, Endpoint, EndpointFlags, KERNEL_LIMIT_MAX, Limits, PathManager, Snapshot, SourceRule, TableRoute,
+    },
     record::{RaisedLimits, Record},
 };
 
 /// What `paths auto` is asked for (the CLI's flags, or the policy's `[paths]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AutoOptions {
     /// Exactly these interfaces; empty: those that hold a default route.
-    #[serde(default)]
     pub devs: Vec<String>,
-    #[serde(default)]
     pub signal: bool,
-    #[serde(default)]
     pub fullmesh: bool,
-    #[serde(default)]
     pub backup: Vec<String>,
     pub subflows: Option<u32>,
     pub add_addr_accepted: Option<u32>,
-    #[serde(default)]
     pub source_routing: bool,
 }
 
@@ -35,7 +32,9 @@ pub struct AutoOptions {
 pub enum PlanError {
     #[error("the {0} path manager is in charge of this network namespace: mptcpify leaves its endpoints to it")]
     OtherPathManager(&'static str),
-    #[error("MPTCP is disabled in this network namespace (net.mptcp.enabled=0); enable it with `sysctl -w net.mptcp.enabled=1`")]
+    #[error(
+        "MPTCP is disabled in this network namespace (net.mptcp.enabled=0); enable it with `sysctl -w net.mptcp.enabled=1`"
+    )]
     MptcpDisabled,
     #[error("this kernel has no MPTCP (no /proc/sys/net/mptcp)")]
     MptcpMissing,
@@ -56,17 +55,35 @@ pub enum PlanError {
 #[serde(tag = "note", rename_all = "snake_case")]
 pub enum Note {
     /// An endpoint for this address exists and mptcpify did not make it: left as it is.
-    ForeignEndpointKept { ip: IpAddr, id: u8 },
+    ForeignEndpointKept {
+        ip: IpAddr,
+        id: u8,
+    },
     /// A limit stays higher than asked: someone else set it.
-    LimitKept { which: &'static str, asked: u32, kept: u32 },
+    LimitKept {
+        which: &'static str,
+        asked: u32,
+        kept: u32,
+    },
     /// No default route through this interface: subflows from it reach its own subnet only.
-    NoRouteOfItsOwn { ip: IpAddr, dev: String },
+    NoRouteOfItsOwn {
+        ip: IpAddr,
+        dev: String,
+    },
     /// The table mptcpify would route this interface through holds someone else's routes.
-    TableTaken { table: u32, dev: String },
-    LinkDown { dev: String },
+    TableTaken {
+        table: u32,
+        dev: String,
+    },
+    LinkDown {
+        dev: String,
+    },
     NothingSelected,
     /// `clear`: the limits were changed after mptcpify raised them, so they stay.
-    LimitsChangedSince { set: Limits, now: Limits },
+    LimitsChangedSince {
+        set: Limits,
+        now: Limits,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -137,7 +154,8 @@ pub fn auto(snap: &Snapshot, opts: &AutoOptions, record: &Record) -> Result<Plan
     let staying = snap.endpoints.iter().filter(|e| e.flags.adds_a_path() && !plan.remove_endpoints.contains(e));
     let paths_after = staying.count() + plan.add_endpoints.iter().filter(|e| e.flags.adds_a_path()).count();
     plan_limits(snap.limits, opts, record.limits, paths_after, &mut plan);
-    let (rules, routes) = if opts.source_routing { routing(snap, &chosen, &mut plan.notes) } else { Default::default() };
+    let (rules, routes) =
+        if opts.source_routing { routing(snap, &chosen, &mut plan.notes) } else { Default::default() };
     plan.remove_rules = snap.marked_rules.iter().filter(|r| !rules.contains(r)).cloned().collect();
     plan.add_rules = rules.into_iter().filter(|r| !snap.marked_rules.contains(r)).collect();
     plan.remove_routes = snap.marked_routes.iter().filter(|r| !routes.contains(r)).cloned().collect();
@@ -164,7 +182,8 @@ pub fn clear(snap: &Snapshot, record: &Record) -> Plan {
     plan
 }
 
-fn check_options(opts: &AutoOptions) -> Result<(), PlanError> {
+/// The options' own contradictions, found before anything is read.
+pub fn check_options(opts: &AutoOptions) -> Result<(), PlanError> {
     if opts.signal && opts.fullmesh {
         return Err(PlanError::SignalWithFullmesh);
     }
@@ -342,7 +361,13 @@ mod tests {
 
     /// A laptop: eth0 and wlan0 each with a default route, docker0 without, and loopback.
     fn host() -> Snapshot {
-        let link = |index, name: &str| Link { index, name: name.into(), up: true, loopback: index == 1 };
+        let link = |index, name: &str| Link {
+            index,
+            name: name.into(),
+            up: true,
+            loopback: index == 1,
+            hardware: String::new(),
+        };
         Snapshot {
             path_manager: PathManager::Kernel,
             links: vec![link(1, "lo"), link(2, "eth0"), link(3, "wlan0"), link(4, "docker0")],
@@ -387,7 +412,12 @@ mod tests {
 
     #[test]
     fn devs_choose_exactly_and_flags_follow_the_options() {
-        let opts = AutoOptions { devs: vec!["docker0".into()], signal: true, backup: vec!["wlan0".into()], ..Default::default() };
+        let opts = AutoOptions {
+            devs: vec!["docker0".into()],
+            signal: true,
+            backup: vec!["wlan0".into()],
+            ..Default::default()
+        };
         let plan = auto(&host(), &opts, &Record::default()).unwrap();
         assert_eq!(ips(&plan.add_endpoints), [ip("172.17.0.1"), ip("10.2.0.5")]);
         assert_eq!(plan.add_endpoints[0].flags, EndpointFlags { signal: true, subflow: true, ..Default::default() });
@@ -397,18 +427,33 @@ mod tests {
     #[test]
     fn bad_options_are_refused_with_the_reason() {
         let refused = |opts: AutoOptions| auto(&host(), &opts, &Record::default()).unwrap_err();
-        assert_eq!(refused(AutoOptions { devs: vec!["eth9".into()], ..Default::default() }), PlanError::UnknownInterface("eth9".into()));
-        assert_eq!(refused(AutoOptions { backup: vec!["eth9".into()], ..Default::default() }), PlanError::UnknownInterface("eth9".into()));
-        assert_eq!(refused(AutoOptions { signal: true, fullmesh: true, ..Default::default() }), PlanError::SignalWithFullmesh);
+        assert_eq!(
+            refused(AutoOptions { devs: vec!["eth9".into()], ..Default::default() }),
+            PlanError::UnknownInterface("eth9".into())
+        );
+        assert_eq!(
+            refused(AutoOptions { backup: vec!["eth9".into()], ..Default::default() }),
+            PlanError::UnknownInterface("eth9".into())
+        );
+        assert_eq!(
+            refused(AutoOptions { signal: true, fullmesh: true, ..Default::default() }),
+            PlanError::SignalWithFullmesh
+        );
         let too_high = refused(AutoOptions { subflows: Some(9), ..Default::default() });
         assert_eq!(too_high.to_string(), "subflows 9 is above the kernel's maximum of 8");
         let no_address = refused(AutoOptions { devs: vec!["lo".into(), "wlan0".into()], ..Default::default() });
-        assert_eq!(no_address.to_string(), "interface lo has no address an endpoint can use (it is the loopback interface)");
+        assert_eq!(
+            no_address.to_string(),
+            "interface lo has no address an endpoint can use (it is the loopback interface)"
+        );
         let mut snap = host();
         snap.addresses.retain(|a| a.ifindex != 4);
         snap.addresses.push(Address { global: false, ..address(4, "fe80::2", 64) });
         let err = auto(&snap, &AutoOptions { devs: vec!["docker0".into()], ..Default::default() }, &Record::default());
-        assert_eq!(err.unwrap_err().to_string(), "interface docker0 has no address an endpoint can use (fe80::2: not global scope)");
+        assert_eq!(
+            err.unwrap_err().to_string(),
+            "interface docker0 has no address an endpoint can use (fe80::2: not global scope)"
+        );
     }
 
     #[test]
@@ -426,7 +471,12 @@ mod tests {
     #[test]
     fn what_someone_else_made_is_kept_and_never_removed() {
         let mut snap = host();
-        let theirs = Endpoint { id: 1, ip: ip("10.2.0.5"), ifindex: None, flags: EndpointFlags { signal: true, ..Default::default() } };
+        let theirs = Endpoint {
+            id: 1,
+            ip: ip("10.2.0.5"),
+            ifindex: None,
+            flags: EndpointFlags { signal: true, ..Default::default() },
+        };
         snap.endpoints.push(theirs.clone());
         let plan = auto(&snap, &AutoOptions::default(), &Record::default()).unwrap();
         assert_eq!(ips(&plan.add_endpoints), [ip("10.1.0.5"), ip("2001:db8:1::5")]);
@@ -434,7 +484,10 @@ mod tests {
         assert_eq!(plan.notes, [Note::ForeignEndpointKept { ip: ip("10.2.0.5"), id: 1 }]);
         assert!(plan.remove_endpoints.is_empty());
         let opts = AutoOptions { devs: vec!["eth0".into()], ..Default::default() };
-        assert!(auto(&snap, &opts, &Record::default()).unwrap().remove_endpoints.is_empty(), "not chosen, still not ours");
+        assert!(
+            auto(&snap, &opts, &Record::default()).unwrap().remove_endpoints.is_empty(),
+            "not chosen, still not ours"
+        );
         assert!(clear(&snap, &Record::default()).changes_nothing());
     }
 
@@ -447,12 +500,15 @@ mod tests {
         let record = Record { endpoints: snap.endpoints.clone(), ..Default::default() };
         let opts = AutoOptions { devs: vec!["eth0".into()], backup: vec![], ..Default::default() };
         let plan = auto(&snap, &opts, &record).unwrap();
-        assert_eq!(plan.remove_endpoints, [gone.clone()], "its address went away");
+        assert_eq!(plan.remove_endpoints, std::slice::from_ref(&gone), "its address went away");
         assert_eq!(ips(&plan.add_endpoints), [ip("2001:db8:1::5")], "10.1.0.5 is there as wanted");
         let backup = AutoOptions { backup: vec!["eth0".into()], ..opts };
         let plan = auto(&snap, &backup, &record).unwrap();
         assert_eq!(plan.remove_endpoints, [ours.clone(), gone.clone()]);
-        assert!(plan.add_endpoints.contains(&Endpoint { flags: EndpointFlags { backup: true, ..subflow() }, ..ours.clone() }));
+        assert!(
+            plan.add_endpoints
+                .contains(&Endpoint { flags: EndpointFlags { backup: true, ..subflow() }, ..ours.clone() })
+        );
         let cleared = clear(&snap, &record);
         assert_eq!(cleared.remove_endpoints, [gone, ours]);
     }
@@ -487,7 +543,8 @@ mod tests {
 
     #[test]
     fn source_routing_gives_each_address_its_interfaces_table() {
-        let opts = AutoOptions { devs: vec!["wlan0".into(), "docker0".into()], source_routing: true, ..Default::default() };
+        let opts =
+            AutoOptions { devs: vec!["wlan0".into(), "docker0".into()], source_routing: true, ..Default::default() };
         let plan = auto(&host(), &opts, &Record::default()).unwrap();
         let (wlan, docker) = (TABLE_BASE + 3, TABLE_BASE + 4);
         assert_eq!(
@@ -497,8 +554,15 @@ mod tests {
                 SourceRule { source: ip("172.17.0.1"), table: docker, priority: RULE_PRIORITY },
             ]
         );
-        assert!(plan.add_routes.contains(&TableRoute { table: wlan, v6: false, destination: None, gateway: Some(ip("10.2.0.1")), ifindex: 3 }));
-        let subnet = TableRoute { table: wlan, v6: false, destination: Some((ip("10.2.0.0"), 24)), gateway: None, ifindex: 3 };
+        assert!(plan.add_routes.contains(&TableRoute {
+            table: wlan,
+            v6: false,
+            destination: None,
+            gateway: Some(ip("10.2.0.1")),
+            ifindex: 3
+        }));
+        let subnet =
+            TableRoute { table: wlan, v6: false, destination: Some((ip("10.2.0.0"), 24)), gateway: None, ifindex: 3 };
         assert!(plan.add_routes.contains(&subnet));
         assert_eq!(plan.notes, [Note::NoRouteOfItsOwn { ip: ip("172.17.0.1"), dev: "docker0".into() }]);
         let mut snap = host();

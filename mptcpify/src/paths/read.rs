@@ -3,7 +3,9 @@ use std::net::IpAddr;
 
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
-use mptcp_pm::{MptcpPathManagerAddressAttr as AddrAttr, MptcpPathManagerAddressAttrFlag as Flag, MptcpPathManagerAttr};
+use mptcp_pm::{
+    MptcpPathManagerAddressAttr as AddrAttr, MptcpPathManagerAddressAttrFlag as Flag, MptcpPathManagerAttr,
+};
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope},
@@ -24,8 +26,15 @@ const MAIN_TABLE: u32 = 254;
 
 pub async fn snapshot(nl: &Netlink) -> Result<Snapshot> {
     let links: Vec<Link> = nl.route.link().get().execute().map_ok(link).try_collect().await.context("listing links")?;
-    let addresses: Vec<Address> =
-        nl.route.address().get().execute().try_filter_map(|m| async move { Ok(address(&m)) }).try_collect().await.context("listing addresses")?;
+    let addresses: Vec<Address> = nl
+        .route
+        .address()
+        .get()
+        .execute()
+        .try_filter_map(|m| async move { Ok(address(&m)) })
+        .try_collect()
+        .await
+        .context("listing addresses")?;
     let mut routes = Vec::new();
     for family in [IpVersion::V4, IpVersion::V6] {
         let mut dump = RouteMessage::default();
@@ -53,7 +62,10 @@ pub async fn snapshot(nl: &Netlink) -> Result<Snapshot> {
 
 fn link(m: LinkMessage) -> Link {
     let name = m.attributes.iter().find_map(|a| if let LinkAttribute::IfName(n) = a { Some(n.clone()) } else { None });
+    let hardware =
+        m.attributes.iter().find_map(|a| if let LinkAttribute::Address(b) = a { Some(b.clone()) } else { None });
     Link {
+        hardware: hardware.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect(),
         index: m.header.index,
         name: name.unwrap_or_else(|| format!("if{}", m.header.index)),
         up: m.header.flags.contains(LinkFlags::Up),
@@ -86,7 +98,10 @@ fn address(m: &AddressMessage) -> Option<Address> {
 }
 
 fn table(m: &RouteMessage) -> u32 {
-    m.attributes.iter().find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None }).unwrap_or(u32::from(m.header.table))
+    m.attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+        .unwrap_or(u32::from(m.header.table))
 }
 
 fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
@@ -174,7 +189,12 @@ async fn endpoints(nl: &Netlink) -> Result<Vec<Endpoint>> {
 
 fn endpoint_flags(flags: &[Flag]) -> EndpointFlags {
     let has = |f: Flag| flags.contains(&f);
-    EndpointFlags { signal: has(Flag::Signal), subflow: has(Flag::Subflow), backup: has(Flag::Backup), fullmesh: has(Flag::Fullmesh) }
+    EndpointFlags {
+        signal: has(Flag::Signal),
+        subflow: has(Flag::Subflow),
+        backup: has(Flag::Backup),
+        fullmesh: has(Flag::Fullmesh),
+    }
 }
 
 async fn limits(nl: &Netlink) -> Result<Limits> {

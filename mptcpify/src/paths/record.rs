@@ -4,6 +4,7 @@
 //! that a command killed half-way leaves a record the next one checks against the kernel.
 //! Rules and routes need no record: they carry [`super::ROUTING_PROTOCOL`].
 use std::{
+    collections::BTreeMap,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -12,7 +13,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Endpoint, Limits};
+use super::model::{Endpoint, Limits, Link};
 
 pub const RECORD_DIR: &str = "/run/mptcpify/paths";
 
@@ -32,6 +33,11 @@ pub struct Record {
     pub endpoints: Vec<Endpoint>,
     #[serde(default)]
     pub limits: Option<RaisedLimits>,
+    /// The hardware address of each interface the endpoints were made on, by index: if the
+    /// interface there now has another, the namespace (or the interface) was made anew and
+    /// what the record lists is not mptcpify's.
+    #[serde(default)]
+    pub links: BTreeMap<u32, String>,
 }
 
 impl Record {
@@ -45,9 +51,25 @@ impl Record {
     }
 
     /// Forgets what is no longer in the kernel (removed by someone, or never made because a
-    /// command was killed between writing the record and making it).
-    pub fn forget_missing(&mut self, kernel: &[Endpoint]) {
-        self.endpoints.retain(|m| kernel.iter().any(|e| e.id == m.id && e.ip == m.ip));
+    /// command was killed between writing the record and making it), and what was made on an
+    /// interface that has since been replaced.
+    pub fn forget_missing(&mut self, kernel: &[Endpoint], links: &[Link]) {
+        let same_link =
+            |index: &u32, hardware: &mut String| links.iter().any(|l| l.index == *index && l.hardware == *hardware);
+        self.links.retain(same_link);
+        let known = |e: &Endpoint| e.ifindex.is_none_or(|i| self.links.contains_key(&i));
+        self.endpoints.retain(|m| known(m) && kernel.iter().any(|e| e.id == m.id && e.ip == m.ip));
+        if self.endpoints.is_empty() {
+            self.links.clear();
+        }
+    }
+
+    /// Notes `e` as made, with its interface's hardware address.
+    pub fn made_now(&mut self, e: &Endpoint, links: &[Link]) {
+        if let Some(link) = e.ifindex.and_then(|i| links.iter().find(|l| l.index == i)) {
+            self.links.insert(link.index, link.hardware.clone());
+        }
+        self.endpoints.push(e.clone());
     }
 }
 
@@ -74,8 +96,9 @@ impl RecordFile {
     /// taken for someone else's and left, or for mptcpify's and removed, by mistake.
     pub fn load(&self) -> Result<Record> {
         match fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .with_context(|| format!("{} is not a record mptcpify wrote; remove it if nothing of it is needed", self.path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!("{} is not a record mptcpify wrote; remove it if nothing of it is needed", self.path.display())
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", self.path.display())),
         }
@@ -109,7 +132,12 @@ mod tests {
     use crate::paths::model::EndpointFlags;
 
     fn endpoint(id: u8, ip: &str) -> Endpoint {
-        Endpoint { id, ip: ip.parse::<IpAddr>().unwrap(), ifindex: Some(3), flags: EndpointFlags { subflow: true, ..Default::default() } }
+        Endpoint {
+            id,
+            ip: ip.parse::<IpAddr>().unwrap(),
+            ifindex: Some(3),
+            flags: EndpointFlags { subflow: true, ..Default::default() },
+        }
     }
 
     #[test]
@@ -122,6 +150,7 @@ mod tests {
             label: "host".into(),
             endpoints: vec![endpoint(7, "10.0.0.1")],
             limits: Some(RaisedLimits { before: limits, set: Limits { subflows: 4, add_addr_accepted: 4 } }),
+            links: [(3, "02aabbccddee".to_string())].into(),
         };
         file.save(&record).unwrap();
         assert_eq!(file.load().unwrap(), record);
@@ -131,13 +160,29 @@ mod tests {
         assert!(file.load().unwrap_err().to_string().contains("not a record mptcpify wrote"));
     }
 
+    fn link(index: u32, hardware: &str) -> Link {
+        Link { index, name: format!("eth{index}"), up: true, loopback: false, hardware: hardware.into() }
+    }
+
     #[test]
     fn only_an_endpoint_with_the_recorded_id_and_address_is_ours() {
-        let mut record = Record { endpoints: vec![endpoint(7, "10.0.0.1"), endpoint(8, "10.0.0.2")], ..Default::default() };
+        let links = [link(3, "02aabbccddee")];
+        let mut record = Record::default();
+        record.made_now(&endpoint(7, "10.0.0.1"), &links);
+        record.made_now(&endpoint(8, "10.0.0.2"), &links);
         assert!(record.made(&endpoint(7, "10.0.0.1")));
         assert!(!record.made(&endpoint(7, "10.0.0.9")), "same id, another address: someone else's");
         assert!(!record.made(&endpoint(9, "10.0.0.1")), "same address, another id: someone else's");
-        record.forget_missing(&[endpoint(8, "10.0.0.2")]);
+        record.forget_missing(&[endpoint(8, "10.0.0.2")], &links);
         assert_eq!(record.endpoints, vec![endpoint(8, "10.0.0.2")]);
+    }
+
+    #[test]
+    fn what_was_made_on_a_replaced_interface_is_forgotten() {
+        let mut record = Record::default();
+        record.made_now(&endpoint(7, "10.0.0.1"), &[link(3, "02aabbccddee")]);
+        let recreated = [link(3, "0211223344ff")];
+        record.forget_missing(&[endpoint(7, "10.0.0.1")], &recreated);
+        assert!(record.is_empty() && record.links.is_empty(), "a namespace made anew with the same inode: {record:?}");
     }
 }

@@ -11,7 +11,7 @@ use super::{
     connection::Netlink,
     model::{Endpoint, Limits, PathManager, SourceRule, TableRoute},
     plan::unusable,
-    routing,
+    routing::{self, Answer},
 };
 
 #[derive(Debug, Serialize)]
@@ -43,13 +43,30 @@ pub enum Owner {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Routing {
-    /// Through the endpoint's own interface.
+    /// Through the endpoint's own interface, by a route of its own.
     Own,
+    /// Bound to its interface, which has no route beyond its subnet: the kernel then takes
+    /// every destination for on-link, which only a peer on that link answers.
+    SubnetOnly,
     /// Through another interface: the subflow shares the first path.
-    Through { dev: String },
+    Through {
+        dev: String,
+    },
     NoRoute,
     /// A signal-only endpoint is announced, not connected from.
     NotAsked,
+}
+
+/// The verdict from the kernel's lookup. `bound`: the endpoint names its interface (the path
+/// manager binds its subflows there); `own`: the interface that holds its address;
+/// `routed_there`: a route to the world through `own` exists (a gateway or an on-link default).
+pub fn verdict(bound: bool, own: Option<u32>, answer: Option<Answer>, routed_there: bool) -> Routing {
+    match answer {
+        None => Routing::NoRoute,
+        Some(a) if Some(a.oif) != own => Routing::Through { dev: format!("if{}", a.oif) },
+        Some(a) if a.gateway.is_some() || routed_there || !bound => Routing::Own,
+        Some(_) => Routing::SubnetOnly,
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -76,9 +93,12 @@ pub struct NamespaceView {
 }
 
 impl NamespaceView {
-    /// Endpoints that add a path whose subflows would not leave through their own interface.
+    /// Endpoints that add a path whose subflows would not leave through their own interface,
+    /// or not beyond its subnet.
     pub fn unroutable(&self) -> impl Iterator<Item = &EndpointView> {
-        self.endpoints.iter().filter(|e| matches!(e.routing, Routing::Through { .. } | Routing::NoRoute))
+        self.endpoints
+            .iter()
+            .filter(|e| matches!(e.routing, Routing::Through { .. } | Routing::NoRoute | Routing::SubnetOnly))
     }
 }
 
@@ -106,10 +126,14 @@ pub async fn view(nl: &Netlink) -> Result<NamespaceView> {
         let routing = if !e.flags.subflow {
             Routing::NotAsked
         } else {
-            match routing::leaves_through(nl, e.ip).await? {
-                None => Routing::NoRoute,
-                Some(oif) if Some(oif) == own => Routing::Own,
-                Some(oif) => Routing::Through { dev: snap.link_name(oif) },
+            let answer = routing::lookup(nl, e.ip, e.ifindex).await?;
+            let routed_there = |i| {
+                snap.default_routes.iter().any(|r| r.ifindex == i)
+                    || snap.marked_routes.iter().any(|r| r.ifindex == i && r.destination.is_none())
+            };
+            match verdict(e.ifindex.is_some(), own, answer, own.is_some_and(routed_there)) {
+                Routing::Through { .. } => Routing::Through { dev: snap.link_name(answer.map_or(0, |a| a.oif)) },
+                other => other,
             }
         };
         endpoints.push(EndpointView {
@@ -130,4 +154,23 @@ pub async fn view(nl: &Netlink) -> Result<NamespaceView> {
         source_rules: snap.marked_rules.clone(),
         table_routes: snap.marked_routes.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(oif: u32, gateway: Option<&str>) -> Option<Answer> {
+        Some(Answer { oif, gateway: gateway.map(|g| g.parse().unwrap()) })
+    }
+
+    #[test]
+    fn a_subflow_routes_when_it_leaves_its_own_interface_by_a_route_of_its_own() {
+        assert_eq!(verdict(true, Some(3), answer(3, Some("10.2.0.1")), false), Routing::Own, "a gateway through it");
+        assert_eq!(verdict(true, Some(3), answer(3, None), true), Routing::Own, "an on-link default (ppp, wireguard)");
+        assert_eq!(verdict(true, Some(3), answer(3, None), false), Routing::SubnetOnly, "the kernel's on-link guess");
+        assert_eq!(verdict(false, Some(3), answer(3, None), false), Routing::Own, "unbound: the lookup found a route");
+        assert_eq!(verdict(false, Some(3), answer(2, Some("10.1.0.1")), true), Routing::Through { dev: "if2".into() });
+        assert_eq!(verdict(false, Some(3), None, false), Routing::NoRoute);
+    }
 }

@@ -52,7 +52,12 @@ pub async fn add_rule(nl: &Netlink, r: &SourceRule) -> Result<()> {
 }
 
 pub async fn remove_rule(nl: &Netlink, r: &SourceRule) -> Result<()> {
-    nl.route.rule().del(rule_message(r)).execute().await.with_context(|| format!("removing rule from {} lookup {}", r.source, r.table))
+    nl.route
+        .rule()
+        .del(rule_message(r))
+        .execute()
+        .await
+        .with_context(|| format!("removing rule from {} lookup {}", r.source, r.table))
 }
 
 fn route_message(r: &TableRoute) -> RouteMessage {
@@ -61,7 +66,8 @@ fn route_message(r: &TableRoute) -> RouteMessage {
     m.header.table = 252; // RT_TABLE_COMPAT: the real id is in RTA_TABLE
     m.header.protocol = RouteProtocol::Other(ROUTING_PROTOCOL);
     m.header.kind = RouteType::Unicast;
-    m.header.scope = if r.gateway.is_some() || r.destination.is_none() { RouteScope::Universe } else { RouteScope::Link };
+    m.header.scope =
+        if r.gateway.is_some() || r.destination.is_none() { RouteScope::Universe } else { RouteScope::Link };
     m.attributes.push(RouteAttribute::Table(r.table));
     m.attributes.push(RouteAttribute::Oif(r.ifindex));
     if let Some((ip, len)) = r.destination {
@@ -91,19 +97,43 @@ pub async fn remove_route(nl: &Netlink, r: &TableRoute) -> Result<()> {
 /// A destination outside every local network (RFC 5737 / RFC 3849 documentation ranges): the
 /// lookup answers where traffic to the rest of the world would go.
 fn far_away(v6: bool) -> IpAddr {
-    if v6 { IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)) } else { IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)) }
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1))
+    }
 }
 
-/// The interface the kernel would send a packet from `source` to the world through, or `None`
-/// if it has no route.
-pub async fn leaves_through(nl: &Netlink, source: IpAddr) -> Result<Option<u32>> {
+/// Where the kernel's lookup sends a packet to the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    pub oif: u32,
+    pub gateway: Option<IpAddr>,
+}
+
+/// Where the kernel would send a packet from `source` to the world, bound to `oif` as the
+/// path manager binds a subflow to its endpoint's interface; `None` if it has no route.
+pub async fn lookup(nl: &Netlink, source: IpAddr, oif: Option<u32>) -> Result<Option<Answer>> {
     let destination = far_away(source.is_ipv6());
     let mut m = RouteMessage::default();
     m.header.address_family = family(source);
     m.header.destination_prefix_length = full_len(source);
     m.header.source_prefix_length = full_len(source);
-    m.attributes = vec![RouteAttribute::Destination(route_address(destination)), RouteAttribute::Source(route_address(source))];
-    let answer = nl.route.route().get(m).execute().try_collect::<Vec<_>>().await;
-    let Ok(routes) = answer else { return Ok(None) };
-    Ok(routes.iter().flat_map(|r| &r.attributes).find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None }))
+    m.attributes =
+        vec![RouteAttribute::Destination(route_address(destination)), RouteAttribute::Source(route_address(source))];
+    m.attributes.extend(oif.map(RouteAttribute::Oif));
+    let Ok(routes) = nl.route.route().get(m).execute().try_collect::<Vec<_>>().await else { return Ok(None) };
+    let attrs = || routes.iter().flat_map(|r| &r.attributes);
+    let gateway = attrs().find_map(|a| if let RouteAttribute::Gateway(g) = a { ip_of(g) } else { None });
+    Ok(attrs()
+        .find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })
+        .map(|oif| Answer { oif, gateway }))
+}
+
+fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
 }

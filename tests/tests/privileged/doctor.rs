@@ -40,7 +40,7 @@ fn doctor_passes_here_and_points_at_missing_endpoints() {
     assert!(check(&off, "fallback-guards")["fix"].as_str().unwrap().contains("blackhole_timeout=3600"));
     let endpoints = check(&v, "endpoints");
     assert_eq!(endpoints["level"], "WARN", "{v}");
-    assert!(endpoints["fix"].as_str().unwrap().contains("ip mptcp endpoint add"), "{endpoints}");
+    assert!(endpoints["fix"].as_str().unwrap().contains("mptcpify paths auto"), "{endpoints}");
     assert!(mptcpify_pins().is_empty(), "the program probe left nothing pinned");
 
     let ip = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success(), "ip {args:?}");
@@ -52,6 +52,10 @@ fn doctor_passes_here_and_points_at_missing_endpoints() {
     ip(&["addr", "del", "10.99.0.1/32", "dev", "lo"]);
     assert_eq!(check(&v, "endpoints")["level"], "OK", "{v}");
     assert!(check(&v, "endpoints")["detail"].as_str().unwrap().contains("subflow 2"));
+    // Bound to lo, whose subflows cannot leave the host: named, with the fix.
+    let routing = check(&v, "subflow-routing");
+    assert_eq!(routing["level"], "WARN", "{v}");
+    assert!(routing["detail"].as_str().unwrap().contains("10.99.0.1"), "{routing}");
 
     std::fs::write("/proc/sys/net/mptcp/enabled", "0").unwrap();
     let (code, v) = doctor();

@@ -8,5 +8,6 @@ mod kernel_facts;
 mod killed_edits;
 mod kubernetes;
 mod monitor;
+mod paths;
 mod run;
 mod selectors;

@@ -1,0 +1,85 @@
+//! An unmodified program that moves bytes over one connection and says how MPTCP carried them:
+//!   `pathprobe serve ADDR:PORT send|receive BYTES`: prints `ready`, accepts one connection,
+//!   sends or receives BYTES, prints `accepted proto=N`;
+//!   `pathprobe connect ADDR:PORT send|receive BYTES SETTLE_MS`: connects, waits SETTLE_MS for
+//!   subflows to join, moves BYTES, prints `proto=N subflows=N add_addr_accepted=N fallback=0|1`.
+//! Sockets are made the ordinary way (std's TcpStream: protocol 0), so only a rule upgrades them.
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    time::Duration,
+};
+
+const SOL_MPTCP: i32 = 284;
+const MPTCP_INFO: i32 = 1;
+
+fn protocol(fd: i32) -> i32 {
+    let mut v: i32 = -1;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: v and len are valid for the kernel to write.
+    let r = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, (&raw mut v).cast(), &mut len) };
+    if r < 0 { -1 } else { v }
+}
+
+/// `struct mptcp_info`: subflows (u8 at 0), add_addr_accepted (u8 at 2), flags (u32 at 8).
+fn mptcp_info(fd: i32) -> Option<(u8, u8, u32)> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: buf and len are valid for the kernel to write.
+    let r = unsafe { libc::getsockopt(fd, SOL_MPTCP, MPTCP_INFO, buf.as_mut_ptr().cast(), &mut len) };
+    (r == 0).then(|| (buf[0], buf[2], u32::from_ne_bytes(buf[8..12].try_into().unwrap())))
+}
+
+fn transfer(s: &mut TcpStream, send: bool, bytes: usize) {
+    if send {
+        let chunk = vec![0x5au8; 1 << 16];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            s.write_all(&chunk[..n]).expect("sending");
+            left -= n;
+        }
+        s.shutdown(std::net::Shutdown::Write).expect("shutting down");
+        let _ = s.read(&mut [0u8; 1]);
+    } else {
+        let mut got = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        while got < bytes {
+            match s.read(&mut buf).expect("receiving") {
+                0 => break,
+                n => got += n,
+            }
+        }
+        assert_eq!(got, bytes, "the peer closed early");
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [role, addr, direction, bytes, rest @ ..] = args.as_slice() else {
+        panic!("usage: pathprobe serve|connect ADDR:PORT send|receive BYTES [SETTLE_MS]")
+    };
+    let send = direction == "send";
+    let bytes: usize = bytes.parse().expect("BYTES");
+    match role.as_str() {
+        "serve" => {
+            let listener = TcpListener::bind(addr).expect("binding");
+            println!("ready");
+            let (mut s, _) = listener.accept().expect("accepting");
+            let proto = protocol(s.as_raw_fd());
+            transfer(&mut s, send, bytes);
+            println!("accepted proto={proto}");
+        }
+        "connect" => {
+            let settle: u64 = rest.first().map_or(0, |s| s.parse().expect("SETTLE_MS"));
+            let mut s = TcpStream::connect(addr).expect("connecting");
+            std::thread::sleep(Duration::from_millis(settle));
+            transfer(&mut s, send, bytes);
+            let proto = protocol(s.as_raw_fd());
+            let (subflows, accepted, flags) = mptcp_info(s.as_raw_fd()).unwrap_or((0, 0, 1));
+            println!("proto={proto} subflows={subflows} add_addr_accepted={accepted} fallback={}", flags & 1);
+        }
+        other => panic!("unknown role {other}"),
+    }
+}

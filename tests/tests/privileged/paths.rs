@@ -1,0 +1,247 @@
+//! `mptcpify paths` and the agent's `[paths]` on real namespaces, links and connections. No
+//! endpoint, limit or rule is made here but by mptcpify; someone else's are made through the
+//! kernel's netlink interface directly (the library's calls, without its record), as another
+//! tool would make them.
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use mptcpify::paths::{
+    connection::{Netlink, Netns},
+    endpoints,
+    model::{Endpoint, EndpointFlags, Limits},
+};
+use mptcpify_tests::{
+    two_paths::{Direction, Shape, TwoPaths},
+    *,
+};
+
+const MB: usize = 1 << 20;
+const SHAPE: Shape = Shape { mbit: 40, delay_ms: 5 };
+
+fn endpoint<'a>(view: &'a serde_json::Value, ip: &str) -> Option<&'a serde_json::Value> {
+    view["endpoints"].as_array().unwrap().iter().find(|e| e["ip"] == ip)
+}
+
+fn routing(view: &serde_json::Value, ip: &str) -> serde_json::Value {
+    endpoint(view, ip).unwrap_or_else(|| panic!("no endpoint {ip}: {view}"))["routing"].clone()
+}
+
+fn succeeds(out: std::process::Output) -> String {
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", text(&out));
+}
+
+#[test]
+fn source_routing_sends_the_subflows_of_an_unbound_endpoint_out_of_its_own_interface() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-paths");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let t = TwoPaths::new("mpt-sr", 71, true, Some(SHAPE));
+    let cli = Netns::File(format!("/run/netns/{}", t.cli).into());
+    // Someone else's endpoint without `dev`, as many guides write it: the path manager does not
+    // bind its subflows, so they follow the main table's lowest-metric default route (c1).
+    let theirs = Endpoint {
+        id: 60,
+        ip: "10.71.2.1".parse().unwrap(),
+        ifindex: None,
+        flags: EndpointFlags { subflow: true, ..Default::default() },
+    };
+    foreign(&cli, &theirs, None);
+    let said = succeeds(t.paths(&t.cli, &["auto"]));
+    assert!(said.contains("endpoint 10.71.1.1") && said.contains("10.71.2.1 id 60 was made by someone else"), "{said}");
+    let v = t.paths_json(&t.cli);
+    assert_eq!(endpoint(&v, "10.71.2.1").unwrap()["owner"], "other", "{v}");
+    assert_eq!(routing(&v, "10.71.2.1"), serde_json::json!({"verdict": "through", "dev": "c1"}), "{v}");
+
+    let plain = t.transfer(&cg, Direction::Upload, 8 * MB, 1000);
+    eprintln!("without source routing: {plain:?}");
+    assert_eq!((plain.client_proto, plain.server_proto), (IPPROTO_MPTCP, IPPROTO_MPTCP));
+    assert!(plain.subflows >= 1 && !plain.fallback, "{plain:?}");
+    assert!(plain.through[1] < (MB as u64), "path 2's subflow left through c1: {plain:?}");
+
+    succeeds(t.paths(&t.cli, &["auto", "--source-routing"]));
+    let v = t.paths_json(&t.cli);
+    assert_eq!(routing(&v, "10.71.2.1")["verdict"], "own", "{v}");
+    assert_eq!(v["source_rules"].as_array().unwrap().len(), 2, "{v}");
+    let routed = t.transfer(&cg, Direction::Upload, 8 * MB, 1000);
+    eprintln!("with source routing: {routed:?}");
+    assert!(routed.subflows >= 1, "{routed:?}");
+    for (path, bytes) in routed.through.iter().enumerate() {
+        assert!(*bytes > 2 * MB as u64, "path {} carried {bytes} bytes of 8 MiB: {routed:?}", path + 1);
+    }
+
+    succeeds(t.paths(&t.cli, &["clear"]));
+    let v = t.paths_json(&t.cli);
+    let left: Vec<_> = v["endpoints"].as_array().unwrap().iter().map(|e| e["ip"].clone()).collect();
+    assert_eq!(left, ["10.71.2.1"], "only someone else's is left: {v}");
+    assert!(
+        v["source_rules"].as_array().unwrap().is_empty() && v["table_routes"].as_array().unwrap().is_empty(),
+        "{v}"
+    );
+    assert_eq!(v["limits"], serde_json::json!({"subflows": 2, "add_addr_accepted": 0}), "put back: {v}");
+    ok(&["disable", "--cgroup", &cg.relative]);
+}
+
+#[test]
+fn a_client_with_one_endpoint_uses_the_address_a_server_announces() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-paths");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let t = TwoPaths::new("mpt-sig", 72, false, Some(SHAPE));
+    let said = succeeds(t.paths(&t.srv, &["auto", "--signal", "--dev", "s1", "--dev", "s2"]));
+    assert!(said.contains("endpoint 10.72.2.2 id") && said.contains("signal"), "{said}");
+
+    let before = t.transfer(&cg, Direction::Download, 8 * MB, 1000);
+    eprintln!("client with the kernel's limits: {before:?}");
+    assert_eq!((before.add_addr_accepted, before.subflows), (0, 0), "add_addr_accepted 0 ignores the announcement");
+
+    succeeds(t.paths(&t.cli, &["auto", "--dev", "c1"]));
+    let v = t.paths_json(&t.cli);
+    assert_eq!(v["endpoints"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(v["limits"]["add_addr_accepted"], 2, "{v}");
+    let after = t.transfer(&cg, Direction::Download, 8 * MB, 1000);
+    eprintln!("client after paths auto: {after:?}");
+    assert!(after.add_addr_accepted >= 1 && after.subflows >= 1, "{after:?}");
+    for (path, bytes) in after.through.iter().enumerate() {
+        assert!(*bytes > 2 * MB as u64, "path {} carried {bytes} bytes of 8 MiB: {after:?}", path + 1);
+    }
+
+    // Both ends configured by `auto` alone: the client's second endpoint opens its own subflow.
+    succeeds(t.paths(&t.cli, &["auto", "--dev", "c1", "--dev", "c2"]));
+    let both = t.transfer(&cg, Direction::Download, 8 * MB, 1000);
+    eprintln!("client and server by paths auto: {both:?}");
+    assert!(both.subflows >= 1, "{both:?}");
+    for (path, bytes) in both.through.iter().enumerate() {
+        assert!(*bytes > 2 * MB as u64, "path {} carried {bytes} bytes of 8 MiB: {both:?}", path + 1);
+    }
+    ok(&["disable", "--cgroup", &cg.relative]);
+}
+
+#[test]
+fn another_path_manager_and_bad_input_change_nothing() {
+    let _g = setup();
+    let t = TwoPaths::new("mpt-pm", 74, true, None);
+    let before = t.paths_json(&t.cli);
+    let sysctl = |v: &str| sh(&["ip", "netns", "exec", &t.cli, "sysctl", "-qw", &format!("net.mptcp.pm_type={v}")]);
+    sysctl("1");
+    let out = t.paths(&t.cli, &["auto", "--source-routing"]);
+    assert!(!out.status.success() && text(&out).contains("the userspace path manager is in charge"), "{}", text(&out));
+    assert_eq!(t.paths_json(&t.cli)["path_manager"], "userspace");
+    sysctl("0");
+    let cases: [(&[&str], &str); 5] = [
+        (&["auto", "--dev", "c9"], "no interface named \"c9\""),
+        (&["auto", "--subflows", "9"], "above the kernel's maximum of 8"),
+        (&["auto", "--add-addr-accepted", "200"], "above the kernel's maximum of 8"),
+        (&["auto", "--signal", "--fullmesh"], "both signal and fullmesh"),
+        (&["auto", "--dev", "lo"], "loopback"),
+    ];
+    for (args, needle) in cases {
+        let out = t.paths(&t.cli, args);
+        assert!(!out.status.success() && text(&out).contains(needle), "{args:?}: {}", text(&out));
+    }
+    let nobody = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(world_runnable(&mptcpify_bin()))
+        .args(["paths", "--netns", &t.cli, "auto"])
+        .output()
+        .unwrap();
+    assert!(!nobody.status.success() && text(&nobody).contains("CAP_NET_ADMIN"), "{}", text(&nobody));
+    let out = mptcpify(&["paths", "--netns", "mpt-no-such-netns"]);
+    assert!(!out.status.success() && text(&out).contains("/run/netns/mpt-no-such-netns"), "{}", text(&out));
+    assert_eq!(t.paths_json(&t.cli), before, "nothing changed");
+}
+
+/// Someone else's endpoint and limits in `netns`, made as `ip mptcp` would.
+fn foreign(netns: &Netns, endpoint: &Endpoint, limits: Option<Limits>) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let nl = Netlink::open(netns).await.unwrap();
+        endpoints::add(&nl, endpoint).await.unwrap();
+        if let Some(l) = limits {
+            endpoints::set_limits(&nl, l).await.unwrap();
+        }
+    });
+}
+
+fn forget_foreign(endpoint: &Endpoint, limits: Limits) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let nl = Netlink::open(&Netns::Current).await.unwrap();
+        let _ = endpoints::remove(&nl, endpoint).await;
+        endpoints::set_limits(&nl, limits).await.unwrap();
+    });
+}
+
+fn host_view() -> serde_json::Value {
+    serde_json::from_str(&ok(&["paths", "--json"])).unwrap()
+}
+
+/// How long until `check` holds on the host's paths, polled.
+fn until(limit: Duration, check: impl Fn(&serde_json::Value) -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    wait_for(limit, || check(&host_view()).then(|| t0.elapsed()))
+}
+
+#[test]
+fn the_agent_follows_addresses_and_leaves_what_others_made() {
+    let _g = setup();
+    let peer = "mpt-ag-peer";
+    let _ = Command::new("ip").args(["netns", "del", peer]).output();
+    let _ = Command::new("ip").args(["link", "del", "mpt0"]).output();
+    sh(&["ip", "netns", "add", peer]);
+    sh(&["ip", "link", "add", "mpt0", "type", "veth", "peer", "name", "mpt0p", "netns", peer]);
+    sh(&["ip", "addr", "add", "10.73.1.1/24", "dev", "mpt0"]);
+    sh(&["ip", "addr", "add", "10.73.9.1/24", "dev", "mpt0"]);
+    sh(&["ip", "link", "set", "mpt0", "up"]);
+    let kernel_limits = Limits { subflows: 2, add_addr_accepted: 0 };
+    let theirs = Endpoint {
+        id: 50,
+        ip: "10.73.9.1".parse().unwrap(),
+        ifindex: None,
+        flags: EndpointFlags { signal: true, ..Default::default() },
+    };
+    foreign(&Netns::Current, &theirs, Some(Limits { subflows: 5, add_addr_accepted: 1 }));
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[paths]\nauto = true\ndevs = [\"mpt0\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    let ours = |v: &serde_json::Value, ip| endpoint(v, ip).is_some_and(|e| e["owner"] == "mptcpify");
+    until(Duration::from_secs(10), |v| ours(v, "10.73.1.1")).unwrap_or_else(|| panic!("no endpoint: {}", agent.log()));
+    let v = host_view();
+    let kept = endpoint(&v, "10.73.9.1").unwrap();
+    assert_eq!((kept["id"].as_u64(), kept["owner"].as_str()), (Some(50), Some("other")), "{v}");
+    assert_eq!(kept["flag_names"], serde_json::json!(["signal"]), "untouched: {v}");
+    assert_eq!(v["limits"], serde_json::json!({"subflows": 5, "add_addr_accepted": 2}), "raised, never lowered: {v}");
+
+    sh(&["ip", "addr", "add", "10.73.2.1/24", "dev", "mpt0"]);
+    let added = until(Duration::from_secs(5), |v| ours(v, "10.73.2.1")).expect("an endpoint for the new address");
+    sh(&["ip", "addr", "del", "10.73.2.1/24", "dev", "mpt0"]);
+    let removed = until(Duration::from_secs(5), |v| endpoint(v, "10.73.2.1").is_none()).expect("its endpoint removed");
+    eprintln!("address added -> endpoint in {added:?}; removed -> endpoint gone in {removed:?}");
+    assert!(added < Duration::from_secs(1) && removed < Duration::from_secs(1), "{added:?} {removed:?}");
+
+    let m = agent.metrics();
+    assert_eq!(metric(&m, "mptcpify_path_endpoints{flag=\"subflow\",owner=\"mptcpify\"}"), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "mptcpify_path_endpoints{flag=\"signal\",owner=\"other\"}"), Some(1.0), "{m}");
+    // 10.73.1.1 has no route of its own: the VM's default route leaves through its NIC.
+    assert_eq!(metric(&m, "mptcpify_path_unroutable_addresses"), Some(1.0), "{m}");
+    agent.stop(libc::SIGTERM);
+    assert!(ours(&host_view(), "10.73.1.1"), "what the agent made stays after it exits");
+
+    let said = ok(&["reset"]);
+    assert!(said.contains("removed 1 endpoint(s)"), "{said}");
+    let v = host_view();
+    assert!(endpoint(&v, "10.73.1.1").is_none() && endpoint(&v, "10.73.9.1").is_some(), "{v}");
+    assert_eq!(v["limits"], serde_json::json!({"subflows": 5, "add_addr_accepted": 1}), "put back to theirs: {v}");
+    forget_foreign(&theirs, kernel_limits);
+    let _ = Command::new("ip").args(["link", "del", "mpt0"]).output();
+    let _ = Command::new("ip").args(["netns", "del", peer]).output();
+}
