@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::{Value, json};
 
 use crate::{
-    artifacts, kernels,
+    artifacts, bench_paths, kernels,
     process::{self, sh},
     setup, topology, vm, workspace_root,
 };
@@ -43,19 +43,19 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() { f64::NAN } else { v[((v.len() as f64 - 1.0) * p).round() as usize] }
 }
 
-struct Env {
-    mptcpify: String,
+pub(crate) struct Env {
+    pub(crate) mptcpify: String,
     sockbench: String,
-    cg_root: PathBuf,
+    pub(crate) cg_root: PathBuf,
 }
 
 impl Env {
-    fn mptcpify(&self, args: &str) -> Result<String> {
+    pub(crate) fn mptcpify(&self, args: &str) -> Result<String> {
         sh(&format!("{} {args}", self.mptcpify))
     }
 
     /// `sh -c` in a cgroup: moved there before exec.
-    fn in_cgroup(&self, cgroup: &str, cmd: &str) -> String {
+    pub(crate) fn in_cgroup(&self, cgroup: &str, cmd: &str) -> String {
         format!("sh -c 'echo $$ > {}/cgroup.procs && exec {cmd}'", self.cg_root.join(cgroup).display())
     }
 
@@ -255,12 +255,16 @@ fn agent_memory(env: &Env, paths: usize) -> Result<(f64, f64)> {
     Ok(mem)
 }
 
-/// Two namespaces joined by two veth pairs, each path shaped to `mbit` with 5 ms delay each way.
-fn two_paths(mbit: u32) -> Result<()> {
+/// Two namespaces joined by two veth pairs, each path shaped as `shapes` say, the client's
+/// paths made by `mptcpify paths auto` alone (`extra`: more of its flags).
+pub(crate) fn two_paths(env: &Env, shapes: [topology::Shape; 2], extra: &str) -> Result<()> {
     let _ = sh("ip netns del mb-cli 2>/dev/null; ip netns del mb-srv 2>/dev/null");
-    sh(&format!("set -e\n{}", topology::script("mb", 88, Some(mbit))))?;
+    sh(&format!("set -e\n{}", topology::script("mb", 88, Some(shapes))))?;
+    env.mptcpify(&format!("paths --netns mb-cli auto {extra} >/dev/null"))?;
     Ok(())
 }
+
+pub(crate) const CGROUPS: [&str; 2] = ["mptcpify-bench/iperf-srv", "mptcpify-bench/iperf-cli"];
 
 fn netns_counter(ns: &str, name: &str) -> u64 {
     sh(&format!("ip netns exec {ns} nstat -az {name}"))
@@ -276,8 +280,14 @@ fn rx_bytes(dev: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// One iperf3 transfer server -> client (`-R`); wrappers decide how the sockets are made.
+/// One iperf3 transfer server -> client (`-R`) to the server's path-1 address.
 fn iperf(env: &Env, mode: &str, secs: u32) -> Result<Value> {
+    iperf_to(env, mode, secs, "10.88.1.2")
+}
+
+/// One iperf3 transfer server -> client (`-R`) to `server`; wrappers decide how the sockets are
+/// made (`tcp`, `mptcpify`: in an enabled cgroup, `mptcpize`).
+pub(crate) fn iperf_to(env: &Env, mode: &str, secs: u32, target: &str) -> Result<Value> {
     // Into the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup2 mount.
     let command = |ns: &str, cgroup: &str, args: &str| match mode {
         "tcp" => format!("ip netns exec {ns} iperf3 {args}"),
@@ -286,7 +296,7 @@ fn iperf(env: &Env, mode: &str, secs: u32) -> Result<Value> {
     };
     let server = Command::new("sh")
         .arg("-c")
-        .arg(command("mb-srv", "mptcpify-bench/iperf-srv", "-s -1 -B 10.88.1.2"))
+        .arg(command("mb-srv", "mptcpify-bench/iperf-srv", "-s -1"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -294,7 +304,7 @@ fn iperf(env: &Env, mode: &str, secs: u32) -> Result<Value> {
     let joins = netns_counter("mb-cli", "MPTcpExtMPJoinSynAckRx");
     let capable = netns_counter("mb-cli", "MPTcpExtMPCapableSYNACKRX");
     let (rx1, rx2) = (rx_bytes("c1"), rx_bytes("c2"));
-    let out = sh(&command("mb-cli", "mptcpify-bench/iperf-cli", &format!("-c 10.88.1.2 -R -t {secs} -J")));
+    let out = sh(&command("mb-cli", "mptcpify-bench/iperf-cli", &format!("-c {target} -R -t {secs} -J")));
     let mut server = server;
     let _ = server.kill();
     let _ = server.wait();
@@ -321,7 +331,8 @@ fn throughput(env: &Env, size: Size) -> Result<Value> {
     let mut rate = 0;
     let mut single = 0.0;
     for mbit in [50, 25, 10] {
-        two_paths(mbit)?;
+        let shape = topology::Shape { mbit, delay_ms: 5 };
+        two_paths(env, [shape; 2], "")?;
         single = iperf(env, "tcp", size.iperf_secs)?["mbit_per_s"].as_f64().unwrap_or(0.0);
         eprintln!("bench: path rate {mbit} Mbit/s, one TCP flow reaches {single:.1}");
         rate = mbit;
@@ -329,7 +340,7 @@ fn throughput(env: &Env, size: Size) -> Result<Value> {
             break;
         }
     }
-    for cg in ["mptcpify-bench/iperf-srv", "mptcpify-bench/iperf-cli"] {
+    for cg in CGROUPS {
         std::fs::create_dir_all(env.cg_root.join(cg))?;
     }
     env.mptcpify("enable --cgroup mptcpify-bench/iperf-srv --cgroup mptcpify-bench/iperf-cli >/dev/null")?;
@@ -442,21 +453,75 @@ pub fn in_vm(out: &Path, smoke: bool) -> Result<()> {
         sockbench: std::env::var("MPTCPIFY_SOCKBENCH")?,
         cg_root: PathBuf::from("/sys/fs/cgroup"),
     };
+    let paths_size = if smoke { bench_paths::SMOKE } else { bench_paths::FULL };
     let started = Instant::now();
-    let hook = hook_cost(&env, size)?;
-    let tput = throughput(&env, size)?;
-    let ctl = control_plane(&env, size)?;
-    let result = json!({
+    let sections = Sections::from_env();
+    let mut result = json!({
         "smoke": smoke,
         "kernel": sh("uname -r")?.trim(),
         "vm": { "accel": std::env::var("MPTCPIFY_VM_ACCEL").unwrap_or_else(|_| "tcg".into()), "cpus": 2 },
-        "seconds": started.elapsed().as_secs(),
-        "hook_cost": hook,
-        "throughput": tput,
-        "control_plane": ctl,
     });
+    if sections.hook {
+        result["hook_cost"] = hook_cost(&env, size)?;
+    }
+    if sections.equal {
+        result["throughput"] = throughput(&env, size)?;
+    }
+    if sections.unequal {
+        result["unequal_paths"] = bench_paths::unequal(&env, paths_size)?;
+    }
+    if sections.failover {
+        result["failover"] = bench_paths::failover(&env, paths_size)?;
+    }
+    if sections.control {
+        result["control_plane"] = control_plane(&env, size)?;
+    }
+    result["seconds"] = json!(started.elapsed().as_secs());
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&result)?)?;
     Ok(())
+}
+
+/// Which parts to measure: `MPTCPIFY_BENCH_SECTIONS` (comma-separated `hook`, `paths`,
+/// `control`; all when unset). A partial full run rewrites only its sections of BENCHMARKS.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sections {
+    hook: bool,
+    /// `paths` names the three: `equal`, `unequal`, `failover`.
+    equal: bool,
+    unequal: bool,
+    failover: bool,
+    control: bool,
+}
+
+impl Sections {
+    fn parse(list: Option<&str>) -> Self {
+        let on = |name: &str| list.is_none_or(|l| l.split(',').any(|s| s.trim() == name));
+        let paths = on("paths");
+        Sections {
+            hook: on("hook"),
+            equal: paths || on("equal"),
+            unequal: paths || on("unequal"),
+            failover: paths || on("failover"),
+            control: on("control"),
+        }
+    }
+
+    fn from_env() -> Self {
+        Self::parse(std::env::var("MPTCPIFY_BENCH_SECTIONS").ok().as_deref())
+    }
+}
+
+/// `doc` with the section that starts with `heading` replaced by the one in `new` (up to the
+/// next `## ` heading in each).
+fn splice_section(doc: &str, new: &str, heading: &str) -> Option<String> {
+    let section = |text: &str| -> Option<(usize, usize)> {
+        let start = text.find(heading)?;
+        let end = text[start + heading.len()..].find("\n## ").map_or(text.len(), |e| start + heading.len() + e + 1);
+        Some((start, end))
+    };
+    let (a, b) = section(doc)?;
+    let (c, d) = section(new)?;
+    Some(format!("{}{}{}", &doc[..a], &new[c..d], &doc[b..]))
 }
 
 fn goal_mark(value: f64, goal: &Value, higher_is_better: bool) -> String {
@@ -469,7 +534,6 @@ fn goal_mark(value: f64, goal: &Value, higher_is_better: bool) -> String {
 
 pub fn markdown(r: &Value, host_cpu: &str) -> String {
     let mut md = String::new();
-    let f = |v: &Value| v.as_f64().map_or("n/a".into(), |x| format!("{x:.3}"));
     md.push_str(&format!(
         "Measured {}on Linux {} in a QEMU VM ({}, {} vCPUs) on a host with {host_cpu}.\n\n",
         if r["smoke"].as_bool() == Some(true) { "(smoke run, not for comparison) " } else { "" },
@@ -477,6 +541,27 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         r["vm"]["accel"].as_str().unwrap_or("?"),
         r["vm"]["cpus"]
     ));
+    for (key, section) in [
+        ("hook_cost", hook_markdown as fn(&Value) -> String),
+        ("throughput", throughput_markdown),
+        ("control_plane", control_markdown),
+    ] {
+        if !r[key].is_null() {
+            md.push_str(&section(r));
+        }
+    }
+    if r["throughput"].is_null() {
+        md.push_str(&bench_paths::markdown(r));
+    }
+    md
+}
+
+fn three(v: &Value) -> String {
+    v.as_f64().map_or("n/a".into(), |x| format!("{x:.3}"))
+}
+
+fn hook_markdown(r: &Value) -> String {
+    let mut md = String::new();
     let h = &r["hook_cost"];
     md.push_str(&format!(
         "## 1. Cost of the hook on socket()\n\nsocket(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, 0) + close() through libc, {} per sample after an untimed tenth, {} interleaved rounds; medians; each ratio is the median of the per-round ratios.\n\n| configuration | ns per socket+close | protocol |\n|---|---:|---:|\n",
@@ -496,7 +581,7 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         md.push_str(&format!(
             "| {} | {} | {} |\n",
             x["name"].as_str().unwrap_or(""),
-            f(&x["value"]),
+            three(&x["value"]),
             goal_mark(v, &x["goal"], false)
         ));
     }
@@ -519,9 +604,14 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
             p["selected_depth8_10k"]["ns_per_run"].as_f64().unwrap_or(f64::NAN),
         ));
     }
+    md
+}
+
+fn throughput_markdown(r: &Value) -> String {
+    let mut md = String::new();
     let t = &r["throughput"];
     md.push_str(&format!(
-        "\n## 2. Two paths, one unmodified iperf3\n\nTwo namespaces, two veth pairs, each path `tbf` {} Mbit/s + 5 ms `netem` delay each way (one plain TCP flow reached {:.1} Mbit/s on it), client `subflow` endpoint on path 2 with per-source routing; iperf3 -R for {} s, {} interleaved rounds; medians.\n\n| mode | Mbit/s | extra subflows per connection | MB over path 1 | MB over path 2 |\n|---|---:|---:|---:|---:|\n",
+        "\n## 2. Two paths, one unmodified iperf3\n\n### Equal paths\n\nTwo namespaces, two veth pairs, each path `tbf` {} Mbit/s + 5 ms `netem` delay each way (one plain TCP flow reached {:.1} Mbit/s on it), a default route through each; the client's endpoints and limits made by `mptcpify paths auto` alone (no `ip mptcp`, no `ip rule`); iperf3 -R for {} s, {} interleaved rounds; medians.\n\n| mode | Mbit/s | extra subflows per connection | MB over path 1 | MB over path 2 |\n|---|---:|---:|---:|---:|\n",
         t["path_rate_mbit"], t["single_path_tcp_probe_mbit"].as_f64().unwrap_or(0.0), t["seconds_per_run"], t["rounds"]
     ));
     for row in t["rows"].as_array().into_iter().flatten() {
@@ -540,10 +630,16 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         md.push_str(&format!(
             "| {} | {} | {} |\n",
             x["name"].as_str().unwrap_or(""),
-            f(&x["value"]),
+            three(&x["value"]),
             goal_mark(v, &x["goal"], true)
         ));
     }
+    md.push_str(&bench_paths::markdown(r));
+    md
+}
+
+fn control_markdown(r: &Value) -> String {
+    let mut md = String::new();
     let c = &r["control_plane"];
     md.push_str(&format!(
         "\n## 3. Control plane\n\nEach operation is one `mptcpify` CLI invocation (process start included), {} times each, with {} rules loaded. Each enable/disable pair is preceded by `mptcpify --version` (the same binary started, doing nothing); \"own work\" is each operation minus that start, which under TCG dominates.\n\n| measure | value | goal |\n|---|---:|---|\n",
@@ -597,7 +693,14 @@ pub fn write_reports(out: &Path, smoke: bool) -> Result<()> {
     let md =
         markdown(&results, &format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get())));
     std::fs::write(out.join("results.md"), &md)?;
-    if !smoke {
+    let partial = results["hook_cost"].is_null() || results["control_plane"].is_null();
+    if !smoke && partial {
+        // Only the paths section was measured: the other sections stay as their last full run wrote them.
+        let path = workspace_root().join("BENCHMARKS.md");
+        let doc = std::fs::read_to_string(&path)?;
+        let doc = splice_section(&doc, &md, "## 2. ").ok_or_else(|| anyhow!("BENCHMARKS.md has no section 2"))?;
+        std::fs::write(path, doc)?;
+    } else if !smoke {
         let doc = format!(
             "# Benchmarks\n\nThe latest full run of `cargo xtask bench` (written by it; raw numbers in \
              `target/bench/results.json`). Reproduce on a Debian machine as root with\n\n```sh\ncargo xtask bench\n```\n\n\
@@ -634,6 +737,9 @@ pub fn run(smoke: bool) -> Result<()> {
         ("MPTCPIFY_BIN".into(), bins.join("mptcpify").display().to_string()),
         ("MPTCPIFY_SOCKBENCH".into(), bins.join("sockbench").display().to_string()),
     ];
+    if let Ok(sections) = std::env::var("MPTCPIFY_BENCH_SECTIONS") {
+        opts.env.push(("MPTCPIFY_BENCH_SECTIONS".into(), sections));
+    }
     opts.rw_dirs = vec![out.clone()];
     opts.timeout = Duration::from_secs(if smoke { 900 } else { 4 * 3600 });
     let me = std::env::current_exe()?.display().to_string();
@@ -648,4 +754,30 @@ pub fn run(smoke: bool) -> Result<()> {
     write_reports(&out, smoke)?;
     println!("bench: results in {}", out.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sections_are_all_by_default_or_those_listed() {
+        let all = Sections { hook: true, equal: true, unequal: true, failover: true, control: true };
+        assert_eq!(Sections::parse(None), all);
+        let paths = Sections { hook: false, control: false, ..all };
+        assert_eq!(Sections::parse(Some("paths")), paths);
+        assert_eq!(Sections::parse(Some("failover")), Sections { equal: false, unequal: false, ..paths });
+        let both = Sections { equal: false, unequal: false, failover: false, ..all };
+        assert_eq!(Sections::parse(Some("hook, control")), both);
+    }
+
+    #[test]
+    fn a_section_is_replaced_up_to_the_next_heading() {
+        let doc = "# B\n\n## 1. a\nold1\n## 2. b\nold2\n## 3. c\nold3\n";
+        let new = "Measured\n## 2. b\nnew2\n### more\nx\n";
+        assert_eq!(
+            splice_section(doc, new, "## 2. ").unwrap(),
+            "# B\n\n## 1. a\nold1\n## 2. b\nnew2\n### more\nx\n## 3. c\nold3\n"
+        );
+    }
 }

@@ -28,7 +28,11 @@ say "mptcpify enable --cgroup mptcpify-demo"
 in_cg python3 -c "$PROBE"
 
 say "two network namespaces joined by two veth pairs (two paths)"
-@TOPOLOGY@echo "   path 1: c1 10.77.1.1 <-> s1 10.77.1.2, path 2: c2 10.77.2.1 <-> s2 (client subflow endpoint)"
+@TOPOLOGY@echo "   path 1: c1 10.77.1.1 <-> s1 10.77.1.2, path 2: c2 10.77.2.1 <-> s2 10.77.2.2; a default route through each"
+
+say "mptcpify paths auto (client): endpoints for both uplinks, limits to cover them"
+"$M" paths --netns demo-cli auto
+"$M" paths --netns demo-cli | sed 's/^/   /'
 
 say "unmodified python3 server and client, both in the enabled cgroup"
 in_cg ip netns exec demo-srv python3 -c '

@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 mod artifacts;
 mod bench;
+mod bench_paths;
 mod demo;
 mod fuzz;
 mod kernels;

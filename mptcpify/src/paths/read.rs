@@ -68,7 +68,8 @@ fn link(m: LinkMessage) -> Link {
         hardware: hardware.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect(),
         index: m.header.index,
         name: name.unwrap_or_else(|| format!("if{}", m.header.index)),
-        up: m.header.flags.contains(LinkFlags::Up),
+        // Administratively up and with a carrier (a veth whose peer is down has none).
+        up: m.header.flags.contains(LinkFlags::Up | LinkFlags::Running),
         loopback: m.header.flags.contains(LinkFlags::Loopback),
     }
 }
