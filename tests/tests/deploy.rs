@@ -177,3 +177,22 @@ fn the_chart_can_limit_who_scrapes_the_metrics() {
         Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port.container_port))
     );
 }
+
+/// `podPaths.enabled` adds exactly what entering pods' namespaces needs; off, nothing changes.
+#[test]
+fn the_chart_grants_what_pod_paths_need_only_when_asked() {
+    let caps = |o: &Objects| -> Vec<String> {
+        let spec = o.daemonsets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let sc = spec.containers[0].security_context.as_ref().unwrap();
+        sc.capabilities.as_ref().unwrap().add.clone().unwrap_or_default()
+    };
+    let host_pid = |o: &Objects| o.daemonsets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().host_pid;
+    let default = rendered("MPTCPIFY_RENDERED_CHART");
+    assert_eq!(caps(&default), ["BPF", "PERFMON", "SYSLOG"]);
+    assert_eq!(host_pid(&default), None);
+    let o = rendered("MPTCPIFY_RENDERED_CHART_POD_PATHS");
+    assert_eq!(caps(&o), ["BPF", "PERFMON", "SYSLOG", "SYS_PTRACE", "SYS_ADMIN", "NET_ADMIN"]);
+    assert_eq!(host_pid(&o), Some(true));
+    let policy = &o.configmaps[0].data.as_ref().unwrap()["policy.toml"];
+    assert!(policy.contains("pod_paths = true"), "{policy}");
+}

@@ -521,7 +521,10 @@ fn splice_section(doc: &str, new: &str, heading: &str) -> Option<String> {
     };
     let (a, b) = section(doc)?;
     let (c, d) = section(new)?;
-    Some(format!("{}{}{}", &doc[..a], &new[c..d], &doc[b..]))
+    // A section that ended its document gets the blank line a following heading needs.
+    let part = &new[c..d];
+    let gap = if b < doc.len() && !part.ends_with("\n\n") { "\n" } else { "" };
+    Some(format!("{}{part}{gap}{}", &doc[..a], &doc[b..]))
 }
 
 fn goal_mark(value: f64, goal: &Value, higher_is_better: bool) -> String {
@@ -777,7 +780,7 @@ mod tests {
         let new = "Measured\n## 2. b\nnew2\n### more\nx\n";
         assert_eq!(
             splice_section(doc, new, "## 2. ").unwrap(),
-            "# B\n\n## 1. a\nold1\n## 2. b\nnew2\n### more\nx\n## 3. c\nold3\n"
+            "# B\n\n## 1. a\nold1\n## 2. b\nnew2\n### more\nx\n\n## 3. c\nold3\n"
         );
     }
 }

@@ -90,10 +90,17 @@ fn host_tests() -> Result<()> {
     eprintln!("== deployment files: manifests, and the Helm chart as Helm renders it, as Kubernetes API types");
     let rendered = render_chart("helm-rendered", None)?;
     let limited = render_chart("helm-rendered-netpol", Some(r#"{"metrics": {"networkPolicy": {"enabled": true}}}"#))?;
+    let pod_paths = render_chart(
+        "helm-rendered-pod-paths",
+        Some(
+            r#"{"podPaths": {"enabled": true}, "policy": "[kubernetes]\ncgroup_driver = \"auto\"\npod_paths = true\n"}"#,
+        ),
+    )?;
     run(Command::new("cargo")
         .args(["test", "-q", "-p", "mptcpify-tests", "--test", "deploy"])
         .env("MPTCPIFY_RENDERED_CHART", &rendered)
         .env("MPTCPIFY_RENDERED_CHART_NETPOL", &limited)
+        .env("MPTCPIFY_RENDERED_CHART_POD_PATHS", &pod_paths)
         .current_dir(workspace_root()))
 }
 

@@ -24,6 +24,8 @@ pub struct PodCoverage {
     pub namespace: String,
     pub name: String,
     pub cgroup: Option<u64>,
+    /// Its cgroup's path relative to the cgroup2 root, when it exists.
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +84,13 @@ impl Resolved {
 
     /// A pod's candidate cgroup: resolved like any path, then refused unless it is the path
     /// itself, strictly below its driver's kubepods root (whatever the pod's UID made of it).
-    fn pod_path(&mut self, root: &Path, pod: &PodCgroup, origin: (OriginKind, &str), label: &str) -> Option<u64> {
+    fn pod_path(
+        &mut self,
+        root: &Path,
+        pod: &PodCgroup,
+        origin: (OriginKind, &str),
+        label: &str,
+    ) -> Option<(u64, String)> {
         self.watch_dirs.extend(ancestors(root, &pod.path));
         let cg = cgroup::resolve(root, pod.path.trim_start_matches('/')).ok()?;
         // Resolution must not have moved the path (a `..` in it) and must stay below kubepods.
@@ -91,7 +99,8 @@ impl Resolved {
             self.refused.push(format!("{label}: {path} is not a pod cgroup below {}", pod.kubepods));
             return None;
         }
-        self.want(cg, Action::Enable, origin, label)
+        let relative = cg.relative.clone();
+        self.want(cg, Action::Enable, origin, label).map(|id| (id, relative))
     }
 
     fn want(&mut self, cg: cgroup::Cgroup, action: Action, origin: (OriginKind, &str), label: &str) -> Option<u64> {
@@ -166,7 +175,8 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
         if cgroup.is_none() {
             r.pending.push(format!("{label}: its cgroup does not exist yet"));
         }
-        r.pods.push(PodCoverage { namespace: pod.namespace.clone(), name: pod.name.clone(), cgroup });
+        let (cgroup, path) = cgroup.map_or((None, None), |(id, path)| (Some(id), Some(path)));
+        r.pods.push(PodCoverage { namespace: pod.namespace.clone(), name: pod.name.clone(), cgroup, path });
     }
     r
 }
@@ -220,7 +230,8 @@ mod tests {
             node: None,
         };
         let r = resolve(&Policy::default(), &[pod(Qos::BestEffort)], t.path()).await;
-        assert_eq!(r.pods, [PodCoverage { namespace: "ns".into(), name: "p".into(), cgroup: Some(id) }]);
+        let path = Some("/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555".to_string());
+        assert_eq!(r.pods, [PodCoverage { namespace: "ns".into(), name: "p".into(), cgroup: Some(id), path }]);
         assert_eq!(r.desired[0].key, Key::Cgroup(id));
         assert!(r.desired[0].label.starts_with("pod ns/p"), "{}", r.desired[0].label);
         // A pod whose cgroup is not there yet waits, watched where it will appear.

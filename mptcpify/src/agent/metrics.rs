@@ -349,7 +349,7 @@ mod tests {
             reconcile_runs: 3,
             reconcile_errors: 1,
             kubernetes_synced: Some(true),
-            pods: vec![PodCoverage { namespace: "shop".into(), name: "web".into(), cgroup: None }],
+            pods: vec![PodCoverage { namespace: "shop".into(), name: "web".into(), cgroup: None, path: None }],
             ..Default::default()
         }));
         let text = render(&h);

@@ -9,6 +9,7 @@ pub mod http;
 pub mod kubernetes;
 pub mod metrics;
 mod paths;
+mod pod_paths;
 pub mod policy;
 pub mod reconcile;
 mod watches;
@@ -87,6 +88,7 @@ struct Agent {
     watcher: drift::Watcher,
     /// The policy's `[paths]`, handed to their keeper ([`paths`]).
     paths: tokio::sync::watch::Sender<Option<AutoOptions>>,
+    pod_paths: pod_paths::PodPaths,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -145,6 +147,7 @@ pub async fn run(opts: Options) -> Result<()> {
         settled: false,
         watcher: drift::Watcher::new(Instant::now()),
         paths: paths_tx,
+        pod_paths: Default::default(),
     };
     let agent = serve(agent, watches, rx).await?;
     if agent.opts.cleanup_on_exit {
@@ -181,7 +184,10 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
                 due.get_or_insert(Instant::now() + SETTLE);
             }
             Some(()) = changed.recv() => { due.get_or_insert(Instant::now() + SETTLE); }
-            _ = sweep.tick() => agent.sweep_runs(),
+            _ = sweep.tick() => {
+                agent.sweep_runs();
+                agent.sync_pod_paths().await;
+            }
             _ = check.tick(), if due.is_none() && agent.settled => {
                 if agent.changed_under_it() {
                     due = Some(Instant::now());
@@ -189,6 +195,7 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
             }
             _ = tokio::time::sleep_until(wake), if due.is_some() => {
                 let pass = agent.reconcile(&mut watches).await;
+                agent.sync_pod_paths().await;
                 due = if pass.added_watches {
                     // New watches may have missed what appeared before they were added: look again.
                     Some(Instant::now())
@@ -363,6 +370,17 @@ impl Agent {
             _ => String::new(),
         };
         h.ready = h.not_ready_reason.is_empty();
+    }
+
+    /// `[kubernetes] pod_paths`: the selected pods' own namespaces ([`pod_paths`]).
+    async fn sync_pod_paths(&mut self) {
+        if !self.policy.pod_paths && self.pod_paths.is_idle() {
+            return;
+        }
+        let pods =
+            if self.policy.pod_paths { self.health.lock().expect("health lock").pods.clone() } else { Vec::new() };
+        let opts = pod_paths::options(self.policy.paths.as_ref());
+        self.pod_paths.sync(&pods, &self.root, &opts).await;
     }
 
     /// Removes the rules (and cgroups) that killed `mptcpify run`s left once their commands

@@ -13,7 +13,7 @@ use super::metrics::{PathsHealth, SharedHealth};
 use crate::paths::{
     apply,
     connection::{Netlink, Netns},
-    plan::{AutoOptions, Plan, PlanError},
+    plan::{AutoOptions, Note, Plan, PlanError},
     report::{self, Owner},
 };
 
@@ -42,7 +42,7 @@ async fn keep(mut options: watch::Receiver<Option<AutoOptions>>, health: SharedH
     let (connection, _, mut events) = rtnetlink::new_multicast_connection(&GROUPS)?;
     tokio::spawn(connection);
     let nl = Netlink::open(&Netns::Current).await?;
-    let mut keeper = Keeper { nl, kept: None, last_error: None, health };
+    let mut keeper = Keeper { nl, kept: None, last_error: None, last_notes: Vec::new(), health };
     let mut recheck = tokio::time::interval_at(Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
     let mut due = Some(Instant::now());
     loop {
@@ -69,6 +69,8 @@ struct Keeper {
     /// The options last applied; `None` while the agent holds nothing to clear.
     kept: Option<AutoOptions>,
     last_error: Option<String>,
+    /// The notes of the last pass, logged when they change.
+    last_notes: Vec<Note>,
     health: SharedHealth,
 }
 
@@ -83,6 +85,12 @@ impl Keeper {
         match result {
             Ok(plan) => {
                 log_changes(&plan);
+                if plan.notes != self.last_notes {
+                    for note in &plan.notes {
+                        log::info!("paths: {}", note.text());
+                    }
+                    self.last_notes = plan.notes.clone();
+                }
                 self.last_error = None;
                 self.kept = wanted;
                 self.report().await;

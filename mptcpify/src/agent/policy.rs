@@ -49,6 +49,9 @@ struct Selectors {
 struct KubernetesFile {
     #[serde(default)]
     cgroup_driver: Option<Spanned<CgroupDriver>>,
+    /// Endpoints and limits inside each selected pod's network namespace.
+    #[serde(default)]
+    pod_paths: bool,
 }
 
 /// How kubelet names pod cgroups on this node (kubelet's `--cgroup-driver`).
@@ -76,6 +79,8 @@ pub struct Policy {
     pub cgroup_driver: CgroupDriver,
     /// `[paths]` with `auto = true`: the agent keeps its namespace's paths so.
     pub paths: Option<AutoOptions>,
+    /// `[kubernetes] pod_paths = true`: and each selected pod's.
+    pub pod_paths: bool,
 }
 
 /// A policy file was rejected.
@@ -190,6 +195,7 @@ impl Policy {
                 ));
             }
         }
+        let pod_paths = file.kubernetes.as_ref().is_some_and(|k| k.pod_paths);
         let cgroup_driver =
             file.kubernetes.and_then(|k| k.cgroup_driver).map_or(CgroupDriver::Auto, Spanned::into_inner);
         let mut seen = std::collections::HashSet::new();
@@ -198,7 +204,7 @@ impl Policy {
             Some(p) => paths(p).map_err(|(span, reason)| err(Some(span), reason))?,
             None => None,
         };
-        Ok(Policy { wanted, cgroup_driver, paths })
+        Ok(Policy { wanted, cgroup_driver, paths, pod_paths })
     }
 }
 
@@ -259,6 +265,8 @@ cgroup_driver = "cgroupfs"
         assert!(opts.source_routing && !opts.signal);
         assert_eq!((opts.subflows, opts.add_addr_accepted), (None, Some(4)));
         assert_eq!(parse("[paths]\ndevs = [\"eth0\"]\n").unwrap().paths, None, "written down but not switched on");
+        assert!(parse("[kubernetes]\npod_paths = true\n").unwrap().pod_paths);
+        assert!(!parse("[kubernetes]\n").unwrap().pod_paths);
     }
 
     #[test]

@@ -159,6 +159,7 @@ impl PathsAutoArgs {
             subflows: self.subflows,
             add_addr_accepted: self.add_addr_accepted,
             source_routing: self.source_routing,
+            all_interfaces: false,
         }
     }
 }

@@ -8,7 +8,7 @@ use super::shown;
 use crate::paths::{
     apply,
     connection::{Netlink, Netns, require_net_admin},
-    plan::{AutoOptions, Note, Plan},
+    plan::{AutoOptions, Plan},
     report::{self, NamespaceView, Owner, Routing},
 };
 
@@ -76,32 +76,9 @@ fn say(verb: &str, plan: &Plan, json: bool) -> Result<()> {
         println!("paths {verb}: limits subflows {} add_addr_accepted {}", l.subflows, l.add_addr_accepted);
     }
     for note in &plan.notes {
-        println!("paths {verb}: note: {}", note_text(note));
+        println!("paths {verb}: note: {}", note.text());
     }
     Ok(())
-}
-
-fn note_text(note: &Note) -> String {
-    match note {
-        Note::ForeignEndpointKept { ip, id } => {
-            format!("endpoint {ip} id {id} was made by someone else: left as it is")
-        }
-        Note::LimitKept { which, asked, kept } => {
-            format!("{which} stays {kept} (asked {asked}): someone else set it higher")
-        }
-        Note::NoRouteOfItsOwn { ip, dev } => {
-            format!("{dev} holds no default route: subflows from {ip} can reach {dev}'s own subnet only")
-        }
-        Note::TableTaken { table, dev } => {
-            format!("table {table} holds routes someone else made: {dev} is not source-routed")
-        }
-        Note::LinkDown { dev } => format!("{dev} is down: no endpoint for it until it is up"),
-        Note::NothingSelected => "no interface with a usable address was selected (no default route? try --dev)".into(),
-        Note::LimitsChangedSince { set, now } => format!(
-            "the limits were changed since mptcpify set them ({}/{} -> {}/{}): left as they are",
-            set.subflows, set.add_addr_accepted, now.subflows, now.add_addr_accepted
-        ),
-    }
 }
 
 fn render(v: &NamespaceView) -> String {

@@ -25,6 +25,9 @@ pub struct AutoOptions {
     pub subflows: Option<u32>,
     pub add_addr_accepted: Option<u32>,
     pub source_routing: bool,
+    /// With no `devs`: every interface but loopback, not only those with a default route (a
+    /// pod's second network, attached by Multus, has none).
+    pub all_interfaces: bool,
 }
 
 /// Why `auto` changes nothing at all.
@@ -84,6 +87,34 @@ pub enum Note {
         set: Limits,
         now: Limits,
     },
+}
+
+impl Note {
+    /// Said to the user (the CLI prints it, the agent logs it).
+    pub fn text(&self) -> String {
+        match self {
+            Note::ForeignEndpointKept { ip, id } => {
+                format!("endpoint {ip} id {id} was made by someone else: left as it is")
+            }
+            Note::LimitKept { which, asked, kept } => {
+                format!("{which} stays {kept} (asked {asked}): someone else set it higher")
+            }
+            Note::NoRouteOfItsOwn { ip, dev } => {
+                format!("{dev} holds no default route: subflows from {ip} can reach {dev}'s own subnet only")
+            }
+            Note::TableTaken { table, dev } => {
+                format!("table {table} holds routes someone else made: {dev} is not source-routed")
+            }
+            Note::LinkDown { dev } => format!("{dev} is down or has no carrier: no endpoint for it until it is up"),
+            Note::NothingSelected => {
+                "no interface with a usable address was selected (no default route? try --dev)".into()
+            }
+            Note::LimitsChangedSince { set, now } => format!(
+                "the limits were changed since mptcpify set them ({}/{} -> {}/{}): left as they are",
+                set.subflows, set.add_addr_accepted, now.subflows, now.add_addr_accepted
+            ),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -206,7 +237,9 @@ fn chosen_addresses<'a>(
         let link = snap.link_named(name).ok_or_else(|| PlanError::UnknownInterface(name.clone()))?;
         links.push(link);
     }
-    if opts.devs.is_empty() {
+    if opts.devs.is_empty() && opts.all_interfaces {
+        links.extend(snap.links.iter().filter(|l| !l.loopback));
+    } else if opts.devs.is_empty() {
         let with_default: BTreeSet<u32> = snap.default_routes.iter().map(|r| r.ifindex).collect();
         links.extend(with_default.iter().filter_map(|i| snap.link(*i)));
     }
@@ -408,6 +441,13 @@ mod tests {
         assert!(plan.remove_endpoints.is_empty() && plan.add_rules.is_empty() && plan.notes.is_empty(), "{plan:?}");
         assert_eq!(plan.limits, Some(Limits { subflows: 3, add_addr_accepted: 3 }));
         assert_eq!(plan.raised.unwrap().before, Limits { subflows: 2, add_addr_accepted: 0 });
+    }
+
+    #[test]
+    fn all_interfaces_takes_those_without_a_default_route_too() {
+        let plan =
+            auto(&host(), &AutoOptions { all_interfaces: true, ..Default::default() }, &Record::default()).unwrap();
+        assert_eq!(ips(&plan.add_endpoints), [ip("10.1.0.5"), ip("2001:db8:1::5"), ip("10.2.0.5"), ip("172.17.0.1")]);
     }
 
     #[test]

@@ -201,3 +201,82 @@ fn hostile_pod_uids_enable_nothing_outside_kubepods() {
         }
     }
 }
+
+/// `[kubernetes] pod_paths = true`: a pod whose network namespace has two interfaces (the
+/// second as Multus attaches it, without a default route) gets limits and an endpoint for each
+/// inside that namespace, entered through the pod's process; they go when the pod does.
+#[test]
+fn pod_paths_are_made_inside_the_pods_namespace_and_go_with_the_pod() {
+    let _g = setup();
+    let (ns, peer) = ("mpt-pod", "mpt-pod-peer");
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    };
+    for n in [ns, peer] {
+        let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
+        ip(&["netns", "add", n]);
+    }
+    for (dev, net) in [("eth0", 1), ("net1", 2)] {
+        ip(&["-n", ns, "link", "add", dev, "type", "veth", "peer", "name", &format!("p{net}"), "netns", peer]);
+        ip(&["-n", ns, "addr", "add", &format!("10.75.{net}.1/24"), "dev", dev]);
+        ip(&["-n", ns, "link", "set", dev, "up"]);
+        ip(&["-n", peer, "link", "set", &format!("p{net}"), "up"]);
+    }
+    ip(&["-n", ns, "route", "add", "default", "via", "10.75.1.2", "dev", "eth0"]);
+
+    let api = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[kubernetes]\ncgroup_driver = \"auto\"\npod_paths = true\n").unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    api.ignore_field_selectors();
+    let uid = "0a000000-0000-4000-8000-0000000000aa";
+    api.put_namespace("multi", json!({}));
+    api.put_pod(pod("multi", "router", uid, NODE, "Burstable", Some("true")));
+    let cg = container_cgroup("Burstable", uid);
+    // The pod's process: in its container cgroup first, then its network namespace.
+    let mut sleeper =
+        command_in(Some(&cg), std::path::Path::new("/usr/sbin/ip"), &["netns", "exec", ns, "sleep", "600"])
+            .spawn()
+            .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(5), || (!std::fs::read_to_string(cg.procs()).unwrap().trim().is_empty())
+            .then_some(()))
+        .is_some()
+    );
+
+    let agent = AgentProcess::start(
+        &policy,
+        &["--kubernetes"],
+        &[("NODE_NAME", NODE), ("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let view = || -> serde_json::Value { serde_json::from_str(&ok(&["paths", "--netns", ns, "--json"])).unwrap() };
+    let ours = |v: &serde_json::Value| -> Vec<String> {
+        let all = v["endpoints"].as_array().unwrap().iter();
+        all.filter(|e| e["owner"] == "mptcpify").map(|e| e["ip"].as_str().unwrap().to_string()).collect()
+    };
+    let made = wait_for(Duration::from_secs(10), || (ours(&view()).len() == 2).then(view));
+    let v = made.unwrap_or_else(|| panic!("no endpoints in the pod: {} {}", view(), agent.log()));
+    assert_eq!(ours(&v), ["10.75.1.1", "10.75.2.1"], "both interfaces, the Multus one included: {v}");
+    assert_eq!(v["limits"], json!({"subflows": 2, "add_addr_accepted": 2}), "{v}");
+    let host: serde_json::Value = serde_json::from_str(&ok(&["paths", "--json"])).unwrap();
+    assert!(ours(&host).is_empty(), "nothing made on the node: {host}");
+
+    api.delete_pod(uid);
+    let cleared = wait_for(Duration::from_secs(15), || ours(&view()).is_empty().then(view));
+    let v = cleared.unwrap_or_else(|| panic!("the pod's endpoints stayed: {} {}", view(), agent.log()));
+    assert_eq!(v["limits"], json!({"subflows": 2, "add_addr_accepted": 0}), "put back: {v}");
+    drop(agent);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let pod_dir = cg.path.parent().unwrap().to_path_buf();
+    drop(cg);
+    let _ = std::fs::remove_dir(pod_dir);
+    for d in ["kubepods.slice/kubepods-burstable.slice", "kubepods.slice"] {
+        let _ = std::fs::remove_dir(cgroup_root().join(d));
+    }
+    for n in [ns, peer] {
+        let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
+    }
+}

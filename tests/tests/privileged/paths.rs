@@ -183,10 +183,21 @@ fn host_view() -> serde_json::Value {
     serde_json::from_str(&ok(&["paths", "--json"])).unwrap()
 }
 
-/// How long until `check` holds on the host's paths, polled.
-fn until(limit: Duration, check: impl Fn(&serde_json::Value) -> bool) -> Option<Duration> {
+/// The host's endpoints by address, each with whether mptcpify made it: read in-process (a
+/// netlink dump and the record, as `paths` reads them), so polling adds no process start.
+fn host_endpoints(rt: &tokio::runtime::Runtime) -> std::collections::BTreeMap<String, bool> {
+    rt.block_on(async {
+        let nl = Netlink::open(&Netns::Current).await.unwrap();
+        let (snap, record, _) = mptcpify::paths::apply::current(&nl).await.unwrap();
+        snap.endpoints.iter().map(|e| (e.ip.to_string(), record.made(e))).collect()
+    })
+}
+
+/// How long until `check` holds on the host's endpoints, polled every 20 ms.
+fn until(limit: Duration, check: impl Fn(&std::collections::BTreeMap<String, bool>) -> bool) -> Option<Duration> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let t0 = Instant::now();
-    wait_for(limit, || check(&host_view()).then(|| t0.elapsed()))
+    wait_for(limit, || check(&host_endpoints(&rt)).then(|| t0.elapsed()))
 }
 
 #[test]
@@ -200,6 +211,7 @@ fn the_agent_follows_addresses_and_leaves_what_others_made() {
     sh(&["ip", "addr", "add", "10.73.1.1/24", "dev", "mpt0"]);
     sh(&["ip", "addr", "add", "10.73.9.1/24", "dev", "mpt0"]);
     sh(&["ip", "link", "set", "mpt0", "up"]);
+    sh(&["ip", "-n", peer, "link", "set", "mpt0p", "up"]);
     let kernel_limits = Limits { subflows: 2, add_addr_accepted: 0 };
     let theirs = Endpoint {
         id: 50,
@@ -214,7 +226,8 @@ fn the_agent_follows_addresses_and_leaves_what_others_made() {
     std::fs::write(&policy, "[paths]\nauto = true\ndevs = [\"mpt0\"]\n").unwrap();
     let agent = AgentProcess::start(&policy, &[], &[]);
     let ours = |v: &serde_json::Value, ip| endpoint(v, ip).is_some_and(|e| e["owner"] == "mptcpify");
-    until(Duration::from_secs(10), |v| ours(v, "10.73.1.1")).unwrap_or_else(|| panic!("no endpoint: {}", agent.log()));
+    let made = |m: &std::collections::BTreeMap<String, bool>, ip: &str| m.get(ip) == Some(&true);
+    until(Duration::from_secs(10), |m| made(m, "10.73.1.1")).unwrap_or_else(|| panic!("no endpoint: {}", agent.log()));
     let v = host_view();
     let kept = endpoint(&v, "10.73.9.1").unwrap();
     assert_eq!((kept["id"].as_u64(), kept["owner"].as_str()), (Some(50), Some("other")), "{v}");
@@ -222,11 +235,18 @@ fn the_agent_follows_addresses_and_leaves_what_others_made() {
     assert_eq!(v["limits"], serde_json::json!({"subflows": 5, "add_addr_accepted": 2}), "raised, never lowered: {v}");
 
     sh(&["ip", "addr", "add", "10.73.2.1/24", "dev", "mpt0"]);
-    let added = until(Duration::from_secs(5), |v| ours(v, "10.73.2.1")).expect("an endpoint for the new address");
+    let added = until(Duration::from_secs(5), |m| made(m, "10.73.2.1")).expect("an endpoint for the new address");
     sh(&["ip", "addr", "del", "10.73.2.1/24", "dev", "mpt0"]);
-    let removed = until(Duration::from_secs(5), |v| endpoint(v, "10.73.2.1").is_none()).expect("its endpoint removed");
+    let removed = until(Duration::from_secs(5), |m| !m.contains_key("10.73.2.1")).expect("its endpoint removed");
     eprintln!("address added -> endpoint in {added:?}; removed -> endpoint gone in {removed:?}");
     assert!(added < Duration::from_secs(1) && removed < Duration::from_secs(1), "{added:?} {removed:?}");
+
+    // The far end goes down: no carrier, no endpoint; back up, back again.
+    sh(&["ip", "-n", peer, "link", "set", "mpt0p", "down"]);
+    let down = until(Duration::from_secs(5), |m| !m.contains_key("10.73.1.1")).expect("no carrier, no endpoint");
+    sh(&["ip", "-n", peer, "link", "set", "mpt0p", "up"]);
+    let up = until(Duration::from_secs(5), |m| made(m, "10.73.1.1")).expect("carrier back, endpoint back");
+    eprintln!("carrier lost -> endpoint gone in {down:?}; back -> endpoint back in {up:?}");
 
     let m = agent.metrics();
     assert_eq!(metric(&m, "mptcpify_path_endpoints{flag=\"subflow\",owner=\"mptcpify\"}"), Some(1.0), "{m}");
