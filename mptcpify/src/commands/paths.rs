@@ -82,7 +82,7 @@ fn say(verb: &str, plan: &Plan, json: bool) -> Result<()> {
 }
 
 fn render(v: &NamespaceView) -> String {
-    let mut out = format!("network namespace {} (path manager: {:?})\n", v.netns_inode, v.path_manager);
+    let mut out = format!("network namespace {} (path manager: {})\n", v.netns_inode, v.path_manager);
     out += &format!("  limits: subflows {}, add_addr_accepted {}", v.limits.subflows, v.limits.add_addr_accepted);
     if let Some(b) = v.limits_before_mptcpify {
         out += &format!(" (raised by mptcpify from {}, {})", b.subflows, b.add_addr_accepted);

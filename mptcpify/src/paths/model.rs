@@ -93,6 +93,18 @@ pub enum PathManager {
     Other(String),
 }
 
+impl std::fmt::Display for PathManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PathManager::Kernel => f.write_str("in-kernel"),
+            PathManager::Userspace => f.write_str("userspace (mptcpify leaves it alone)"),
+            PathManager::Disabled => f.write_str("none: net.mptcp.enabled=0"),
+            PathManager::Missing => f.write_str("none: no MPTCP in this kernel"),
+            PathManager::Other(name) => write!(f, "{name}"),
+        }
+    }
+}
+
 /// A policy rule `from ADDR lookup TABLE`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SourceRule {
