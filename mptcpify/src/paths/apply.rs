@@ -53,7 +53,7 @@ pub async fn clear(nl: &Netlink) -> Result<Plan> {
 async fn execute(nl: &Netlink, snap: &Snapshot, plan: &Plan, record: &mut Record, file: &RecordFile) -> Result<()> {
     for e in &plan.remove_endpoints {
         endpoints::remove(nl, e).await?;
-        record.endpoints.retain(|m| m != e && !(m.id == e.id && m.ip == e.ip));
+        record.endpoints.retain(|m| !(m.id == e.id && m.ip == e.ip));
         file.save(record)?;
     }
     for r in &plan.remove_rules {
@@ -105,7 +105,11 @@ async fn add(
     for e in &plan.add_endpoints {
         record.made_now(e, links);
         step!(file.save(record));
-        step!(endpoints::add(nl, e).await);
+        if let Err(error) = endpoints::add(nl, e).await {
+            // Never made: not in the record that take_back writes.
+            record.endpoints.retain(|m| m != e);
+            return Err((error, made));
+        }
         made.endpoints.push(e.clone());
     }
     let previous = record.limits;
