@@ -10,7 +10,7 @@ use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressFlags, AddressMessage, AddressScope},
     link::{LinkAttribute, LinkFlags, LinkMessage},
-    route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
+    route::{RouteAttribute, RouteHeader, RouteMessage, RouteProtocol},
     rule::{RuleAttribute, RuleMessage},
 };
 use rtnetlink::IpVersion;
@@ -19,6 +19,7 @@ use super::{
     ROUTING_PROTOCOL, TABLE_BASE, TABLE_END,
     connection::Netlink,
     model::{Address, DefaultRoute, Endpoint, EndpointFlags, Limits, Link, Snapshot, SourceRule, TableRoute},
+    routing::ip_of,
 };
 
 /// The main routing table (`RT_TABLE_MAIN`).
@@ -103,14 +104,6 @@ fn table(m: &RouteMessage) -> u32 {
         .iter()
         .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
         .unwrap_or(u32::from(m.header.table))
-}
-
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
-    match a {
-        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
-        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
-        _ => None,
-    }
 }
 
 struct RouteParts {

@@ -130,7 +130,8 @@ pub async fn lookup(nl: &Netlink, source: IpAddr, oif: Option<u32>) -> Result<Op
         .map(|oif| Answer { oif, gateway }))
 }
 
-fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
+/// The inverse of [`route_address`] (`None` for MPLS and other families).
+pub(super) fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
