@@ -17,6 +17,13 @@ pub const SOCK_TYPE_MASK: i32 = 0xf;
 pub const HOOK_FUNCTION: &str = "update_socket_protocol";
 /// Name of the program function in the object file (section `fentry/update_socket_protocol`).
 pub const PROGRAM_NAME: &str = "mptcpify";
+/// Kernel function every new MPTCP socket passes through (`sk->sk_prot->init`), where the
+/// tagging program learns which rule upgraded it.
+pub const TAG_FUNCTION: &str = "mptcp_init_sock";
+/// fentry program on [`TAG_FUNCTION`] (section `fentry/mptcp_init_sock`).
+pub const TAG_PROGRAM_NAME: &str = "mptcpify_tag";
+/// cgroup `sock_ops` program at the cgroup2 root that sees upgraded connections' outcomes.
+pub const OUTCOME_PROGRAM_NAME: &str = "mptcpify_outcome";
 
 /// Where bpffs is mounted; the pins live below it.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -25,6 +32,9 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
 /// Pin of the link in [`PIN_DIR`]; unlinking it detaches the program.
 pub const LINK_PIN: &str = "link";
+/// Pins of the outcome-tracking programs' links (absent when tracking is off).
+pub const TAG_LINK_PIN: &str = "tag_link";
+pub const OUTCOME_LINK_PIN: &str = "outcome_link";
 /// A first load pins into `PIN_DIR` + this + its PID, then renames that into place, so others
 /// see all of the state or none. bpffs refuses names with dots.
 pub const LOADING_INFIX: &str = "_loading_";
@@ -48,6 +58,9 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const FACTS_MAP: &str = "FACTS";
 /// cgroup id -> [`Origin`]: what a cgroup rule was made from. Only user space reads it.
 pub const ORIGINS_MAP: &str = "ORIGINS";
+/// [`RuleRef`] -> [`Outcomes`]: what became of the connections each rule upgraded. Written by the
+/// outcome program, read by user space; an entry goes with its rule.
+pub const OUTCOMES_MAP: &str = "OUTCOMES";
 /// Array of `u32` slots about the pinned state itself ([`MetaSlot`]). Only user space reads it.
 /// Its shape never changes (slots are only ever added at the end), so that every version can
 /// read the layout version of any state it meets.
@@ -71,14 +84,14 @@ pub enum MetaSlot {
 /// Version of the pinned layout: the set of pinned maps, their key and value shapes, and what
 /// their values mean. Bump it with any such change; a version meeting state of another layout
 /// refuses to edit it (see README, "Upgrading").
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// State pinned before layouts were numbered (no [`META_MAP`]): its maps are this layout's when
 /// they open with this version's shapes, and it is adopted by pinning a `META` beside them.
 pub const LAYOUT_UNNUMBERED: u32 = 1;
 
 /// Maps pinned beside the link; the rest (.rodata, the log ring buffer, the program's own cache)
 /// live on with the program, which the link holds.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     CGROUP_RULES_MAP,
     PID_RULES_MAP,
     COMM_RULES_MAP,
@@ -89,6 +102,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     ORIGINS_MAP,
     FACTS_MAP,
     META_MAP,
+    OUTCOMES_MAP,
 ];
 
 /// Room for 10,000 rules of each kind, with headroom for hash collisions.
@@ -120,6 +134,8 @@ pub const OWNER_AGENT: u32 = 1;
 pub const ACTION_ENABLE: u32 = 1;
 /// [`Rule::action`]: never upgrade them, whatever else matches.
 pub const ACTION_EXCLUDE: u32 = 2;
+/// [`Rule::action`]: leave them TCP but count (and report) them as `would-upgrade`.
+pub const ACTION_AUDIT: u32 = 3;
 
 /// Global switches, written by user space. Counts let the program skip lookups that cannot
 /// match.
@@ -141,7 +157,37 @@ pub struct Config {
     /// result of its per-level cgroup walk per caller cgroup, tagged with this number, so a
     /// change makes every cached walk stale at once (see [`CgroupDecision`]).
     pub cgroup_generation: u32,
+    /// What `all` does when set: [`ACTION_ENABLE`] or [`ACTION_AUDIT`].
+    pub all_action: u32,
+    /// Non-zero when the outcome programs are attached: only then does an upgrade leave the
+    /// note they read.
+    pub outcomes: u32,
 }
+
+impl Config {
+    /// The value as the map holds it, for writers without a typed map (the loader).
+    pub fn to_ne_bytes(&self) -> [u8; size_of::<Config>()] {
+        let words = [
+            self.cgroup_rules,
+            self.pid_rules,
+            self.comm_rules,
+            self.uid_rules,
+            self.all,
+            self.exclusions,
+            self.monitor_pid,
+            self.cgroup_generation,
+            self.all_action,
+            self.outcomes,
+        ];
+        let mut bytes = [0u8; size_of::<Config>()];
+        for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        bytes
+    }
+}
+
+const _: () = assert!(size_of::<Config>() == 40, "Config is ten u32s, as to_ne_bytes writes them");
 
 /// What the loader decided when it loaded the attached program, kept beside it because the
 /// program's own globals are read-only and unpinned.
@@ -162,7 +208,7 @@ pub struct LoadFacts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgroupDecision {
     pub generation: u32,
-    /// [`CGROUP_NO_MATCH`], [`ACTION_ENABLE`] or [`ACTION_EXCLUDE`].
+    /// [`CGROUP_NO_MATCH`], [`ACTION_ENABLE`], [`ACTION_AUDIT`] or [`ACTION_EXCLUDE`].
     pub action: u32,
     /// The deciding ancestor: the first exclusion, else the highest enabled one.
     pub cgroup: u64,
@@ -216,6 +262,18 @@ pub enum Decision {
     /// Selected, but MPTCP is disabled in the caller's network namespace: left TCP so that
     /// `socket()` does not fail with ENOPROTOOPT.
     KeptTcpMptcpDisabled = 3,
+    /// Selected by an audit rule: left TCP, would have been upgraded.
+    WouldUpgrade = 4,
+    /// An upgraded connection negotiated MPTCP.
+    Mptcp = 5,
+    /// An upgraded client's peer answered without MPTCP (no MP_CAPABLE in its SYN-ACK).
+    FallbackPeer = 6,
+    /// An upgraded server's client did not offer MPTCP.
+    FallbackClient = 7,
+    /// An extra subflow of an upgraded connection was established.
+    Subflow = 8,
+    /// An extra subflow of an upgraded connection failed before it was established.
+    SubflowFailed = 9,
 }
 
 impl Decision {
@@ -224,6 +282,12 @@ impl Decision {
             1 => Self::Upgraded,
             2 => Self::Excluded,
             3 => Self::KeptTcpMptcpDisabled,
+            4 => Self::WouldUpgrade,
+            5 => Self::Mptcp,
+            6 => Self::FallbackPeer,
+            7 => Self::FallbackClient,
+            8 => Self::Subflow,
+            9 => Self::SubflowFailed,
             _ => return None,
         })
     }
@@ -233,11 +297,18 @@ impl Decision {
             Self::Upgraded => "upgraded",
             Self::Excluded => "excluded",
             Self::KeptTcpMptcpDisabled => "kept-tcp-mptcp-disabled",
+            Self::WouldUpgrade => "would-upgrade",
+            Self::Mptcp => "mptcp",
+            Self::FallbackPeer => "fallback-peer",
+            Self::FallbackClient => "fallback-client",
+            Self::Subflow => "subflow",
+            Self::SubflowFailed => "subflow-failed",
         }
     }
 }
 
-/// One decision, sent to the monitor.
+/// One decision or connection outcome, sent to the monitor. Outcomes happen in the network
+/// stack, not in a process: their `pid`, `uid`, `comm` and `cgroup_id` are 0, their ports set.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -254,7 +325,50 @@ pub struct Event {
     pub rule_kind: u8,
     pub _pad: u32,
     pub comm: [u8; COMM_LEN],
+    /// Outcomes: the connection's local and remote port (host order).
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub _pad2: u32,
 }
+
+/// Which rule: its kind ([`RuleKind`] as u32) and key (cgroup id, pid, uid; 0 for comm and all).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RuleRef {
+    pub kind: u32,
+    pub _pad: u32,
+    pub key: u64,
+}
+
+/// What became of the connections one rule upgraded, counted by the outcome program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// MP_CAPABLE negotiated (as client or server).
+    pub mptcp: u64,
+    /// As client: the peer's SYN-ACK carried no MP_CAPABLE (a peer without MPTCP, a middlebox
+    /// that strips it, or the kernel sending a plain SYN after it detected a blackhole).
+    pub fallback_peer: u64,
+    /// As server: the client did not offer MPTCP.
+    pub fallback_client: u64,
+    /// Extra subflows (MP_JOIN) established, either direction.
+    pub subflows: u64,
+    /// Extra subflows this side started that closed before they were established.
+    pub subflows_failed: u64,
+    /// Connections whose first subflow never got established (refused, timed out).
+    pub connect_failed: u64,
+}
+
+impl Outcomes {
+    pub const fn fallback(&self) -> u64 {
+        self.fallback_peer + self.fallback_client
+    }
+}
+
+/// Entries of the outcome program's own maps (never pinned; they live with the program).
+pub const PENDING_ENTRIES: u32 = 4096;
+pub const TRACKED_SOCKETS: u32 = 16384;
+pub const TRACKED_LISTENERS: u32 = 4096;
 
 /// Where a cgroup rule came from, so it can be re-resolved when the cgroup is recreated.
 #[repr(C)]
@@ -298,9 +412,11 @@ pub enum Counter {
     KeptTcpMptcpDisabled = 8,
     /// Events the monitor did not get (ring buffer full).
     EventsDropped = 9,
+    /// Candidates an audit rule selected: left TCP, would have been upgraded.
+    WouldUpgrade = 10,
 }
 
-pub const COUNTER_SLOTS: u32 = 10;
+pub const COUNTER_SLOTS: u32 = 11;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
@@ -314,6 +430,7 @@ impl Counter {
         Counter::Excluded,
         Counter::KeptTcpMptcpDisabled,
         Counter::EventsDropped,
+        Counter::WouldUpgrade,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -328,6 +445,7 @@ impl Counter {
             Counter::Excluded => "excluded",
             Counter::KeptTcpMptcpDisabled => "kept_tcp_mptcp_disabled",
             Counter::EventsDropped => "events_dropped",
+            Counter::WouldUpgrade => "would_upgrade",
         }
     }
 
@@ -349,6 +467,10 @@ pub mod task_globals {
     pub const GROUP_LEADER: &str = "OFF_TASK_GROUP_LEADER";
     pub const COMM: &str = "OFF_TASK_COMM";
 }
+
+/// Name of the global (`.rodata`) holding `offsetof(struct sock, __sk_common.skc_cookie)`: the
+/// outcome program reads an MPTCP socket's cookie, which its tag is kept under.
+pub const OFF_SK_COOKIE: &str = "OFF_SK_COOKIE";
 
 /// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
 /// so the program can read the caller's `net.mptcp.enabled` (see `mptcp_enabled_here` in the program).
@@ -380,4 +502,8 @@ mod pod {
     unsafe impl aya::Pod for super::Origin {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::LoadFacts {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RuleRef {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::Outcomes {}
 }

@@ -14,6 +14,8 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod outcome;
+
 use aya_ebpf::{
     Global,
     helpers::{
@@ -28,9 +30,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use mptcpify_common::{
-    ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH, COMM_LEN,
+    ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH, COMM_LEN,
     COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, IPPROTO_MPTCP, IPPROTO_TCP,
-    LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Rule, RuleKind, SOCK_STREAM, SOCK_TYPE_MASK,
+    LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes, Rule, RuleKind, RuleRef, SOCK_STREAM,
+    SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -60,6 +63,9 @@ static FACTS: Array<LoadFacts> = Array::with_max_entries(1, 0);
 /// The pinned state's layout version and edit journal; user space only, pinned with the rest.
 #[map]
 static META: Array<u32> = Array::with_max_entries(META_SLOTS, 0);
+/// Written by the outcome program (see `outcome`), read by user space; pinned with the rest.
+#[map]
+static OUTCOMES: HashMap<RuleRef, Outcomes> = HashMap::with_max_entries(MAX_RULES, 0);
 
 // Set by the loader from the running kernel's BTF and the address of `mptcp_pernet_id`, which it
 // asks of the kernel's `bpf_kallsyms_lookup_name` (see `mptcp_enabled_here` below).
@@ -88,7 +94,7 @@ pub fn mptcpify(ctx: *mut core::ffi::c_void) -> i32 {
 }
 
 #[inline(always)]
-fn bump(counter: Counter) {
+pub(crate) fn bump(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the map returned a valid pointer to this CPU's slot; no other CPU writes it and
         // the program is not preempted mid-run, so a plain add is enough.
@@ -110,6 +116,8 @@ fn hit(rule: *mut Rule) {
 struct Match {
     found: bool,
     exclude: bool,
+    /// Decided by an audit rule: count, report, leave TCP.
+    audit: bool,
     kind: RuleKind,
     key: u64,
     /// Null for `all`, which has no map entry.
@@ -118,16 +126,17 @@ struct Match {
 
 impl Match {
     const NONE: Match =
-        Match { found: false, exclude: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
+        Match { found: false, exclude: false, audit: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
 
     /// Keeps the first enable match; an exclusion replaces it and ends the search (`true`).
     #[inline(always)]
     fn consider(&mut self, kind: RuleKind, key: u64, rule: Option<*mut Rule>) -> bool {
         let Some(rule) = rule else { return false };
         // SAFETY: a pointer the map lookup just returned for a present entry.
-        let exclude = unsafe { (*rule).action } == ACTION_EXCLUDE;
+        let action = unsafe { (*rule).action };
+        let exclude = action == ACTION_EXCLUDE;
         if exclude || !self.found {
-            *self = Match { found: true, exclude, kind, key, rule };
+            *self = Match { found: true, exclude, audit: action == ACTION_AUDIT, kind, key, rule };
         }
         exclude
     }
@@ -169,13 +178,14 @@ fn select(cfg: &Config) -> Match {
         }
     }
     if !m.found && cfg.all != 0 {
-        m = Match { found: true, exclude: false, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
+        let audit = cfg.all_action == ACTION_AUDIT;
+        m = Match { found: true, exclude: false, audit, kind: RuleKind::All, key: 0, rule: core::ptr::null_mut() };
     }
     m
 }
 
 /// What the cgroup rules say about the caller's cgroup: the first exclusion among its
-/// ancestors (root first), else the highest enabled ancestor. Walking costs one helper call and
+/// ancestors (root first), else the highest enabled (or audited) ancestor. Walking costs one helper call and
 /// one lookup per level, so the answer is cached per caller cgroup for as long as the rules'
 /// generation stands; most calls then cost one lookup.
 #[inline(always)]
@@ -209,7 +219,7 @@ fn cgroup_decision(cfg: &Config) -> CgroupDecision {
                 break;
             }
             if d.action == CGROUP_NO_MATCH {
-                d.action = ACTION_ENABLE;
+                d.action = if rule.action == ACTION_AUDIT { ACTION_AUDIT } else { ACTION_ENABLE };
                 d.cgroup = id;
             }
         }
@@ -258,24 +268,45 @@ fn program_comm() -> Option<[u8; COMM_LEN]> {
 
 #[inline(always)]
 fn report(cfg: &Config, m: &Match, family: i32, decision: Decision) {
+    report_event(cfg, m.kind, m.key, family, decision, 0, 0, true);
+}
+
+/// Sends one event to a listening monitor. Outside a process (`in_process` false: outcomes, seen
+/// in the network stack) pid, uid, cgroup and command mean nothing and stay 0.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn report_event(
+    cfg: &Config,
+    kind: RuleKind,
+    key: u64,
+    family: i32,
+    decision: Decision,
+    local_port: u16,
+    remote_port: u16,
+    in_process: bool,
+) {
     if cfg.monitor_pid == 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let event = Event {
-        // SAFETY: helpers without arguments, callable from any tracing program.
+    let mut event = Event {
+        // SAFETY: a helper without arguments, callable from tracing and sock_ops programs.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        // SAFETY: as above.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        rule_key: m.key,
-        pid: (pid_tgid >> 32) as u32,
-        uid: bpf_get_current_uid_gid() as u32,
+        rule_key: key,
         family: family as u16,
         decision: decision as u8,
-        rule_kind: m.kind as u8,
-        _pad: 0,
-        comm: program_comm().unwrap_or_default(),
+        rule_kind: kind as u8,
+        local_port,
+        remote_port,
+        ..Event::default()
     };
+    if in_process {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        // SAFETY: a helper without arguments, callable from any tracing program.
+        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        event.pid = (pid_tgid >> 32) as u32;
+        event.uid = bpf_get_current_uid_gid() as u32;
+        event.comm = program_comm().unwrap_or_default();
+    }
     if EVENTS.output::<Event>(&event, 0).is_err() {
         bump(Counter::EventsDropped);
     }
@@ -313,8 +344,16 @@ fn decide(ctx: &FEntryContext) -> i32 {
         report(cfg, &m, family, Decision::KeptTcpMptcpDisabled);
         return 0;
     }
+    if m.audit {
+        bump(Counter::WouldUpgrade);
+        report(cfg, &m, family, Decision::WouldUpgrade);
+        return 0;
+    }
     bump(Counter::upgraded_by(m.kind));
     report(cfg, &m, family, Decision::Upgraded);
+    if cfg.outcomes != 0 {
+        outcome::remember_upgrade(m.kind, m.key);
+    }
     debug!(ctx, "{} rule {}: socket({}, {}) -> MPTCP", m.kind.name(), m.key, family, ty);
     IPPROTO_MPTCP
 }

@@ -15,8 +15,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
-    FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP, PIN_DIR, PINNED_MAPS,
-    PROGRAM_NAME, netns_globals, task_globals,
+    CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP,
+    OFF_SK_COOKIE, OUTCOME_LINK_PIN, OUTCOME_PROGRAM_NAME, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, TAG_FUNCTION,
+    TAG_LINK_PIN, TAG_PROGRAM_NAME, netns_globals, task_globals,
 };
 
 use super::{
@@ -97,8 +98,17 @@ pub fn hook_btf_id(btf: &KernelBtf) -> Result<u32> {
 
 /// A loaded and attached program with its maps; detached when dropped unless pinned.
 pub struct Attached {
-    link: OwnedFd,
+    /// The hook's link ([`LINK_PIN`]) first, then the outcome programs', with their pin names.
+    links: Vec<(&'static str, OwnedFd)>,
     maps: HashMap<String, (aya_obj::Map, MapData)>,
+}
+
+/// Outcome tracking is on unless this variable says `off` when the programs are loaded: how
+/// the benchmark measures what tracking costs, with the same build.
+pub const OUTCOMES_ENV: &str = "MPTCPIFY_OUTCOMES";
+
+fn outcomes_wanted() -> bool {
+    std::env::var(OUTCOMES_ENV).map_or(true, |v| v != "off")
 }
 
 /// Loads the program and attaches it to the hook, without pinning anything.
@@ -118,11 +128,15 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
         })
         .ok();
     let task = TaskOffsets::find(&btf)?;
+    let tracking = outcomes_wanted().then(|| OutcomeTargets::find(&btf)).transpose().unwrap_or_else(|e| {
+        log::warn!("outcome tracking off: {e:#}");
+        None
+    });
     drop(btf);
     log::debug!("netns offsets found after {:?}", started.elapsed());
 
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
-    set_globals(&mut obj, log_level, task, netns)?;
+    set_globals(&mut obj, log_level, task, netns, tracking.as_ref().map_or(0, |t| t.sk_cookie))?;
     let maps = create_maps(&mut obj)?;
     record_facts(
         &maps,
@@ -139,17 +153,71 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     .context("relocating map references")?;
     obj.relocate_calls(&text_sections).context("relocating calls")?;
 
-    let program = obj
-        .programs
-        .get(PROGRAM_NAME)
-        .ok_or_else(|| anyhow!("program {PROGRAM_NAME} missing from the embedded object"))?;
-    let function = &obj.functions[&program.function_key()];
-    let license = CString::new(program.license.as_bytes())?;
-    let prog = sys::load_modify_return(PROGRAM_NAME, &function.instructions, &license, btf_id).map_err(load_refusal)?;
+    let (insns, license) = program_code(&obj, PROGRAM_NAME)?;
+    let prog = sys::load_modify_return(PROGRAM_NAME, insns, &license, btf_id).map_err(load_refusal)?;
     log::debug!("program verified and loaded after {:?}", started.elapsed());
     let link = sys::attach_modify_return(prog.as_fd())
         .map_err(|e| anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release()))?;
-    Ok(Attached { link, maps })
+    let mut links = vec![(LINK_PIN, link)];
+    if let Some(targets) = tracking {
+        // Never at the hook's expense: without these, sockets are upgraded all the same.
+        match attach_outcome_programs(&obj, targets) {
+            Ok(more) => {
+                links.extend(more);
+                mark_outcomes_on(&maps)?;
+            }
+            Err(e) => log::warn!("outcome tracking off: {e:#}"),
+        }
+    }
+    log::debug!("attached after {:?}", started.elapsed());
+    Ok(Attached { links, maps })
+}
+
+/// A program's verified-ready instructions and licence.
+fn program_code<'a>(obj: &'a Object, name: &str) -> Result<(&'a [aya_obj::generated::bpf_insn], CString)> {
+    let program =
+        obj.programs.get(name).ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?;
+    let function = &obj.functions[&program.function_key()];
+    Ok((&function.instructions, CString::new(program.license.as_bytes())?))
+}
+
+/// What the outcome programs need from the kernel: the function every new MPTCP socket passes
+/// through, where a socket's cookie is kept, and the cgroup2 root to watch connections from.
+#[derive(Debug, Clone)]
+struct OutcomeTargets {
+    tag_btf_id: u32,
+    sk_cookie: u32,
+    cgroup_root: PathBuf,
+}
+
+impl OutcomeTargets {
+    fn find(btf: &KernelBtf) -> Result<Self> {
+        let tag_btf_id =
+            btf.func_id(TAG_FUNCTION).ok_or_else(|| anyhow!("this kernel has no {TAG_FUNCTION}() in its BTF"))?;
+        let sk_cookie = btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", "skc_cookie")?;
+        let cgroup_root = crate::host::mounts::Mounts::read()?.cgroup2_root()?;
+        Ok(Self { tag_btf_id, sk_cookie, cgroup_root })
+    }
+}
+
+/// Loads and attaches the tagging fentry program and the sock_ops program at the cgroup2 root.
+fn attach_outcome_programs(obj: &Object, t: OutcomeTargets) -> Result<Vec<(&'static str, OwnedFd)>> {
+    let (insns, license) = program_code(obj, TAG_PROGRAM_NAME)?;
+    let tag = sys::load_fentry(TAG_PROGRAM_NAME, insns, &license, t.tag_btf_id).map_err(load_refusal)?;
+    let tag_link = sys::attach_fentry(tag.as_fd()).with_context(|| format!("attaching to {TAG_FUNCTION}()"))?;
+    let (insns, license) = program_code(obj, OUTCOME_PROGRAM_NAME)?;
+    let outcome = sys::load_sock_ops(OUTCOME_PROGRAM_NAME, insns, &license).map_err(load_refusal)?;
+    let root = std::fs::File::open(&t.cgroup_root).with_context(|| format!("opening {}", t.cgroup_root.display()))?;
+    let outcome_link = sys::attach_sock_ops(outcome.as_fd(), root.as_fd())
+        .with_context(|| format!("attaching sock_ops to {}", t.cgroup_root.display()))?;
+    Ok(vec![(TAG_LINK_PIN, tag_link), (OUTCOME_LINK_PIN, outcome_link)])
+}
+
+/// Tells the hook to leave its notes: the programs that read them are attached.
+fn mark_outcomes_on(maps: &HashMap<String, (aya_obj::Map, MapData)>) -> Result<()> {
+    let (_, map) = maps.get(CONFIG_MAP).ok_or_else(|| anyhow!("map {CONFIG_MAP} missing from the embedded object"))?;
+    let config = Config { outcomes: 1, ..Config::default() };
+    sys::write_first_element(map.fd().as_fd(), &config.to_ne_bytes()).context("switching outcome tracking on")
 }
 
 /// Where a task's thread-group leader and command name are, which comm rules need.
@@ -170,7 +238,13 @@ impl TaskOffsets {
 
 /// The `.rodata` globals the loader fixes: aya-log's level, the task offsets and the netns check's offsets
 /// (all zero, and the check off, when `netns` is unknown).
-fn set_globals(obj: &mut Object, log_level: LogLevel, task: TaskOffsets, netns: Option<NetnsOffsets>) -> Result<()> {
+fn set_globals(
+    obj: &mut Object,
+    log_level: LogLevel,
+    task: TaskOffsets,
+    netns: Option<NetnsOffsets>,
+    sk_cookie: u32,
+) -> Result<()> {
     let level = [log_level.as_global()];
     let (leader, comm) = (task.group_leader.to_ne_bytes(), task.comm.to_ne_bytes());
     let on = [u8::from(netns.is_some())];
@@ -182,7 +256,9 @@ fn set_globals(obj: &mut Object, log_level: LogLevel, task: TaskOffsets, netns: 
         o.pernet_mptcp_enabled.to_ne_bytes(),
         o.pernet_id_addr.to_ne_bytes(),
     );
+    let cookie = sk_cookie.to_ne_bytes();
     let globals: HashMap<&str, (&[u8], bool)> = HashMap::from([
+        (OFF_SK_COOKIE, (&cookie[..], true)),
         ("AYA_LOG_LEVEL", (&level[..], true)),
         (task_globals::GROUP_LEADER, (&leader[..], true)),
         (task_globals::COMM, (&comm[..], true)),
@@ -279,7 +355,9 @@ fn remove_abandoned_loads() -> Result<()> {
         }
         let path = entry.path();
         log::warn!("removing {}, left by a load that was killed midway", path.display());
-        let _ = std::fs::remove_file(path.join(LINK_PIN));
+        for link in [LINK_PIN, TAG_LINK_PIN, OUTCOME_LINK_PIN] {
+            let _ = std::fs::remove_file(path.join(link));
+        }
         std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(())
@@ -292,14 +370,16 @@ pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
     if final_dir.exists() {
         bail!("{} exists already; `mptcpify reset` removes it", final_dir.display());
     }
-    let Attached { link, maps } = load_and_attach(log_level)?;
+    let Attached { links, maps } = load_and_attach(log_level)?;
     // Pin into a private directory, then rename it into place: other invocations see either
     // nothing or the complete state.
     let tmp = PathBuf::from(format!("{PIN_DIR}{LOADING_INFIX}{}", std::process::id()));
     let pinned = (|| -> Result<()> {
         // Root's alone: whoever can write here can change which sockets are upgraded.
         std::fs::DirBuilder::new().mode(0o700).create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        sys::pin(link.as_fd(), &tmp.join(LINK_PIN)).context("pinning the link")?;
+        for (name, link) in &links {
+            sys::pin(link.as_fd(), &tmp.join(name)).with_context(|| format!("pinning {name}"))?;
+        }
         for name in PINNED_MAPS {
             let (_, map) = &maps[name];
             map.pin(tmp.join(name)).with_context(|| format!("pinning map {name}"))?;

@@ -69,10 +69,34 @@ pub fn load_modify_return(
     license: &CStr,
     attach_btf_id: u32,
 ) -> Result<OwnedFd, LoadError> {
+    load_tracing(name, insns, license, attach_btf_id, bpf_attach_type::BPF_MODIFY_RETURN)
+}
+
+/// Loads `insns` as an fentry program on the vmlinux function whose BTF id is `attach_btf_id`.
+pub fn load_fentry(name: &str, insns: &[bpf_insn], license: &CStr, attach_btf_id: u32) -> Result<OwnedFd, LoadError> {
+    load_tracing(name, insns, license, attach_btf_id, bpf_attach_type::BPF_TRACE_FENTRY)
+}
+
+fn load_tracing(
+    name: &str,
+    insns: &[bpf_insn],
+    license: &CStr,
+    attach_btf_id: u32,
+    attach_type: bpf_attach_type,
+) -> Result<OwnedFd, LoadError> {
     load(ProgLoadAttr {
         prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
-        expected_attach_type: bpf_attach_type::BPF_MODIFY_RETURN as u32,
+        expected_attach_type: attach_type as u32,
         attach_btf_id,
+        ..ProgLoadAttr::new(name, insns, license)
+    })
+}
+
+/// Loads `insns` as a cgroup `BPF_PROG_TYPE_SOCK_OPS` program.
+pub fn load_sock_ops(name: &str, insns: &[bpf_insn], license: &CStr) -> Result<OwnedFd, LoadError> {
+    load(ProgLoadAttr {
+        prog_type: bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS as u32,
+        expected_attach_type: bpf_attach_type::BPF_CGROUP_SOCK_OPS as u32,
         ..ProgLoadAttr::new(name, insns, license)
     })
 }
@@ -169,9 +193,25 @@ struct LinkCreateAttr {
 
 /// Attaches a loaded `BPF_MODIFY_RETURN` program; the link fd keeps it attached.
 pub fn attach_modify_return(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    link_create(prog, None, bpf_attach_type::BPF_MODIFY_RETURN)
+}
+
+/// Attaches a loaded fentry program; the link fd keeps it attached.
+pub fn attach_fentry(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    link_create(prog, None, bpf_attach_type::BPF_TRACE_FENTRY)
+}
+
+/// Attaches a loaded sock_ops program to a cgroup (beside any others: links attach in the
+/// kernel's multi-program mode); the link fd keeps it attached.
+pub fn attach_sock_ops(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    link_create(prog, Some(cgroup), bpf_attach_type::BPF_CGROUP_SOCK_OPS)
+}
+
+fn link_create(prog: BorrowedFd<'_>, target: Option<BorrowedFd<'_>>, attach_type: bpf_attach_type) -> io::Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
-        attach_type: bpf_attach_type::BPF_MODIFY_RETURN as u32,
+        target_fd: target.map_or(0, |t| t.as_raw_fd() as u32),
+        attach_type: attach_type as u32,
         ..Default::default()
     };
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned_fd)

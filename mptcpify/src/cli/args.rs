@@ -67,6 +67,10 @@ pub struct EnableArgs {
     /// Every process on the host (exclusions still apply).
     #[arg(long)]
     pub all: bool,
+    /// Dry run: leave the selected sockets TCP, count and report them as `would-upgrade`
+    /// (`status`, `monitor`, metrics). Exclusions still win; a target cannot be both.
+    #[arg(long)]
+    pub audit: bool,
     /// Log level of the kernel program's aya-log output, fixed when it is first loaded.
     #[arg(long, value_parser = log_level(), default_value = "off")]
     pub log_level: LogLevel,
@@ -297,7 +301,7 @@ mod tests {
             "nginx.service",
         ])
         .unwrap();
-        let Command::Enable(EnableArgs { targets, log_level, all }) = cli.command else { panic!() };
+        let Command::Enable(EnableArgs { targets, log_level, all, .. }) = cli.command else { panic!() };
         assert_eq!(targets.cgroups, ["a/b", "/sys/fs/cgroup/c"]);
         assert_eq!(targets.pids, [42]);
         assert_eq!(targets.comms, ["curl"]);

@@ -16,7 +16,8 @@ pub async fn dispatch(command: Command) -> Result<i32> {
     let done = |()| 0;
     match command {
         Command::Enable(a) => {
-            commands::rules::add(&a.targets.selectors(a.all)?, Action::Enable, a.log_level).await.map(done)
+            let action = if a.audit { Action::Audit } else { Action::Enable };
+            commands::rules::add(&a.targets.selectors(a.all)?, action, a.log_level).await.map(done)
         }
         Command::Exclude(a) => {
             commands::rules::add(&a.targets.selectors(false)?, Action::Exclude, Default::default()).await.map(done)

@@ -124,6 +124,9 @@ fn read_event(b: &[u8]) -> Option<Event> {
         rule_kind: b[offset_of!(Event, rule_kind)],
         _pad: 0,
         comm: at(b, offset_of!(Event, comm)),
+        local_port: u16::from_ne_bytes(at(b, offset_of!(Event, local_port))),
+        remote_port: u16::from_ne_bytes(at(b, offset_of!(Event, remote_port))),
+        _pad2: 0,
     })
 }
 

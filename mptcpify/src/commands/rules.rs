@@ -20,7 +20,7 @@ use crate::{
 pub async fn add(selectors: &[Selector], action: Action, log_level: LogLevel) -> Result<()> {
     let mounts = preconditions::require_state_access()?;
     if selectors.is_empty() {
-        let all = if action == Action::Enable { " or --all" } else { "" };
+        let all = if action == Action::Exclude { "" } else { " or --all" };
         bail!("nothing to {}: give --cgroup, --unit, --pid, --comm, --uid{all}", action.name());
     }
     let resolved = resolve::resolve(selectors, &mounts, Purpose::Add).await?;

@@ -60,6 +60,8 @@ pub struct Status {
     pub program: Option<maps::ProgramStats>,
     /// PID of the listening `mptcpify monitor`, if any.
     pub monitor: Option<u32>,
+    /// Whether the outcome programs are attached (each rule's `outcomes` are counted).
+    pub outcome_tracking: bool,
     pub counters: BTreeMap<&'static str, u64>,
     pub rules: Vec<RuleStatus>,
 }
@@ -74,7 +76,11 @@ pub struct RuleStatus {
     pub key: serde_json::Value,
     /// Human description: cgroup path, process name, user name.
     pub target: Option<String>,
+    /// Sockets the rule decided: upgraded (enable), kept TCP (exclude), would-upgrade (audit).
     pub hits: u64,
+    /// What became of the connections this rule upgraded (enable rules, while tracking is on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<RuleOutcomes>,
     /// cgroup rules: what the rule was made from (`{"kind": "path"|"unit"|"run"|"pod", "text": …}`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin: Option<RuleOrigin>,
@@ -82,6 +88,39 @@ pub struct RuleStatus {
     /// or `gone` (exited).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub freshness: Option<Freshness>,
+}
+
+/// [`mptcpify_common::Outcomes`] as `status --json` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RuleOutcomes {
+    /// Connections that negotiated MPTCP.
+    pub mptcp: u64,
+    /// Connections that fell back to TCP (`fallback_peer` + `fallback_client`).
+    pub fallback: u64,
+    /// As a client: the peer answered without MPTCP.
+    pub fallback_peer: u64,
+    /// As a server: the client did not offer MPTCP.
+    pub fallback_client: u64,
+    /// Extra subflows established.
+    pub subflows: u64,
+    /// Extra subflows that failed before they were established.
+    pub subflows_failed: u64,
+    /// Connections that never got established.
+    pub connect_failed: u64,
+}
+
+impl From<mptcpify_common::Outcomes> for RuleOutcomes {
+    fn from(o: mptcpify_common::Outcomes) -> Self {
+        Self {
+            mptcp: o.mptcp,
+            fallback: o.fallback(),
+            fallback_peer: o.fallback_peer,
+            fallback_client: o.fallback_client,
+            subflows: o.subflows,
+            subflows_failed: o.subflows_failed,
+            connect_failed: o.connect_failed,
+        }
+    }
 }
 
 impl RuleStatus {
@@ -99,6 +138,7 @@ pub async fn status_data() -> Result<Status> {
         link: None,
         program: None,
         monitor: None,
+        outcome_tracking: false,
         counters: Default::default(),
         rules: Vec::new(),
     };
@@ -109,7 +149,10 @@ pub async fn status_data() -> Result<Status> {
     status.link = Some(link);
     status.program = maps::program_stats(link.program_id)?;
     let st = State::open()?;
-    status.monitor = Some(st.config()?.monitor_pid).filter(|&p| p != 0);
+    let config = st.config()?;
+    status.monitor = Some(config.monitor_pid).filter(|&p| p != 0);
+    status.outcome_tracking = config.outcomes != 0;
+    let outcomes = st.outcomes()?;
     status.counters = st.counters()?.into_iter().map(|(c, v)| (c.name(), v)).collect();
     let root = Mounts::read()?.cgroup2;
     // One walk of the cgroup tree, however many rules there are.
@@ -123,6 +166,8 @@ pub async fn status_data() -> Result<Status> {
             key: serde_json::Value::Null,
             target: None,
             hits: rule.hits,
+            outcomes: (status.outcome_tracking && action == Action::Enable)
+                .then(|| outcomes.get(&key.rule_ref()).copied().unwrap_or_default().into()),
             origin: None,
             freshness: None,
         };
@@ -174,7 +219,10 @@ pub async fn status(json: bool) -> Result<()> {
         println!("no rules");
         return Ok(());
     }
-    println!("{:<8} {:<7} {:<16} {:>8}  TARGET", "ACTION", "KIND", "KEY", "HITS");
+    println!(
+        "{:<8} {:<7} {:<16} {:>8} {:>8} {:>8} {:>8}  TARGET",
+        "ACTION", "KIND", "KEY", "HITS", "MPTCP", "FALLBACK", "SUBFLOWS"
+    );
     for r in &s.rules {
         let key = match &r.key {
             serde_json::Value::String(s) => s.clone(),
@@ -193,8 +241,12 @@ pub async fn status(json: bool) -> Result<()> {
             Some(Freshness::Unknown { reason }) => target.push_str(&format!("  (not checked: {reason})")),
             _ => {}
         }
+        let [mptcp, fallback, subflows] = match &r.outcomes {
+            Some(o) => [o.mptcp, o.fallback, o.subflows].map(|n| n.to_string()),
+            None => ["-", "-", "-"].map(String::from),
+        };
         println!(
-            "{:<8} {:<7} {:<16} {:>8}  {}",
+            "{:<8} {:<7} {:<16} {:>8} {mptcp:>8} {fallback:>8} {subflows:>8}  {}",
             r.action.name(),
             r.kind,
             super::shown(&key),

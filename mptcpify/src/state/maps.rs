@@ -8,8 +8,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
 };
 use mptcpify_common::{
-    ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config, Counter, EVENTS_MAP,
-    FACTS_MAP, LoadFacts, MAX_RULES, ORIGINS_MAP, Origin, PID_RULES_MAP, PIN_DIR, Rule, RuleKind, UID_RULES_MAP,
+    ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config, Counter, EVENTS_MAP,
+    FACTS_MAP, LoadFacts, MAX_RULES, ORIGINS_MAP, OUTCOMES_MAP, Origin, Outcomes, PID_RULES_MAP, PIN_DIR, Rule,
+    RuleKind, RuleRef, UID_RULES_MAP,
 };
 
 use super::{
@@ -20,6 +21,11 @@ use super::{
 };
 
 const BPF_NOEXIST: u64 = 1;
+
+/// What `all` does; state from before audit rules has no `all_action` (0): enable.
+fn all_action(c: &Config) -> u32 {
+    if c.all_action == ACTION_AUDIT { ACTION_AUDIT } else { ACTION_ENABLE }
+}
 
 /// What the kernel says about the attached program: its size after verification and, while
 /// `kernel.bpf_stats_enabled=1`, how often it ran and for how long (the program body only, not
@@ -67,6 +73,7 @@ pub struct State {
     origins: HashMap<MapData, u64, Origin>,
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
+    outcomes: HashMap<MapData, RuleRef, Outcomes>,
     /// `None` until state pinned before layouts were numbered is adopted by its first edit.
     meta: Option<Meta>,
 }
@@ -138,6 +145,7 @@ impl State {
             origins: shaped(ORIGINS_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
             counters: shaped(COUNTERS_MAP, |m| PerCpuArray::try_from(Map::PerCpuArray(m)))?,
             config: shaped(CONFIG_MAP, |m| Array::try_from(Map::Array(m)))?,
+            outcomes: shaped(OUTCOMES_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
             meta,
         })
     }
@@ -268,6 +276,11 @@ impl State {
         Counter::ALL.iter().map(|&c| Ok((c, self.counters.get(&(c as u32), 0)?.iter().sum()))).collect()
     }
 
+    /// What became of the connections each rule upgraded, by rule.
+    pub fn outcomes(&self) -> Result<std::collections::HashMap<RuleRef, Outcomes>> {
+        self.outcomes.iter().collect::<Result<_, _>>().context("reading the outcome counters")
+    }
+
     pub fn origin(&self, cgroup: u64) -> Option<RuleOrigin> {
         self.origins.get(&cgroup, 0).ok().as_ref().and_then(RuleOrigin::from_wire)
     }
@@ -289,8 +302,8 @@ impl RuleStore for State {
             Key::Comm(c) => get(&self.comms, c),
             Key::Uid(u) => get(&self.uids, u),
             Key::All => {
-                let all = self.config()?.all;
-                Ok((all != 0).then(|| Rule { owner: all - 1, ..Default::default() }))
+                let c = self.config()?;
+                Ok((c.all != 0).then(|| Rule { owner: c.all - 1, action: all_action(&c), ..Default::default() }))
             }
         }
     }
@@ -303,6 +316,7 @@ impl RuleStore for State {
         if *key == Key::All {
             let mut config = self.config()?;
             config.all = 1 + rule.owner;
+            config.all_action = rule.action;
             return self.set_config(config);
         }
         self.adjust_counts(key, rule.action, 1, false)?;
@@ -342,10 +356,14 @@ impl RuleStore for State {
             Key::All => {
                 let mut config = self.config()?;
                 config.all = 0;
+                config.all_action = 0;
+                let _ = self.outcomes.remove(&key.rule_ref());
                 return self.set_config(config);
             }
         };
         result.with_context(|| format!("removing the rule of {key}"))?;
+        // A rule made again later starts counting afresh; a missing entry is no error.
+        let _ = self.outcomes.remove(&key.rule_ref());
         match action {
             // After the removal: killed before it, the count is one too high (a lookup more) and a
             // cached walk may name the removed rule, which then decides nothing.
@@ -360,11 +378,13 @@ impl RuleStore for State {
         all.extend(entries(&self.pids)?.into_iter().map(|(k, r)| (Key::Pid(k), r)));
         all.extend(entries(&self.comms)?.into_iter().map(|(k, r)| (Key::Comm(k), r)));
         all.extend(entries(&self.uids)?.into_iter().map(|(k, r)| (Key::Uid(k), r)));
-        let switch = self.config()?.all;
-        if switch != 0 {
-            let hits = self.counters.get(&(Counter::UpgradedByAll as u32), 0)?.iter().sum();
-            let owner = switch - 1;
-            all.push((Key::All, Rule { action: mptcpify_common::ACTION_ENABLE, owner, hits }));
+        let c = self.config()?;
+        if c.all != 0 {
+            let action = all_action(&c);
+            // The switch has no map entry to count its hits in: its counter slot does.
+            let slot = if action == ACTION_AUDIT { Counter::WouldUpgrade } else { Counter::UpgradedByAll };
+            let hits = self.counters.get(&(slot as u32), 0)?.iter().sum();
+            all.push((Key::All, Rule { action, owner: c.all - 1, hits }));
         }
         all.sort_by_key(|(k, _)| *k);
         Ok(all)

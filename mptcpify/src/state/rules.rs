@@ -4,7 +4,9 @@
 use std::fmt;
 
 use anyhow::{Result, bail};
-use mptcpify_common::{ACTION_ENABLE, ACTION_EXCLUDE, COMM_LEN, OWNER_AGENT, OWNER_CLI, Rule, RuleKind};
+use mptcpify_common::{
+    ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, COMM_LEN, OWNER_AGENT, OWNER_CLI, Rule, RuleKind, RuleRef,
+};
 
 /// What a rule matches, as the kernel program keys it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,6 +28,18 @@ impl Key {
             Key::Uid(_) => RuleKind::Uid,
             Key::All => RuleKind::All,
         }
+    }
+
+    /// How the outcome program names this rule. Command rules share one (key 0): the kernel
+    /// program keeps no name per socket.
+    pub fn rule_ref(&self) -> RuleRef {
+        let key = match *self {
+            Key::Cgroup(id) => id,
+            Key::Pid(p) => p.into(),
+            Key::Uid(u) => u.into(),
+            Key::Comm(_) | Key::All => 0,
+        };
+        RuleRef { kind: self.kind() as u32, _pad: 0, key }
     }
 
     /// `--comm NAME` as the kernel stores it; the kernel keeps 15 bytes of a command name.
@@ -96,12 +110,14 @@ impl Owner {
     }
 }
 
-/// Whether a rule upgrades or protects.
+/// Whether a rule upgrades, protects, or only counts what it would upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Enable,
     Exclude,
+    /// Sockets stay TCP; counted and reported as `would-upgrade`.
+    Audit,
 }
 
 impl Action {
@@ -109,26 +125,33 @@ impl Action {
         match self {
             Action::Enable => ACTION_ENABLE,
             Action::Exclude => ACTION_EXCLUDE,
+            Action::Audit => ACTION_AUDIT,
         }
     }
 
     pub const fn from_code(code: u32) -> Self {
-        if code == ACTION_EXCLUDE { Action::Exclude } else { Action::Enable }
+        match code {
+            ACTION_EXCLUDE => Action::Exclude,
+            ACTION_AUDIT => Action::Audit,
+            _ => Action::Enable,
+        }
     }
 
-    /// The command's name: `enable`, `exclude`.
+    /// The command's name: `enable`, `exclude`, `audit` (`enable --audit`).
     pub const fn name(self) -> &'static str {
         match self {
             Action::Enable => "enable",
             Action::Exclude => "exclude",
+            Action::Audit => "audit",
         }
     }
 
-    /// What a rule with this action did: `enabled`, `excluded`.
+    /// What a rule with this action did: `enabled`, `excluded`, `audited`.
     pub const fn done(self) -> &'static str {
         match self {
             Action::Enable => "enabled",
             Action::Exclude => "excluded",
+            Action::Audit => "audited",
         }
     }
 }
@@ -174,6 +197,7 @@ impl Outcome {
             (Outcome::Added, _) => action.done(),
             (Outcome::AlreadyPresent, Action::Enable) => "already enabled",
             (Outcome::AlreadyPresent, Action::Exclude) => "already excluded",
+            (Outcome::AlreadyPresent, Action::Audit) => "already audited",
             (Outcome::Removed, _) => "removed",
         }
     }
@@ -190,6 +214,7 @@ pub fn add_all(store: &mut impl RuleStore, keys: &[Key], action: Action) -> Resu
         match store.get(key)? {
             Some(rule) if Action::from_code(rule.action) != action => {
                 let is = Action::from_code(rule.action).done();
+                // Audit and enable of one target would each hide what the other shows.
                 bail!("{key} is {is}; `mptcpify disable` it first, then {} it", action.name());
             }
             existing => present.push(existing.is_some()),

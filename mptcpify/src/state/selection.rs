@@ -17,19 +17,22 @@ pub struct Facts {
     pub cgroups: Vec<u64>,
 }
 
-/// `Some(Enable)` if the rules upgrade this process's new sockets, `Some(Exclude)` if an
-/// exclusion protects it, `None` if no rule applies.
+/// `Some(Enable)` if the rules upgrade this process's new sockets, `Some(Audit)` if an audit
+/// rule only counts them, `Some(Exclude)` if an exclusion protects it, `None` if no rule applies.
 pub fn decide(rules: &HashMap<Key, Rule>, f: &Facts) -> Option<Action> {
+    decider(rules, f).map(|(_, action)| action)
+}
+
+/// The rule that decides this process's new sockets, and what it does; in the program's order:
+/// any exclusion, else the first of pid, uid, comm, the highest cgroup ancestor, `all`.
+pub fn decider(rules: &HashMap<Key, Rule>, f: &Facts) -> Option<(Key, Action)> {
     let mut keys = vec![Key::Pid(f.pid), Key::Uid(f.uid), Key::Comm(f.comm)];
-    keys.extend(f.cgroups.iter().map(|&id| Key::Cgroup(id)));
-    let actions: Vec<Action> = keys.iter().filter_map(|k| rules.get(k)).map(|r| Action::from_code(r.action)).collect();
-    if actions.contains(&Action::Exclude) {
-        Some(Action::Exclude)
-    } else if !actions.is_empty() || rules.contains_key(&Key::All) {
-        Some(Action::Enable)
-    } else {
-        None
-    }
+    // `cgroups` runs from the process's own cgroup up to the root.
+    keys.extend(f.cgroups.iter().rev().map(|&id| Key::Cgroup(id)));
+    keys.push(Key::All);
+    let matched: Vec<(Key, Action)> =
+        keys.into_iter().filter_map(|k| rules.get(&k).map(|r| (k, Action::from_code(r.action)))).collect();
+    matched.iter().find(|(_, a)| *a == Action::Exclude).or(matched.first()).copied()
 }
 
 /// Facts of a live process, from /proc; `None` if it is gone or unreadable.
