@@ -6,6 +6,8 @@
 //! - [`bpf`]: everything that talks BPF to the kernel (the only `unsafe`, in [`bpf::sys`]);
 //! - [`state`]: the pinned state, its lock, the rules and the user-space model of the decision;
 //! - [`host`]: what selectors name on this host (cgroups, units, processes, users, mounts);
+//! - [`paths`]: MPTCP endpoints, limits and routing per network namespace;
+//! - [`connections`]: the live connections of selected workloads, from socket diagnostics;
 //! - [`commands`]: one module per CLI command, thin over the layers above;
 //! - [`agent`]: the daemon that keeps a declarative policy (and pods) in force.
 #![deny(unsafe_code)]
@@ -13,6 +15,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod commands;
+pub mod connections;
 pub mod host;
 pub mod paths;
 pub mod state;

@@ -14,8 +14,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use crate::{kernels, modules::ModuleDeps};
 
 /// Modules loaded in the guest before the command: virtio-fs and overlayfs for the root, veth
-/// and qdiscs for network tests, sctp for the "other protocol stays untouched" test.
-const GUEST_MODULES: &[&str] = &["virtio_pci", "virtiofs", "overlay", "veth", "sch_tbf", "sch_netem", "sctp"];
+/// and qdiscs for network tests, sctp for the "other protocol stays untouched" test, the socket
+/// diagnostics `connections` reads (a host's kernel loads them on demand; the guest cannot).
+const GUEST_MODULES: &[&str] =
+    &["virtio_pci", "virtiofs", "overlay", "veth", "sch_tbf", "sch_netem", "sctp", "tcp_diag", "mptcp_diag"];
 
 /// C virtiofsd shipped with QEMU 7.2 (qemu-system-common); the 6.12 kernel has no 9p.
 const VIRTIOFSD: &str = "/usr/lib/qemu/virtiofsd";

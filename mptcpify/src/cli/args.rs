@@ -32,8 +32,13 @@ pub enum Command {
     /// Run CMD in a new cgroup that is enabled before CMD starts, so CMD and all its children
     /// get MPTCP sockets; remove the rule and cgroup when they have all exited.
     Run(RunArgs),
-    /// Stream upgrade decisions live (time, pid, command, cgroup, family, rule).
+    /// Stream upgrade decisions and connection outcomes live (time, pid, command, cgroup,
+    /// family, rule; MPTCP or fallback, subflows).
     Monitor(JsonArgs),
+    /// Show the live MPTCP connections of the upgraded processes (or of those the selectors
+    /// name), in every network namespace they are in: process, rule, addresses, state, MPTCP or
+    /// fell back, each subflow with its interface, bytes sent and received.
+    Connections(ConnectionsArgs),
     /// Check everything mptcpify needs and say how to fix what is missing.
     Doctor(JsonArgs),
     /// Show the paths of a network namespace (addresses, MPTCP endpoints and who made them,
@@ -74,6 +79,14 @@ pub struct EnableArgs {
     /// Log level of the kernel program's aya-log output, fixed when it is first loaded.
     #[arg(long, value_parser = log_level(), default_value = "off")]
     pub log_level: LogLevel,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectionsArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,7 @@ pub async fn dispatch(command: Command) -> Result<i32> {
         Command::Sync => commands::sync::sync().await.map(done),
         Command::Run(a) => commands::run::run(a.user.as_deref(), &a.command).await,
         Command::Monitor(a) => commands::monitor::monitor(a.json).await.map(done),
+        Command::Connections(a) => commands::connections::show(&a.targets.selectors(false)?, a.json).await.map(done),
         Command::Doctor(a) => commands::doctor::doctor(a.json).await,
         Command::Paths(a) => {
             let netns = commands::paths::netns(a.netns.as_deref())?;

@@ -1,4 +1,5 @@
-//! `mptcpify monitor`: live upgrade decisions from the program's ring buffer. The program writes
+//! `mptcpify monitor`: live upgrade decisions and connection outcomes from the program's ring
+//! buffer. The program writes
 //! events only while `Config::monitor_pid` names a listener, so an unwatched system pays
 //! nothing but one compare.
 use std::{collections::HashMap, io::Write as _, path::PathBuf};
@@ -30,7 +31,9 @@ pub struct Decided {
     pub cgroup_id: u64,
     pub cgroup: Option<String>,
     pub family: &'static str,
-    /// `upgraded`, `excluded`, `kept-tcp-mptcp-disabled` (`unknown` from a newer program).
+    /// Decisions (in the process, at `socket()`): `upgraded`, `excluded`, `kept-tcp-mptcp-disabled`,
+    /// `would-upgrade`. Outcomes (in the network stack, pid 0): `mptcp`, `fallback-peer`,
+    /// `fallback-client`, `subflow`, `subflow-failed`. `unknown` from a newer program.
     #[serde(serialize_with = "decision_name")]
     pub decision: Option<Decision>,
     /// The kind of rule that decided (`unknown` from a newer program).
@@ -38,6 +41,9 @@ pub struct Decided {
     pub rule: Option<RuleKind>,
     /// The rule's key: cgroup id, pid or uid (0 for comm and all).
     pub rule_key: u64,
+    /// Outcomes: the connection's local and remote port (0 for decisions).
+    pub local_port: u16,
+    pub remote_port: u16,
 }
 
 fn decision_name<S: serde::Serializer>(d: &Option<Decision>, s: S) -> Result<S::Ok, S::Error> {
@@ -49,6 +55,34 @@ fn kind_name<S: serde::Serializer>(k: &Option<RuleKind>, s: S) -> Result<S::Ok, 
 }
 
 impl Decided {
+    /// One line of the table `monitor` prints.
+    fn line(&self) -> String {
+        let decision = self.decision.map_or("unknown", Decision::name);
+        if self.pid == 0 {
+            // An outcome: no process, the connection's ports instead of a cgroup.
+            let ports = format!("port {} -> {}", self.local_port, self.remote_port);
+            return format!(
+                "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {ports}",
+                clock_time(self.time),
+                "-",
+                "-",
+                self.family,
+                decision,
+                self.rule_text()
+            );
+        }
+        format!(
+            "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}",
+            clock_time(self.time),
+            self.pid,
+            super::shown(&self.comm),
+            self.family,
+            decision,
+            self.rule_text(),
+            super::shown(self.cgroup.as_deref().unwrap_or("?"))
+        )
+    }
+
     /// The deciding rule as a human reads it: `cgroup 27`, `pid 4242`, `comm`, `all`.
     fn rule_text(&self) -> String {
         match self.rule {
@@ -143,6 +177,8 @@ pub fn decode(bytes: &[u8], boot_to_unix: f64, cgroup_path: &mut impl FnMut(u64)
         decision: Decision::from_u8(e.decision),
         rule: RuleKind::from_u8(e.rule_kind),
         rule_key: e.rule_key,
+        local_port: e.local_port,
+        remote_port: e.remote_port,
     })
 }
 
@@ -165,7 +201,7 @@ pub async fn monitor(json: bool) -> Result<()> {
     let mut fd = sys::async_fd(ring)?;
     let mut term = signal(SignalKind::terminate())?;
     if !json {
-        println!("{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} CGROUP", "TIME", "PID", "COMM", "FAMILY", "DECISION", "RULE");
+        println!("{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} CGROUP", "TIME", "PID", "COMM", "FAMILY", "EVENT", "RULE");
     }
     loop {
         tokio::select! {
@@ -180,9 +216,7 @@ pub async fn monitor(json: bool) -> Result<()> {
                     if json {
                         writeln!(out, "{}", serde_json::to_string(&d)?)?;
                     } else {
-                        let decision = d.decision.map_or("unknown", Decision::name);
-                        writeln!(out, "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}", clock_time(d.time), d.pid, super::shown(&d.comm), d.family,
-                            decision, d.rule_text(), super::shown(d.cgroup.as_deref().unwrap_or("?")))?;
+                        writeln!(out, "{}", d.line())?;
                     }
                 }
                 out.flush()?;
