@@ -30,10 +30,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use mptcpify_common::{
-    ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH, COMM_LEN,
-    COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, IPPROTO_MPTCP, IPPROTO_TCP,
-    LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes, Rule, RuleKind, RuleRef, SOCK_STREAM,
-    SOCK_TYPE_MASK,
+    ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH,
+    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, IPPROTO_MPTCP,
+    IPPROTO_TCP, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes, Rule, RuleKind, RuleRef,
+    SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]

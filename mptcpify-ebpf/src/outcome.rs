@@ -24,9 +24,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{FEntryContext, SockOpsContext},
 };
-use mptcpify_common::{
-    Decision, Outcomes, PENDING_ENTRIES, RuleKind, RuleRef, TRACKED_LISTENERS, TRACKED_SOCKETS,
-};
+use mptcpify_common::{Decision, Outcomes, PENDING_ENTRIES, RuleKind, RuleRef, TRACKED_LISTENERS, TRACKED_SOCKETS};
 
 use crate::{CONFIG, OUTCOMES, report_event};
 

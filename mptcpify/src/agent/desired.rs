@@ -88,6 +88,7 @@ impl Resolved {
         &mut self,
         root: &Path,
         pod: &PodCgroup,
+        action: Action,
         origin: (OriginKind, &str),
         label: &str,
     ) -> Option<(u64, String)> {
@@ -100,7 +101,7 @@ impl Resolved {
             return None;
         }
         let relative = cg.relative.clone();
-        self.want(cg, Action::Enable, origin, label).map(|id| (id, relative))
+        self.want(cg, action, origin, label).map(|id| (id, relative))
     }
 
     fn want(&mut self, cg: cgroup::Cgroup, action: Action, origin: (OriginKind, &str), label: &str) -> Option<u64> {
@@ -167,7 +168,7 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
         for candidate in cgroup_paths(&pod.cgroup_uid, pod.qos, driver) {
             // Only the first existing candidate counts; the rest are still watched.
             if cgroup.is_none() {
-                cgroup = r.pod_path(root, &candidate, (OriginKind::Pod, &pod.label()), &label);
+                cgroup = r.pod_path(root, &candidate, pod.action, (OriginKind::Pod, &pod.label()), &label);
             } else {
                 r.watch_dirs.extend(ancestors(root, &candidate.path));
             }
@@ -228,6 +229,7 @@ mod tests {
             annotation: None,
             finished: false,
             node: None,
+            action: Action::Enable,
         };
         let r = resolve(&Policy::default(), &[pod(Qos::BestEffort)], t.path()).await;
         let path = Some("/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555".to_string());
@@ -268,6 +270,7 @@ mod tests {
             annotation: Some("true".into()),
             finished: false,
             node: None,
+            action: Action::Enable,
         };
         let hostile = ["/../..", "/../../system.slice", "/..", "/", "/../burstable", "/../kubepods-burstable.slice"];
         for driver in ["auto", "systemd", "cgroupfs"] {

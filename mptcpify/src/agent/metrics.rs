@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::{Response, StatusCode, body::Bytes};
-use mptcpify_common::{Counter, RuleKind};
+use mptcpify_common::{Counter, Outcomes, RuleKind};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -14,10 +14,16 @@ use prometheus_client::{
 };
 
 use super::desired::PodCoverage;
-use crate::state::{
-    maps::State,
-    pins,
-    rules::{Action, Key, Owner, RuleStore as _, comm_str},
+use crate::{
+    connections::{
+        collect::{self, Scope},
+        mib,
+    },
+    state::{
+        maps::State,
+        pins,
+        rules::{Action, Key, Owner, RuleStore as _, comm_str},
+    },
 };
 
 /// What the agent loop reports about itself; the HTTP side only reads it.
@@ -63,6 +69,8 @@ struct RuleRow {
     target: String,
     owner: Owner,
     hits: u64,
+    /// What became of its upgraded connections (enable rules, while tracking is on).
+    outcomes: Option<Outcomes>,
 }
 
 impl RuleRow {
@@ -75,6 +83,37 @@ impl RuleRow {
             Key::All => String::new(),
         }
     }
+
+    /// The labels every per-rule series carries, then `extra`.
+    fn labels(&self, extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+        let mut labels = vec![
+            ("action", self.action.name().to_owned()),
+            ("kind", self.key.kind().name().to_owned()),
+            ("key", self.key_label()),
+            ("target", self.target.clone()),
+            ("owner", self.owner.name().to_owned()),
+        ];
+        labels.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        labels
+    }
+}
+
+/// Connections by outcome and fallback reason, as the connection metrics label them.
+fn connection_rows(o: &Outcomes) -> [(&'static str, &'static str, u64); 4] {
+    [
+        ("mptcp", "", o.mptcp),
+        ("fallback", "peer", o.fallback_peer),
+        ("fallback", "client", o.fallback_client),
+        ("failed", "", o.connect_failed),
+    ]
+}
+
+/// One namespace an upgraded workload is in, with its kernel MPTCP counters.
+#[derive(Debug)]
+struct NamespaceRow {
+    netns: u64,
+    pods: String,
+    mib: std::collections::BTreeMap<String, u64>,
 }
 
 /// Everything one scrape shows, read at once.
@@ -83,32 +122,71 @@ struct Snapshot {
     health: Health,
     counters: Vec<(Counter, u64)>,
     rules: Vec<RuleRow>,
+    namespaces: Vec<NamespaceRow>,
 }
 
 fn snapshot(health: &SharedHealth) -> Snapshot {
     let health = health.lock().expect("health lock").clone();
-    let mut snap = Snapshot { health, counters: Vec::new(), rules: Vec::new() };
+    let mut snap = Snapshot { health, counters: Vec::new(), rules: Vec::new(), namespaces: Vec::new() };
     if !pins::is_loaded() {
         snap.health.attached = false;
         return snap;
     }
     let Ok(st) = State::open() else { return snap };
     snap.counters = st.counters().unwrap_or_default();
+    let tracking = st.config().is_ok_and(|c| c.outcomes != 0);
+    let outcomes = st.outcomes().unwrap_or_default();
     for (key, rule) in st.entries().unwrap_or_default() {
         let target = match key {
             Key::Cgroup(id) => st.origin(id).map(|o| o.to_string()).unwrap_or_default(),
             Key::All => "all processes".into(),
             _ => String::new(),
         };
+        let action = Action::from_code(rule.action);
         snap.rules.push(RuleRow {
-            action: Action::from_code(rule.action),
+            action,
             key,
             target,
             owner: Owner::from_code(rule.owner),
             hits: rule.hits,
+            outcomes: (tracking && action == Action::Enable)
+                .then(|| outcomes.get(&key.rule_ref()).copied().unwrap_or_default()),
         });
     }
+    snap.namespaces = namespace_rows();
     snap
+}
+
+/// The namespaces upgraded workloads are in, each with its `MPTcpExt` counters.
+fn namespace_rows() -> Vec<NamespaceRow> {
+    let Ok((namespaces, _)) = collect::workload_namespaces(&Scope::Upgraded) else { return Vec::new() };
+    namespaces
+        .iter()
+        .filter_map(|ns| {
+            let mib = mib::read(ns.pid()).ok()?;
+            Some(NamespaceRow { netns: ns.netns, pods: ns.pods().join(","), mib })
+        })
+        .collect()
+}
+
+/// When each namespace's `Blackhole` counter last rose, as this agent saw it: the kernel does
+/// not say whether it still avoids MPTCP, only that it found a blackhole, and then avoids MPTCP
+/// for `net.mptcp.blackhole_timeout` seconds (doubling each time; the first period is counted).
+static BLACKHOLES: Mutex<std::collections::BTreeMap<u64, (u64, std::time::Instant)>> =
+    Mutex::new(std::collections::BTreeMap::new());
+
+fn blackhole_active(netns: u64, count: u64) -> bool {
+    let timeout = std::fs::read_to_string("/proc/sys/net/mptcp/blackhole_timeout")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(3600u64);
+    let mut seen = BLACKHOLES.lock().expect("blackhole lock");
+    let now = std::time::Instant::now();
+    let entry = seen.entry(netns).or_insert((0, now));
+    if count > entry.0 {
+        *entry = (count, now);
+    }
+    count > 0 && now.duration_since(entry.1).as_secs() < timeout
 }
 
 type EncodeResult = Result<(), std::fmt::Error>;
@@ -126,6 +204,8 @@ impl Collector for Snapshot {
         self.encode_health(&mut e)?;
         self.encode_sockets(&mut e)?;
         self.encode_rules(&mut e)?;
+        self.encode_outcomes(&mut e)?;
+        self.encode_namespaces(&mut e)?;
         if let Some(paths) = &self.health.paths {
             encode_paths(paths, &mut e)?;
         }
@@ -210,6 +290,7 @@ impl Snapshot {
             ("upgraded", upgraded),
             (Counter::Excluded.name(), self.counter_value(Counter::Excluded)),
             (Counter::KeptTcpMptcpDisabled.name(), self.counter_value(Counter::KeptTcpMptcpDisabled)),
+            (Counter::WouldUpgrade.name(), self.counter_value(Counter::WouldUpgrade)),
         ] {
             ConstCounter::new(v).encode(m.encode_family(&[("decision", decision)])?)?;
         }
@@ -234,21 +315,80 @@ impl Snapshot {
         }
         let mut m = e.encode_descriptor(
             "mptcpify_rule_sockets",
-            "Sockets each rule decided: upgraded (enable rules) or declined (exclude rules)",
+            "Sockets each rule decided: upgraded (enable rules), declined (exclude rules) or would_upgrade (audit rules)",
             None,
             MetricType::Counter,
         )?;
         for r in &self.rules {
-            let decision = if r.action == Action::Enable { "upgraded" } else { "declined" };
-            let labels = [
-                ("action", r.action.name().to_owned()),
-                ("kind", r.key.kind().name().to_owned()),
-                ("key", r.key_label()),
-                ("target", r.target.clone()),
-                ("owner", r.owner.name().to_owned()),
-                ("decision", decision.to_owned()),
-            ];
-            ConstCounter::new(r.hits).encode(m.encode_family(&labels)?)?;
+            let decision = match r.action {
+                Action::Enable => "upgraded",
+                Action::Exclude => "declined",
+                Action::Audit => "would_upgrade",
+            };
+            ConstCounter::new(r.hits).encode(m.encode_family(&r.labels(&[("decision", decision)]))?)?;
+        }
+        Ok(())
+    }
+
+    /// What became of each enable rule's upgraded connections, and their extra subflows.
+    fn encode_outcomes(&self, e: &mut DescriptorEncoder) -> EncodeResult {
+        let tracked: Vec<(&RuleRow, &Outcomes)> =
+            self.rules.iter().filter_map(|r| r.outcomes.as_ref().map(|o| (r, o))).collect();
+        let mut m = e.encode_descriptor(
+            "mptcpify_connections",
+            "Upgraded connections by outcome: mptcp, fallback (reason peer: the peer answered without MPTCP; \
+             client: the client did not offer it), failed (never established)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (r, o) in &tracked {
+            for (outcome, reason, n) in connection_rows(o) {
+                let labels = r.labels(&[("outcome", outcome), ("reason", reason)]);
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "mptcpify_subflows",
+            "Extra subflows (MP_JOIN) of upgraded connections: established, or failed before that",
+            None,
+            MetricType::Counter,
+        )?;
+        for (r, o) in &tracked {
+            for (result, n) in [("established", o.subflows), ("failed", o.subflows_failed)] {
+                ConstCounter::new(n).encode(m.encode_family(&r.labels(&[("result", result)]))?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's MPTCP counters of each namespace holding an upgraded workload.
+    fn encode_namespaces(&self, e: &mut DescriptorEncoder) -> EncodeResult {
+        let mut m = e.encode_descriptor(
+            "mptcpify_netns_mptcp",
+            "The kernel's MPTcpExt counters (all connections) of each network namespace an upgraded workload is in",
+            None,
+            MetricType::Counter,
+        )?;
+        for ns in &self.namespaces {
+            let netns = ns.netns.to_string();
+            for name in mib::SHOWN {
+                let Some(v) = ns.mib.get(name) else { continue };
+                let labels = [("netns", netns.as_str()), ("pods", ns.pods.as_str()), ("counter", name)];
+                ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "mptcpify_blackhole_active",
+            "1 while the kernel of this namespace avoids MPTCP after finding a blackhole (its Blackhole counter rose \
+             within net.mptcp.blackhole_timeout)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for ns in &self.namespaces {
+            let active = blackhole_active(ns.netns, ns.mib.get("Blackhole").copied().unwrap_or(0));
+            let netns = ns.netns.to_string();
+            let labels = [("netns", netns.as_str()), ("pods", ns.pods.as_str())];
+            ConstGauge::new(active as i64).encode(m.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -272,11 +412,53 @@ impl Snapshot {
             None,
             MetricType::Counter,
         )?;
+        let rule_of = |p: &PodCoverage| p.cgroup.and_then(|id| self.rules.iter().find(|r| r.key == Key::Cgroup(id)));
         for p in pods {
-            let Some(id) = p.cgroup else { continue };
-            let hits = self.rules.iter().find(|r| r.key == Key::Cgroup(id)).map_or(0, |r| r.hits);
+            let Some(r) = rule_of(p).filter(|r| r.action == Action::Enable) else { continue };
             let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
-            ConstCounter::new(hits).encode(m.encode_family(&labels)?)?;
+            ConstCounter::new(r.hits).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "mptcpify_pod_sockets_would_upgrade",
+            "Sockets each audited pod's rule would have upgraded (left TCP)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in pods {
+            let Some(r) = rule_of(p).filter(|r| r.action == Action::Audit) else { continue };
+            let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
+            ConstCounter::new(r.hits).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "mptcpify_pod_connections",
+            "Each selected pod's upgraded connections by outcome (mptcp, fallback, failed)",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in pods {
+            let Some(o) = rule_of(p).and_then(|r| r.outcomes.as_ref()) else { continue };
+            for (outcome, reason, n) in connection_rows(o) {
+                let labels = [
+                    ("namespace", p.namespace.as_str()),
+                    ("pod", p.name.as_str()),
+                    ("outcome", outcome),
+                    ("reason", reason),
+                ];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "mptcpify_pod_subflows",
+            "Each selected pod's extra subflows: established, or failed before that",
+            None,
+            MetricType::Counter,
+        )?;
+        for p in pods {
+            let Some(o) = rule_of(p).and_then(|r| r.outcomes.as_ref()) else { continue };
+            for (result, n) in [("established", o.subflows), ("failed", o.subflows_failed)] {
+                let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str()), ("result", result)];
+                ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
         }
         Ok(())
     }

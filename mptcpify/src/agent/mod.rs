@@ -439,8 +439,11 @@ impl Agent {
         for pod in c.pods.values() {
             match pod {
                 Ok(p) if p.node.as_deref() != Some(c.node.as_str()) => {}
-                Ok(p) if pods::selected(p, &c.namespaces) => selected.push(p.clone()),
-                Ok(_) => {}
+                Ok(p) => {
+                    if let Some(action) = pods::selection(p, &c.namespaces) {
+                        selected.push(pods::PodInfo { action, ..p.clone() });
+                    }
+                }
                 Err((name, reason)) => refused.push(format!("pod {name}: {reason}")),
             }
         }

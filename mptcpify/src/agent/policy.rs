@@ -22,6 +22,9 @@ struct File {
     enable: Selectors,
     #[serde(default)]
     exclude: Selectors,
+    /// Dry run: counted and reported as `would-upgrade`, left TCP.
+    #[serde(default)]
+    audit: Selectors,
     #[serde(default)]
     kubernetes: Option<KubernetesFile>,
     /// `paths auto`'s options and `auto = true` to keep them in force.
@@ -115,7 +118,7 @@ fn validated<T>(
         .collect()
 }
 
-/// The wants of one table (`[enable]` or `[exclude]`), in the file's order of kinds.
+/// The wants of one table (`[enable]`, `[exclude]` or `[audit]`), in the file's order of kinds.
 fn table(sel: &Selectors, action: Action, users: UserLookup<'_>) -> Result<Vec<Placed>, Refusal> {
     let mut wanted = validated(&sel.cgroups, action, |c| Selector::cgroup_relative(c))?;
     wanted.extend(validated(&sel.units, action, |u| Selector::unit(u))?);
@@ -186,12 +189,20 @@ impl Policy {
         })?;
         let mut wanted = table(&file.enable, Action::Enable, users).map_err(|(span, r)| err(Some(span), r))?;
         wanted.extend(table(&file.exclude, Action::Exclude, users).map_err(|(span, r)| err(Some(span), r))?);
-        // The same target in [enable] and [exclude] is a contradiction, not a preference.
+        wanted.extend(table(&file.audit, Action::Audit, users).map_err(|(span, r)| err(Some(span), r))?);
+        // The same target in two tables is a contradiction, not a preference.
         for (i, (a, span)) in wanted.iter().enumerate() {
-            if wanted[..i].iter().any(|(b, _)| b.selector == a.selector && b.action != a.action) {
+            if let Some((b, _)) = wanted[..i].iter().find(|(b, _)| b.selector == a.selector && b.action != a.action) {
                 return Err(err(
                     Some(span.clone()),
-                    format!("{} is both enabled and excluded; keep it in one of [enable] and [exclude]", a.selector),
+                    format!(
+                        "{} is both {} and {}; keep it in one of [{}] and [{}]",
+                        a.selector,
+                        b.action.done(),
+                        a.action.done(),
+                        b.action.name(),
+                        a.action.name()
+                    ),
                 ));
             }
         }
@@ -280,6 +291,7 @@ cgroup_driver = "cgroupfs"
             ("[enable]\nunits = [\"nginx\"]\n", 2, "full name"),
             ("\n\n[exclude]\nall = true\n", 4, "cannot be excluded"),
             ("[enable]\ncomms = [\"curl\"]\n[exclude]\ncomms = [\"curl\"]\n", 4, "both enabled and excluded"),
+            ("[enable]\ncomms = [\"curl\"]\n[audit]\ncomms = [\"curl\"]\n", 4, "both enabled and audited"),
             ("[enable]\ncgroup = [\"x\"]\n", 2, "unknown field `cgroup`"),
             ("[enable\n", 1, ""),
             ("[kubernetes]\ncgroup_driver = \"docker\"\n", 2, "unknown variant `docker`"),

@@ -103,11 +103,15 @@ pub fn plan(desired: &[Desired], actual: &[Actual]) -> Plan {
                 out.replace.push(*key);
                 out.add.push((*want).clone());
             }
-            Some(_) => out.conflicts.push(format!(
+            Some(a) => out.conflicts.push(format!(
                 "{} is wanted {} but a CLI rule {} it; `mptcpify disable` that rule to let the policy apply",
                 want.label,
                 want.action.done(),
-                if want.action == Action::Enable { "excludes" } else { "enables" },
+                match a.action {
+                    Action::Enable => "enables",
+                    Action::Exclude => "excludes",
+                    Action::Audit => "audits",
+                },
             )),
         }
     }

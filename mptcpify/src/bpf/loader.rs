@@ -175,8 +175,7 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
 
 /// A program's verified-ready instructions and licence.
 fn program_code<'a>(obj: &'a Object, name: &str) -> Result<(&'a [aya_obj::generated::bpf_insn], CString)> {
-    let program =
-        obj.programs.get(name).ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?;
+    let program = obj.programs.get(name).ok_or_else(|| anyhow!("program {name} missing from the embedded object"))?;
     let function = &obj.functions[&program.function_key()];
     Ok((&function.instructions, CString::new(program.license.as_bytes())?))
 }

@@ -207,7 +207,11 @@ pub fn attach_sock_ops(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Resu
     link_create(prog, Some(cgroup), bpf_attach_type::BPF_CGROUP_SOCK_OPS)
 }
 
-fn link_create(prog: BorrowedFd<'_>, target: Option<BorrowedFd<'_>>, attach_type: bpf_attach_type) -> io::Result<OwnedFd> {
+fn link_create(
+    prog: BorrowedFd<'_>,
+    target: Option<BorrowedFd<'_>>,
+    attach_type: bpf_attach_type,
+) -> io::Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_fd: target.map_or(0, |t| t.as_raw_fd() as u32),

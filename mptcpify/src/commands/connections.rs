@@ -28,7 +28,12 @@ pub async fn show(selectors: &[Selector], json: bool) -> Result<()> {
         return Ok(());
     }
     for skipped in &report.skipped {
-        eprintln!("skipped pid {} ({}): {}", skipped.pid, skipped.netns.map_or("-".into(), |n| n.to_string()), skipped.reason);
+        eprintln!(
+            "skipped pid {} ({}): {}",
+            skipped.pid,
+            skipped.netns.map_or("-".into(), |n| n.to_string()),
+            skipped.reason
+        );
     }
     if report.connections.is_empty() {
         println!("no MPTCP connections");

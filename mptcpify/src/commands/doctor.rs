@@ -126,8 +126,68 @@ pub async fn checks() -> Vec<Check> {
     {
         out.push(pinned_state_check());
         out.push(listeners_check(root));
+        out.push(outcomes_check());
     }
     out
+}
+
+/// Upgraded connections a workload needs before doctor judges its fallbacks.
+const OUTCOME_MIN_CONNECTIONS: u64 = 10;
+
+/// Workloads whose upgraded connections mostly fell back to TCP, with the likely cause.
+fn outcomes_check() -> Check {
+    let read = || -> Result<(bool, Vec<String>, u64)> {
+        let st = State::open()?;
+        let on = st.config()?.outcomes != 0;
+        let outcomes = st.outcomes()?;
+        let mut named = Vec::new();
+        let mut tracked = 0;
+        for (key, rule) in st.entries()? {
+            let Some(o) = outcomes.get(&key.rule_ref()).filter(|_| Action::from_code(rule.action) == Action::Enable)
+            else {
+                continue;
+            };
+            tracked += o.mptcp + o.fallback();
+            named.extend(mostly_fallback(&key.to_string(), o));
+        }
+        Ok((on, named, tracked))
+    };
+    match read() {
+        Err(e) => check("outcomes", Level::Warn, format!("not read: {e:#}"), None),
+        Ok((false, _, _)) => check(
+            "outcomes",
+            Level::Warn,
+            "outcome tracking is off: whether upgraded connections negotiate MPTCP is not counted",
+            Some(format!("unset {}, then `mptcpify reset` and enable again", loader::OUTCOMES_ENV)),
+        ),
+        Ok((true, named, tracked)) if named.is_empty() => check(
+            "outcomes",
+            Level::Ok,
+            format!("no workload mostly falls back to TCP ({tracked} upgraded connections counted)"),
+            None,
+        ),
+        Ok((true, named, _)) => check(
+            "outcomes",
+            Level::Warn,
+            named.join("; "),
+            Some("`mptcpify connections` shows them live; `mptcpify status` the namespace's MPTCP counters".into()),
+        ),
+    }
+}
+
+/// `label`'s connections, if most of at least [`OUTCOME_MIN_CONNECTIONS`] fell back, with why.
+fn mostly_fallback(label: &str, o: &mptcpify_common::Outcomes) -> Option<String> {
+    let total = o.mptcp + o.fallback();
+    if total < OUTCOME_MIN_CONNECTIONS || o.fallback() * 2 <= total {
+        return None;
+    }
+    let cause = if o.fallback_client > o.fallback_peer {
+        "its clients do not offer MPTCP (expected for a server whose clients are not upgraded)"
+    } else {
+        "its peers do not answer MPTCP: servers without MPTCP, a middlebox that strips the option, or the \
+         kernel sending plain SYNs after it found a blackhole (MPCapableSYNTXDisabled, Blackhole)"
+    };
+    Some(format!("{label}: {} of {total} connections fell back to TCP; likely cause: {cause}", o.fallback()))
 }
 
 /// The pinned state is of this version's layout and agrees with itself (an edit killed midway
@@ -415,6 +475,22 @@ pub async fn doctor(json: bool) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workload_is_named_only_when_most_of_enough_connections_fell_back() {
+        let o = |mptcp, fallback_peer, fallback_client| mptcpify_common::Outcomes {
+            mptcp,
+            fallback_peer,
+            fallback_client,
+            ..Default::default()
+        };
+        assert_eq!(mostly_fallback("comm curl", &o(0, 9, 0)), None, "too few to judge");
+        assert_eq!(mostly_fallback("comm curl", &o(5, 5, 0)), None, "half is not most");
+        let peer = mostly_fallback("comm curl", &o(2, 9, 0)).unwrap();
+        assert!(peer.starts_with("comm curl: 9 of 11") && peer.contains("peers do not answer MPTCP"), "{peer}");
+        let server = mostly_fallback("cgroup id 7", &o(1, 0, 20)).unwrap();
+        assert!(server.contains("clients do not offer MPTCP"), "{server}");
+    }
 
     #[test]
     fn kernel_releases_parse() {

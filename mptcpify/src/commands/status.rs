@@ -7,6 +7,10 @@ use serde::Serialize;
 
 use crate::{
     bpf::loader,
+    connections::{
+        collect::{self, Scope},
+        mib,
+    },
     host::{cgroup, mounts::Mounts, preconditions, process, resolve},
     state::{
         maps::{self, State},
@@ -64,6 +68,36 @@ pub struct Status {
     pub outcome_tracking: bool,
     pub counters: BTreeMap<&'static str, u64>,
     pub rules: Vec<RuleStatus>,
+    /// The kernel's MPTCP counters of each network namespace an upgraded process is in.
+    pub namespaces: Vec<NamespaceCounters>,
+}
+
+/// One namespace's `MPTcpExt` counters (all its connections, not only the upgraded ones).
+#[derive(Debug, Serialize)]
+pub struct NamespaceCounters {
+    pub netns: u64,
+    /// A process of it, upgraded.
+    pub pid: u32,
+    pub pods: Vec<String>,
+    pub mptcp: BTreeMap<String, u64>,
+}
+
+/// The namespaces upgraded processes are in, with their counters; one unreadable is left out.
+fn namespace_counters() -> Vec<NamespaceCounters> {
+    let Ok((namespaces, _)) = collect::workload_namespaces(&Scope::Upgraded) else { return Vec::new() };
+    namespaces
+        .iter()
+        .filter_map(|ns| {
+            let all = mib::read(ns.pid()).ok()?;
+            let mptcp = all.into_iter().filter(|(name, _)| mib::SHOWN.contains(&name.as_str())).collect();
+            Some(NamespaceCounters {
+                netns: ns.netns,
+                pid: ns.pid(),
+                pods: ns.pods().into_iter().map(String::from).collect(),
+                mptcp,
+            })
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -141,6 +175,7 @@ pub async fn status_data() -> Result<Status> {
         outcome_tracking: false,
         counters: Default::default(),
         rules: Vec::new(),
+        namespaces: Vec::new(),
     };
     if !status.loaded {
         return Ok(status);
@@ -196,6 +231,7 @@ pub async fn status_data() -> Result<Status> {
         }
         status.rules.push(r);
     }
+    status.namespaces = namespace_counters();
     Ok(status)
 }
 
@@ -253,6 +289,11 @@ pub async fn status(json: bool) -> Result<()> {
             r.hits,
             super::shown(&target)
         );
+    }
+    for ns in &s.namespaces {
+        let counters: Vec<String> = ns.mptcp.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pods = if ns.pods.is_empty() { String::new() } else { format!(" (pods {})", ns.pods.join(", ")) };
+        println!("netns {} (pid {}){}: {}", ns.netns, ns.pid, super::shown(&pods), counters.join(" "));
     }
     Ok(())
 }

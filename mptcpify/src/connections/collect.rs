@@ -56,38 +56,67 @@ pub struct Skipped {
     pub reason: String,
 }
 
-pub async fn collect(scope: &Scope) -> Result<Report> {
+/// The workloads of one network namespace.
+#[derive(Debug, Clone)]
+pub struct WorkloadNamespace {
+    /// Its inode (`/proc/PID/ns/net`).
+    pub netns: u64,
+    pub workloads: Vec<Workload>,
+}
+
+impl WorkloadNamespace {
+    /// A process in it, to read it through (`/proc/PID/net/…`, `/proc/PID/ns/net`).
+    pub fn pid(&self) -> u32 {
+        self.workloads[0].pid
+    }
+
+    /// The pods among its workloads (`namespace/name`).
+    pub fn pods(&self) -> Vec<&str> {
+        let mut pods: Vec<&str> = self.workloads.iter().filter_map(|w| w.pod.as_deref()).collect();
+        pods.sort_unstable();
+        pods.dedup();
+        pods
+    }
+}
+
+/// The workloads `scope` takes, grouped by network namespace, and those without one (exited).
+pub fn workload_namespaces(scope: &Scope) -> Result<(Vec<WorkloadNamespace>, Vec<Skipped>)> {
     let root = Mounts::read()?.cgroup2_root()?;
     let state = if pins::is_loaded() { Some(State::open()?) } else { None };
     let rules: HashMap<Key, Rule> = match &state {
         Some(st) => st.entries()?.into_iter().collect(),
         None => HashMap::new(),
     };
-    let mut report = Report { connections: Vec::new(), skipped: Vec::new() };
     let mut by_netns: BTreeMap<u64, Vec<Workload>> = BTreeMap::new();
-    let mut matched = 0usize;
+    let mut skipped = Vec::new();
     for process in procfs::process::all_processes()?.filter_map(Result::ok) {
         let pid = process.pid as u32;
         let Some(facts) = selection::facts(pid, &root) else { continue };
         let Some(workload) = workload(&facts, &rules, scope, state.as_ref(), &root) else { continue };
-        matched += 1;
         match netns_of(pid) {
             Some(netns) => by_netns.entry(netns).or_default().push(workload),
-            None => report.skipped.push(Skipped { netns: None, pid, reason: "it has no network namespace (exited)".into() }),
+            None => skipped.push(Skipped { netns: None, pid, reason: "it has no network namespace (exited)".into() }),
         }
     }
-    if matched == 0 {
+    let namespaces = by_netns.into_iter().map(|(netns, workloads)| WorkloadNamespace { netns, workloads }).collect();
+    Ok((namespaces, skipped))
+}
+
+pub async fn collect(scope: &Scope) -> Result<Report> {
+    let (namespaces, skipped) = workload_namespaces(scope)?;
+    if namespaces.is_empty() && skipped.is_empty() {
         match scope {
             Scope::Matching(_) => bail!("no running process matches the selector"),
-            Scope::Upgraded if rules.is_empty() => bail!("no rules: nothing is upgraded (`mptcpify enable …` first)"),
+            Scope::Upgraded if !pins::is_loaded() => bail!("no rules: nothing is upgraded (`mptcpify enable …` first)"),
             Scope::Upgraded => {}
         }
     }
+    let mut report = Report { connections: Vec::new(), skipped };
     let own = netns_of(std::process::id());
-    for (netns, workloads) in by_netns {
-        match read_namespace(netns, &workloads, own == Some(netns)).await {
+    for ns in namespaces {
+        match read_namespace(ns.netns, &ns.workloads, own == Some(ns.netns)).await {
             Ok(found) => report.connections.extend(found),
-            Err(e) => report.skipped.push(Skipped { netns: Some(netns), pid: workloads[0].pid, reason: format!("{e:#}") }),
+            Err(e) => report.skipped.push(Skipped { netns: Some(ns.netns), pid: ns.pid(), reason: format!("{e:#}") }),
         }
     }
     Ok(report)
@@ -162,7 +191,12 @@ async fn read_namespace(netns: u64, workloads: &[Workload], own: bool) -> Result
     let socket = if own { DiagSocket::open_here()? } else { DiagSocket::open_in(&path)? };
     let (mptcp, tcp) = (socket.dump(Protocol::Mptcp)?, socket.dump(Protocol::Tcp)?);
     let owners = owners(workloads);
-    log::debug!("netns {netns}: {} MPTCP and {} TCP sockets, {} held by workloads", mptcp.len(), tcp.len(), owners.len());
+    log::debug!(
+        "netns {netns}: {} MPTCP and {} TCP sockets, {} held by workloads",
+        mptcp.len(),
+        tcp.len(),
+        owners.len()
+    );
     // Interface names are a nicety: without them the subflows are still shown.
     let netns_file = if own { Netns::Current } else { Netns::File(path) };
     let snapshot = match Netlink::open(&netns_file).await {

@@ -3,15 +3,11 @@
 //! cgroup each socket was made in. netlink-packet-sock-diag builds the request and parses the
 //! replies; MPTCP's protocol number (262) does not fit the request's 8-bit field, so the
 //! kernel's `INET_DIAG_REQ_PROTOCOL` attribute carries it, appended here.
-use std::{
-    fs::File,
-    net::SocketAddr,
-    path::Path,
-};
+use std::{fs::File, net::SocketAddr, path::Path};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, Nla as _, NetlinkHeader, NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator,
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla as _, NlaBuffer, NlasIterator,
 };
 use netlink_packet_sock_diag::{
     SockDiagMessage,

@@ -104,12 +104,7 @@ impl Namespace<'_> {
         out
     }
 
-    fn mptcp_connection(
-        &self,
-        d: &Diag,
-        w: &Workload,
-        interface_of: &dyn Fn(&Diag) -> Option<String>,
-    ) -> Connection {
+    fn mptcp_connection(&self, d: &Diag, w: &Workload, interface_of: &dyn Fn(&Diag) -> Option<String>) -> Connection {
         let info = d.info.as_deref().and_then(MptcpInfo::parse).unwrap_or_default();
         let subflows = if info.token == 0 {
             Vec::new()

@@ -8,9 +8,9 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
 };
 use mptcpify_common::{
-    ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP, Config, Counter, EVENTS_MAP,
-    FACTS_MAP, LoadFacts, MAX_RULES, ORIGINS_MAP, OUTCOMES_MAP, Origin, Outcomes, PID_RULES_MAP, PIN_DIR, Rule,
-    RuleKind, RuleRef, UID_RULES_MAP,
+    ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, CGROUP_RULES_MAP, COMM_LEN, COMM_RULES_MAP, CONFIG_MAP, COUNTERS_MAP,
+    Config, Counter, EVENTS_MAP, FACTS_MAP, LoadFacts, MAX_RULES, ORIGINS_MAP, OUTCOMES_MAP, Origin, Outcomes,
+    PID_RULES_MAP, PIN_DIR, Rule, RuleKind, RuleRef, UID_RULES_MAP,
 };
 
 use super::{

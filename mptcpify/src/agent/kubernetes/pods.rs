@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::agent::policy::CgroupDriver;
+use crate::{agent::policy::CgroupDriver, state::rules::Action};
 
 /// The annotation (on a pod) and label (on a namespace) that select pods.
 pub const SELECT_KEY: &str = "mptcpify.io/enabled";
@@ -34,6 +34,8 @@ pub struct PodInfo {
     /// `spec.nodeName`: the watch asks the API server for this node's pods only, and the agent
     /// checks again rather than trust every server and proxy on the way to honour that.
     pub node: Option<String>,
+    /// What its selection asks for ([`selection`]): enable, or audit. Enable until selected.
+    pub action: Action,
 }
 
 /// Why a pod from the API server is not considered: what it says would not name a pod cgroup.
@@ -85,6 +87,7 @@ impl PodInfo {
             annotation: annotations.and_then(|a| a.get(SELECT_KEY)).cloned(),
             finished: matches!(status.and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed")),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+            action: Action::Enable,
         })
     }
 
@@ -121,17 +124,27 @@ fn qos_from_spec(pod: &Pod) -> Qos {
     }
 }
 
-/// Whether a pod gets MPTCP: its annotation says so, or its namespace's label does and the pod
-/// does not opt out.
-pub fn selected(pod: &PodInfo, namespace_labels: &BTreeMap<String, Option<String>>) -> bool {
+/// Whether a pod gets MPTCP (`true`: enable) or only counts what it would get (`audit`): its
+/// annotation says so, or its namespace's label does and the pod does not opt out (`false`).
+pub fn selection(pod: &PodInfo, namespace_labels: &BTreeMap<String, Option<String>>) -> Option<Action> {
     if pod.finished {
-        return false;
+        return None;
     }
-    match pod.annotation.as_deref() {
-        Some("true") => true,
-        Some("false") => false,
-        _ => namespace_labels.get(&pod.namespace).is_some_and(|l| l.as_deref() == Some("true")),
+    let value = |v: Option<&str>| match v {
+        Some("true") => Some(Some(Action::Enable)),
+        Some("audit") => Some(Some(Action::Audit)),
+        Some("false") => Some(None),
+        _ => None,
+    };
+    match value(pod.annotation.as_deref()) {
+        Some(decided) => decided,
+        None => value(namespace_labels.get(&pod.namespace).and_then(|l| l.as_deref())).flatten(),
     }
+}
+
+/// Whether [`selection`] selects the pod at all.
+pub fn selected(pod: &PodInfo, namespace_labels: &BTreeMap<String, Option<String>>) -> bool {
+    selection(pod, namespace_labels).is_some()
 }
 
 /// Where a pod's cgroup may be: a path relative to the cgroup2 root, and the kubepods root of
@@ -199,6 +212,7 @@ mod tests {
             annotation: annotation.map(Into::into),
             finished: false,
             node: Some("node-a".into()),
+            action: Action::Enable,
         }
     }
 
@@ -217,6 +231,11 @@ mod tests {
         assert!(!selected(&info(None, "other"), &ns), "only the value true selects");
         assert!(!selected(&info(None, "unknown-namespace"), &ns));
         assert!(selected(&info(Some("maybe"), "on"), &ns), "other annotation values defer to the namespace");
+        let audited: BTreeMap<_, _> = [("dry".to_owned(), Some("audit".to_owned()))].into();
+        assert_eq!(selection(&info(None, "dry"), &audited), Some(Action::Audit), "namespace label audit");
+        assert_eq!(selection(&info(Some("audit"), "off"), &audited), Some(Action::Audit), "annotation audit");
+        assert_eq!(selection(&info(Some("true"), "dry"), &audited), Some(Action::Enable), "the pod's own word wins");
+        assert_eq!(selection(&info(Some("false"), "dry"), &audited), None);
         let mut done = info(Some("true"), "on");
         done.finished = true;
         assert!(!selected(&done, &ns), "finished pods have no cgroup");
