@@ -168,9 +168,84 @@ impl TwoPaths {
         }
     }
 
+    /// One connection from the client to the server's path-1 address that stays open for
+    /// `hold_ms` after the client sent `bytes` (and waited `settle_ms` for subflows): the client
+    /// runs in `client_cg`, the server in `server_cg` (none: not selected).
+    pub fn hold(
+        &self,
+        client_cg: Option<&TestCgroup>,
+        server_cg: Option<&TestCgroup>,
+        bytes: usize,
+        settle_ms: u32,
+        hold_ms: u32,
+    ) -> Held {
+        let probe = sibling_of_test_binary("pathprobe");
+        let probe = probe.to_str().unwrap();
+        let ip_path = Path::new("/usr/sbin/ip");
+        let (bytes, settle, hold) = (bytes.to_string(), settle_ms.to_string(), hold_ms.to_string());
+        let mut server = command_in(
+            server_cg,
+            ip_path,
+            &["netns", "exec", &self.srv, probe, "serve", "0.0.0.0:5201", "hold", &bytes, &hold],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut server_lines = BufReader::new(server.stdout.take().unwrap()).lines();
+        assert_eq!(server_lines.next().unwrap().unwrap(), "ready");
+        let target = format!("{}:5201", self.srv_addr(1));
+        let mut client = command_in(
+            client_cg,
+            ip_path,
+            &["netns", "exec", &self.cli, probe, "connect", &target, "hold", &bytes, &settle, &hold],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let client_line = BufReader::new(client.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+        let server_line = server_lines.next().unwrap().unwrap();
+        Held {
+            client_proto: field(&client_line, "proto"),
+            server_proto: field(&server_line, "proto"),
+            subflows: field(&client_line, "subflows"),
+            fallback: field(&client_line, "fallback") == 1,
+            client,
+            server,
+        }
+    }
+
     fn remove(&self) {
         for ns in [&self.cli, &self.srv] {
             let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// A connection [`TwoPaths::hold`] keeps open; both ends are waited for on drop.
+pub struct Held {
+    pub client_proto: i64,
+    pub server_proto: i64,
+    pub subflows: i64,
+    pub fallback: bool,
+    pub client: std::process::Child,
+    pub server: std::process::Child,
+}
+
+impl Held {
+    /// Waits for both ends to close, successfully.
+    pub fn finish(mut self) {
+        assert!(self.client.wait().unwrap().success(), "client");
+        assert!(self.server.wait().unwrap().success(), "server");
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for child in [&mut self.client, &mut self.server] {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }

@@ -2,7 +2,10 @@
 //!   `pathprobe serve ADDR:PORT send|receive BYTES`: prints `ready`, accepts one connection,
 //!   sends or receives BYTES, prints `accepted proto=N`;
 //!   `pathprobe connect ADDR:PORT send|receive BYTES SETTLE_MS`: connects, waits SETTLE_MS for
-//!   subflows to join, moves BYTES, prints `proto=N subflows=N add_addr_accepted=N fallback=0|1`.
+//!   subflows to join, moves BYTES, prints `proto=N subflows=N add_addr_accepted=N fallback=0|1`;
+//!   with `hold` for the direction, the client sends (the server receives) BYTES, both print
+//!   their line and keep the connection open for HOLD_MS more (`serve ADDR hold BYTES HOLD_MS`,
+//!   `connect ADDR hold BYTES SETTLE_MS HOLD_MS`): a live connection to look at.
 //! Sockets are made the ordinary way (std's TcpStream: protocol 0), so only a rule upgrades them.
 use std::{
     io::{Read as _, Write as _},
@@ -61,24 +64,37 @@ fn main() {
         panic!("usage: pathprobe serve|connect ADDR:PORT send|receive BYTES [SETTLE_MS]")
     };
     let send = direction == "send";
+    let hold = direction == "hold";
     let bytes: usize = bytes.parse().expect("BYTES");
+    let hold_ms = |at: usize| -> u64 { if hold { rest.get(at).map_or(0, |s| s.parse().expect("HOLD_MS")) } else { 0 } };
     match role.as_str() {
         "serve" => {
             let listener = TcpListener::bind(addr).expect("binding");
             println!("ready");
             let (mut s, _) = listener.accept().expect("accepting");
             let proto = protocol(s.as_raw_fd());
-            transfer(&mut s, send, bytes);
+            if hold {
+                s.read_exact(&mut vec![0u8; bytes]).expect("receiving");
+            } else {
+                transfer(&mut s, send, bytes);
+            }
             println!("accepted proto={proto}");
+            std::thread::sleep(Duration::from_millis(hold_ms(0)));
         }
         "connect" => {
             let settle: u64 = rest.first().map_or(0, |s| s.parse().expect("SETTLE_MS"));
             let mut s = TcpStream::connect(addr).expect("connecting");
             std::thread::sleep(Duration::from_millis(settle));
-            transfer(&mut s, send, bytes);
+            if hold {
+                s.write_all(&vec![0x5au8; bytes]).expect("sending");
+            } else {
+                transfer(&mut s, send, bytes);
+            }
             let proto = protocol(s.as_raw_fd());
             let (subflows, accepted, flags) = mptcp_info(s.as_raw_fd()).unwrap_or((0, 0, 1));
             println!("proto={proto} subflows={subflows} add_addr_accepted={accepted} fallback={}", flags & 1);
+            std::io::stdout().flush().expect("flushing");
+            std::thread::sleep(Duration::from_millis(hold_ms(1)));
         }
         other => panic!("unknown role {other}"),
     }

@@ -8,6 +8,7 @@ mod kernel_facts;
 mod killed_edits;
 mod kubernetes;
 mod monitor;
+mod outcomes;
 mod paths;
 mod run;
 mod selectors;
