@@ -48,6 +48,11 @@ pub fn mptcpify_bin() -> PathBuf {
     std::env::var_os("MPTCPIFY_BIN").map(PathBuf::from).unwrap_or_else(|| sibling_of_test_binary("mptcpify"))
 }
 
+/// The test helper that moves bytes over one connection (`tests/src/bin/pathprobe.rs`).
+pub fn pathprobe_bin() -> PathBuf {
+    sibling_of_test_binary("pathprobe")
+}
+
 /// The probe program, dynamically linked (cargo builds it beside the integration tests).
 pub fn sockprobe_bin() -> PathBuf {
     sibling_of_test_binary("sockprobe")

@@ -179,7 +179,7 @@ impl TwoPaths {
         settle_ms: u32,
         hold_ms: u32,
     ) -> Held {
-        let probe = sibling_of_test_binary("pathprobe");
+        let probe = crate::pathprobe_bin();
         let probe = probe.to_str().unwrap();
         let ip_path = Path::new("/usr/sbin/ip");
         let (bytes, settle, hold) = (bytes.to_string(), settle_ms.to_string(), hold_ms.to_string());

@@ -280,3 +280,79 @@ fn pod_paths_are_made_inside_the_pods_namespace_and_go_with_the_pod() {
         let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
     }
 }
+
+#[test]
+fn a_pods_connections_are_counted_per_pod_and_an_audited_pod_stays_tcp() {
+    let _g = setup();
+    let ns = "mpt-podc";
+    let _ = std::process::Command::new("ip").args(["netns", "del", ns]).output();
+    for args in [&["netns", "add", ns][..], &["-n", ns, "link", "set", "lo", "up"]] {
+        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    }
+    let api = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[kubernetes]\ncgroup_driver = \"auto\"\n").unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    api.ignore_field_selectors();
+    let (web, dry) = ("0a000000-0000-4000-8000-0000000000c1", "0a000000-0000-4000-8000-0000000000c2");
+    api.put_namespace("shop", json!({}));
+    api.put_pod(pod("shop", "web", web, NODE, "Burstable", Some("true")));
+    api.put_pod(pod("shop", "dry", dry, NODE, "Burstable", Some("audit")));
+    let (web_cg, dry_cg) = (container_cgroup("Burstable", web), container_cgroup("Burstable", dry));
+    let agent = AgentProcess::start(
+        &policy,
+        &["--kubernetes"],
+        &[("NODE_NAME", NODE), ("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let enabled = |m: &str| metric(m, "mptcpify_pod_enabled{namespace=\"shop\",pod=\"web\"}") == Some(1.0);
+    assert!(wait_for(Duration::from_secs(15), || enabled(&agent.metrics()).then_some(())).is_some(), "{}", agent.log());
+
+    // A server and a client of the pod, over the pod's own loopback: both ends upgraded.
+    let probe = pathprobe_bin().display().to_string();
+    let ip = std::path::Path::new("/usr/sbin/ip");
+    let serve = ["netns", "exec", ns, &probe, "serve", "127.0.0.1:5201", "hold", "65536", "4000"];
+    let mut server = command_in(Some(&web_cg), ip, &serve).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let connect = ["netns", "exec", ns, &probe, "connect", "127.0.0.1:5201", "hold", "65536", "0", "4000"];
+    let mut client = command_in(Some(&web_cg), ip, &connect).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let said = std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap())).next().unwrap().unwrap();
+    assert!(said.starts_with("proto=262 ") && said.contains("fallback=0"), "{said}");
+    let live: serde_json::Value = serde_json::from_str(&ok(&["connections", "--json"])).unwrap();
+    let conns = live["connections"].as_array().unwrap();
+    assert_eq!(conns.len(), 2, "client and server: {live}");
+    assert!(conns.iter().all(|c| c["pod"] == "shop/web" && c["outcome"] == "mptcp"), "{live}");
+    let m = agent.metrics();
+    let netns = format!("netns=\"{}\"", conns[0]["netns"]);
+    let syns = m.lines().find(|l| {
+        l.starts_with("mptcpify_netns_mptcp_total{")
+            && l.contains(&netns)
+            && l.contains("pods=\"shop/web\"")
+            && l.contains("counter=\"MPCapableSYNTX\"")
+    });
+    assert!(syns.is_some_and(|l| l.ends_with(" 1")), "the pod's namespace, named by its pod: {m}");
+    assert!(client.wait().unwrap().success() && server.wait().unwrap().success());
+    let counted = |m: &str| {
+        metric(m, "mptcpify_pod_connections_total{namespace=\"shop\",pod=\"web\",outcome=\"mptcp\",reason=\"\"}")
+    };
+    assert_eq!(counted(&agent.metrics()), Some(2.0), "{}", agent.metrics());
+
+    // The audited pod: its socket stays TCP and is counted as what enforcing would change.
+    assert_eq!(proto_of(Some(&dry_cg), "tcp4"), IPPROTO_TCP);
+    let would = metric(&agent.metrics(), "mptcpify_pod_sockets_would_upgrade_total{namespace=\"shop\",pod=\"dry\"}");
+    assert_eq!(would, Some(1.0), "{}", agent.metrics());
+
+    drop(agent);
+    let pods: Vec<std::path::PathBuf> =
+        [&web_cg, &dry_cg].iter().map(|c| c.path.parent().unwrap().to_path_buf()).collect();
+    drop((web_cg, dry_cg));
+    for d in pods {
+        let _ = std::fs::remove_dir(d);
+    }
+    for d in ["kubepods.slice/kubepods-burstable.slice", "kubepods.slice"] {
+        let _ = std::fs::remove_dir(cgroup_root().join(d));
+    }
+    let _ = std::process::Command::new("ip").args(["netns", "del", ns]).output();
+}
