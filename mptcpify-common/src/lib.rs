@@ -366,7 +366,6 @@ impl Outcomes {
 }
 
 /// Entries of the outcome program's own maps (never pinned; they live with the program).
-pub const PENDING_ENTRIES: u32 = 4096;
 pub const TRACKED_SOCKETS: u32 = 16384;
 pub const TRACKED_LISTENERS: u32 = 4096;
 

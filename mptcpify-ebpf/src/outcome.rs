@@ -1,15 +1,18 @@
 //! What became of the sockets the hook upgraded: MPTCP, fell back, extra subflows.
 //!
 //! Three steps, each where the kernel has what it needs:
-//! 1. the hook, having upgraded a socket, notes its rule under the calling thread ([`PENDING`]);
+//! 1. the hook, having upgraded a socket, notes its rule and the calling thread in this CPU's
+//!    slot ([`PENDING`]: an array, no hashing or locks on the socket() path);
 //! 2. `fentry/mptcp_init_sock`, which every new MPTCP socket passes through in that same
 //!    thread, moves the note onto the socket, keyed by its cookie ([`SOCKETS`]);
 //! 3. a cgroup `sock_ops` program at the cgroup2 root sees each TCP subflow connect, listen and
 //!    get established, finds its MPTCP socket's note, and reads the handshake's own TCP option
 //!    (kind 30: MP_CAPABLE, MP_JOIN or none) to tell the outcome.
 //!
-//! Sockets the hook left alone never reach steps 1-2; in step 3 they cost one failed lookup per
-//! connection. Servers: an accepted subflow is a clone of its listener, without a note of its
+//! Sockets the hook left alone never reach steps 1-2; in step 3 a client's costs a look at its
+//! callback flags, a server's one failed lookup once any upgraded server listens. A socket whose
+//! creation moved to another CPU (or was preempted by another upgrade) between steps 1 and 2 is
+//! not counted: the slot then names another thread. Servers: an accepted subflow is a clone of its listener, without a note of its
 //! own, so listeners are remembered by (network namespace, port) when they start listening.
 use aya_ebpf::{
     bindings::{
@@ -21,17 +24,16 @@ use aya_ebpf::{
         generated::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_load_hdr_opt, bpf_skc_to_mptcp_sock},
     },
     macros::map,
-    maps::LruHashMap,
+    maps::{LruHashMap, PerCpuArray},
     programs::{FEntryContext, SockOpsContext},
 };
-use mptcpify_common::{Decision, Outcomes, PENDING_ENTRIES, RuleKind, RuleRef, TRACKED_LISTENERS, TRACKED_SOCKETS};
+use mptcpify_common::{Decision, Outcomes, RuleKind, RuleRef, TRACKED_LISTENERS, TRACKED_SOCKETS};
 
 use crate::{CONFIG, OUTCOMES, report_event};
 
-/// Thread (pid_tgid) -> the rule that just upgraded its `socket()` call. LRU: a note whose
-/// socket was never made (the call failed later) ages out.
+/// Per CPU: the thread whose `socket()` call was just upgraded, and by which rule.
 #[map]
-static PENDING: LruHashMap<u64, RuleRef> = LruHashMap::with_max_entries(PENDING_ENTRIES, 0);
+static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 /// MPTCP socket cookie -> its rule and how many subflows it started.
 #[map]
 static SOCKETS: LruHashMap<u64, Tag> = LruHashMap::with_max_entries(TRACKED_SOCKETS, 0);
@@ -45,6 +47,18 @@ static LISTENERS: LruHashMap<ListenerKey, RuleRef> = LruHashMap::with_max_entrie
 /// Set by the loader from the kernel's BTF: where `struct sock` keeps its cookie.
 #[unsafe(no_mangle)]
 static OFF_SK_COOKIE: aya_ebpf::Global<u32> = aya_ebpf::Global::new(0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pending {
+    /// `bpf_get_current_pid_tgid` of the upgraded call; 0 once taken.
+    thread: u64,
+    rule: RuleRef,
+}
+
+/// Set once an upgraded server listens: until then no accepted connection is looked up.
+#[unsafe(no_mangle)]
+static mut ANY_LISTENER: u64 = 0;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -78,18 +92,25 @@ const MPTCPOPT_MP_JOIN: u8 = 1;
 /// Step 1, called by the hook for a socket it upgrades.
 #[inline(always)]
 pub(crate) fn remember_upgrade(kind: RuleKind, key: u64) {
-    let rule = RuleRef { kind: kind as u32, _pad: 0, key };
-    let _ = PENDING.insert(bpf_get_current_pid_tgid(), rule, 0);
+    if let Some(slot) = PENDING.get_ptr_mut(0) {
+        let rule = RuleRef { kind: kind as u32, _pad: 0, key };
+        // SAFETY: this CPU's slot of the map; the program is not preempted mid-run.
+        unsafe { *slot = Pending { thread: bpf_get_current_pid_tgid(), rule } };
+    }
 }
 
 /// Step 2: `mptcp_init_sock(struct sock *sk)`.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "fentry/mptcp_init_sock")]
 pub fn mptcpify_tag(ctx: *mut core::ffi::c_void) -> i32 {
-    let thread = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once.
-    let Some(rule) = (unsafe { PENDING.get(thread) }).copied() else { return 0 };
-    let _ = PENDING.remove(thread);
+    let Some(slot) = PENDING.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's slot of the map; the program is not preempted mid-run.
+    let pending = unsafe { &mut *slot };
+    if pending.thread != bpf_get_current_pid_tgid() {
+        return 0;
+    }
+    pending.thread = 0;
+    let rule = pending.rule;
     let sk: *mut core::ffi::c_void = FEntryContext::new(ctx).arg(0);
     // SAFETY: `sk` is the traced function's `struct sock *` argument, typed by its BTF.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
@@ -155,7 +176,16 @@ fn on_connect(ctx: &SockOpsContext) {
     }
 }
 
+/// Whether this socket asked to hear of its state changes: only tracked subflows do.
+#[inline(always)]
+fn tracked(ctx: &SockOpsContext) -> bool {
+    ctx.cb_flags() & BPF_SOCK_OPS_STATE_CB_FLAG != 0
+}
+
 fn on_active_established(ctx: &SockOpsContext) {
+    if !tracked(ctx) {
+        return;
+    }
     let cookie = own_cookie(ctx);
     // SAFETY: the value is copied out at once.
     let Some(subflow) = (unsafe { SUBFLOWS.get(cookie) }).copied() else { return };
@@ -172,7 +202,7 @@ fn on_active_established(ctx: &SockOpsContext) {
 }
 
 fn on_state_change(ctx: &SockOpsContext) {
-    if ctx.arg(1) != TCP_CLOSE {
+    if ctx.arg(1) != TCP_CLOSE || !tracked(ctx) {
         return;
     }
     let cookie = own_cookie(ctx);
@@ -201,6 +231,8 @@ fn on_listen(ctx: &SockOpsContext) {
             // creation, is read.
             let rule = unsafe { (*tag).rule };
             let _ = LISTENERS.insert(key, rule, 0);
+            // SAFETY: a plain store to the program's own global; any value but 0 means "yes".
+            unsafe { core::ptr::write_volatile(&raw mut ANY_LISTENER, 1) };
         }
         // Someone else listens on this port now: an older entry is stale.
         None => {
@@ -210,6 +242,10 @@ fn on_listen(ctx: &SockOpsContext) {
 }
 
 fn on_passive_established(ctx: &SockOpsContext) {
+    // SAFETY: a plain load of the program's own global.
+    if unsafe { core::ptr::read_volatile(&raw const ANY_LISTENER) } == 0 {
+        return;
+    }
     // SAFETY: the value is copied out at once.
     let Some(rule) = (unsafe { LISTENERS.get(listener_key(ctx)) }).copied() else { return };
     let decision = match mptcp_option(ctx) {

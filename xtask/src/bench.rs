@@ -27,11 +27,31 @@ pub struct Size {
     iperf_rounds: usize,
     control_ops: usize,
     rules: u32,
+    /// Loopback connections per connect()+close() sample, and in one burst.
+    connections: u64,
+    burst: u64,
 }
 
-const FULL: Size =
-    Size { rounds: 15, sockets: 20_000, iperf_secs: 8, iperf_rounds: 3, control_ops: 1000, rules: 10_000 };
-const SMOKE: Size = Size { rounds: 1, sockets: 500, iperf_secs: 2, iperf_rounds: 1, control_ops: 10, rules: 100 };
+const FULL: Size = Size {
+    rounds: 15,
+    sockets: 20_000,
+    iperf_secs: 8,
+    iperf_rounds: 3,
+    control_ops: 1000,
+    rules: 10_000,
+    connections: 1000,
+    burst: 1000,
+};
+const SMOKE: Size = Size {
+    rounds: 1,
+    sockets: 500,
+    iperf_secs: 2,
+    iperf_rounds: 1,
+    control_ops: 10,
+    rules: 100,
+    connections: 50,
+    burst: 50,
+};
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -170,6 +190,92 @@ fn hook_cost(env: &Env, size: Size) -> Result<Value> {
             { "name": "mptcpify selected / mptcpize", "value": ratio("selected_cgroup", "mptcpize"), "goal": null },
         ],
     }))
+}
+
+/// What outcome tracking costs: the same build loaded with tracking on and with it off
+/// (`MPTCPIFY_OUTCOMES=off`), alternating per round, on loopback connections of a selected
+/// process (both ends upgraded) and on the socket() path of an unselected one.
+fn outcome_cost(env: &Env, size: Size) -> Result<Value> {
+    for cg in ["mptcpify-bench/sel", "mptcpify-bench/other"] {
+        std::fs::create_dir_all(env.cg_root.join(cg))?;
+    }
+    let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut tracked = 0u64;
+    for round in 0..size.rounds {
+        eprintln!("bench: outcome tracking, round {}/{}", round + 1, size.rounds);
+        let order = if round % 2 == 0 { ["off", "on"] } else { ["on", "off"] };
+        for tracking in order {
+            env.mptcpify("reset >/dev/null")?;
+            let switch = if tracking == "off" { "MPTCPIFY_OUTCOMES=off " } else { "" };
+            sh(&format!("{switch}{} enable --cgroup mptcpify-bench/sel >/dev/null", env.mptcpify))?;
+            let mut record = |what: &str, (ns, proto): (f64, i64), want: i64| -> Result<()> {
+                if proto != want {
+                    bail!("{what} with tracking {tracking}: protocol {proto}, expected {want}");
+                }
+                samples.entry(format!("{what}_{tracking}")).or_default().push(ns);
+                Ok(())
+            };
+            record("unselected_socket", env.sockbench("mptcpify-bench/other", size.sockets, "", "")?, 6)?;
+            record("connect", env.sockbench("mptcpify-bench/sel", size.connections, "connect", "")?, 262)?;
+            record("burst", env.sockbench("mptcpify-bench/sel", size.burst, "burst", "")?, 262)?;
+            record("unselected_connect", env.sockbench("mptcpify-bench/other", size.connections, "connect", "")?, 6)?;
+            if tracking == "on" {
+                let status: Value = serde_json::from_str(&env.mptcpify("status --json")?)?;
+                tracked += status["rules"][0]["outcomes"]["mptcp"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    env.mptcpify("reset >/dev/null")?;
+    let ratio = |a: &str, b: &str| {
+        let mut per_round: Vec<f64> = samples[a].iter().zip(&samples[b]).map(|(x, y)| x / y).collect();
+        median(&mut per_round)
+    };
+    let med: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (k.as_str(), median(&mut v.clone()))).collect();
+    Ok(json!({
+        "rounds": size.rounds,
+        "connections_per_sample": size.connections,
+        "burst": size.burst,
+        "sockets_per_sample": size.sockets,
+        "median_ns": med,
+        "mptcp_outcomes_counted": tracked,
+        "ratios": [
+            { "name": "connect()+close() rate, tracking on / off (selected, both ends MPTCP)", "value": ratio("connect_off", "connect_on"), "goal": 0.98, "higher_is_better": true },
+            { "name": "burst of connections, rate with tracking on / off", "value": ratio("burst_off", "burst_on"), "goal": 0.98, "higher_is_better": true },
+            { "name": "unselected socket()+close() time, tracking on / off", "value": ratio("unselected_socket_on", "unselected_socket_off"), "goal": 1.005, "higher_is_better": false },
+            { "name": "unselected connect()+close() (TCP) rate, tracking on / off", "value": ratio("unselected_connect_off", "unselected_connect_on"), "goal": null, "higher_is_better": true },
+        ],
+    }))
+}
+
+fn outcome_markdown(r: &Value) -> String {
+    let o = &r["outcome_cost"];
+    let mut md = format!(
+        "
+## 4. Outcome tracking
+
+The same build loaded with outcome tracking on and off (`MPTCPIFY_OUTCOMES=off`), \
+         alternating per round, {} rounds; each ratio is the median of the per-round ratios. Loopback connections \
+         through std's TcpStream (both ends in the selected cgroup, so both upgraded), {} per connect()+close() \
+         sample, bursts of {} connections opened together then closed; {} socket()+close() per unselected sample. \
+         {} MPTCP outcomes were counted while on (the programs ran).\n\n| measure | value | goal |\n|---|---:|---|\n",
+        o["rounds"], o["connections_per_sample"], o["burst"], o["sockets_per_sample"], o["mptcp_outcomes_counted"]
+    );
+    for row in o["ratios"].as_array().into_iter().flatten() {
+        let value = row["value"].as_f64().unwrap_or(f64::NAN);
+        let higher = row["higher_is_better"].as_bool().unwrap_or(true);
+        let goal = goal_mark(value, &row["goal"], higher);
+        let goal = if goal.is_empty() {
+            "(shown)".to_owned()
+        } else {
+            format!("{} {goal}", if higher { "≥" } else { "≤" })
+        };
+        md.push_str(&format!("| {} | {} | {goal} |\n", row["name"].as_str().unwrap_or("?"), three(&row["value"])));
+    }
+    md.push_str("\n| configuration | median ns |\n|---|---:|\n");
+    for (k, v) in o["median_ns"].as_object().into_iter().flatten() {
+        md.push_str(&format!("| {k} | {:.0} |\n", v.as_f64().unwrap_or(f64::NAN)));
+    }
+    md
 }
 
 /// The program's own run time per call (`kernel.bpf_stats_enabled`, which times the program body
@@ -476,6 +582,9 @@ pub fn in_vm(out: &Path, smoke: bool) -> Result<()> {
     if sections.control {
         result["control_plane"] = control_plane(&env, size)?;
     }
+    if sections.outcomes {
+        result["outcome_cost"] = outcome_cost(&env, size)?;
+    }
     result["seconds"] = json!(started.elapsed().as_secs());
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&result)?)?;
     Ok(())
@@ -491,6 +600,7 @@ struct Sections {
     unequal: bool,
     failover: bool,
     control: bool,
+    outcomes: bool,
 }
 
 impl Sections {
@@ -503,6 +613,7 @@ impl Sections {
             unequal: paths || on("unequal"),
             failover: paths || on("failover"),
             control: on("control"),
+            outcomes: on("outcomes"),
         }
     }
 
@@ -548,6 +659,7 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         ("hook_cost", hook_markdown as fn(&Value) -> String),
         ("throughput", throughput_markdown),
         ("control_plane", control_markdown),
+        ("outcome_cost", outcome_markdown),
     ] {
         if !r[key].is_null() {
             md.push_str(&section(r));
@@ -696,12 +808,27 @@ pub fn write_reports(out: &Path, smoke: bool) -> Result<()> {
     let md =
         markdown(&results, &format!("{cpu}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get())));
     std::fs::write(out.join("results.md"), &md)?;
-    let partial = results["hook_cost"].is_null() || results["control_plane"].is_null();
+    let measured: Vec<&str> = SECTION_HEADINGS
+        .iter()
+        .filter(|(keys, _)| keys.iter().any(|k| !results[*k].is_null()))
+        .map(|(_, h)| *h)
+        .collect();
+    let partial = measured.len() < 4;
     if !smoke && partial {
-        // Only the paths section was measured: the other sections stay as their last full run wrote them.
+        // The sections not measured stay as their last full run wrote them.
         let path = workspace_root().join("BENCHMARKS.md");
-        let doc = std::fs::read_to_string(&path)?;
-        let doc = splice_section(&doc, &md, "## 2. ").ok_or_else(|| anyhow!("BENCHMARKS.md has no section 2"))?;
+        let mut doc = std::fs::read_to_string(&path)?;
+        for heading in measured {
+            doc = match splice_section(&doc, &md, heading) {
+                Some(d) => d,
+                None => {
+                    let start = md.find(heading).ok_or_else(|| anyhow!("the report has no {heading}"))?;
+                    let end =
+                        md[start + heading.len()..].find("\n## ").map_or(md.len(), |e| start + heading.len() + e + 1);
+                    format!("{}\n{}", doc.trim_end(), &md[start..end])
+                }
+            };
+        }
         std::fs::write(path, doc)?;
     } else if !smoke {
         let doc = format!(
@@ -716,6 +843,14 @@ pub fn write_reports(out: &Path, smoke: bool) -> Result<()> {
     println!("{md}");
     Ok(())
 }
+
+/// Each section's results and its heading in BENCHMARKS.md.
+const SECTION_HEADINGS: [(&[&str], &str); 4] = [
+    (&["hook_cost"], "## 1. "),
+    (&["throughput", "unequal_paths", "failover"], "## 2. "),
+    (&["control_plane"], "## 3. "),
+    (&["outcome_cost"], "## 4. "),
+];
 
 /// Host side: build, boot the VM, measure, write `target/bench/`. The full run measures release
 /// builds; the smoke run (CI) reuses the test build.
@@ -765,12 +900,12 @@ mod tests {
 
     #[test]
     fn sections_are_all_by_default_or_those_listed() {
-        let all = Sections { hook: true, equal: true, unequal: true, failover: true, control: true };
+        let all = Sections { hook: true, equal: true, unequal: true, failover: true, control: true, outcomes: true };
         assert_eq!(Sections::parse(None), all);
-        let paths = Sections { hook: false, control: false, ..all };
+        let paths = Sections { hook: false, control: false, outcomes: false, ..all };
         assert_eq!(Sections::parse(Some("paths")), paths);
         assert_eq!(Sections::parse(Some("failover")), Sections { equal: false, unequal: false, ..paths });
-        let both = Sections { equal: false, unequal: false, failover: false, ..all };
+        let both = Sections { equal: false, unequal: false, failover: false, outcomes: false, ..all };
         assert_eq!(Sections::parse(Some("hook, control")), both);
     }
 

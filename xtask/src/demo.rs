@@ -45,6 +45,7 @@ c.sendall(b"x" * (8 << 20))
 c.recv(16); c.close()' &
 SRV=$!
 sleep 1
+rm -f /run/mptcpify-demo-held
 in_cg ip netns exec demo-cli python3 -c '
 import socket, time
 s = socket.create_connection(("10.77.1.2", 5201))
@@ -56,16 +57,23 @@ while n < 8 << 20:
     n += len(d)
 info = s.getsockopt(284, 1, 256)      # SOL_MPTCP, MPTCP_INFO
 flags = int.from_bytes(info[8:12], "little")
-s.sendall(b"bye")
 print("   client: protocol", s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
-      "| extra subflows", info[0], "| fallback to TCP:", bool(flags & 1), "| received", n, "bytes")'
+      "| extra subflows", info[0], "| fallback to TCP:", bool(flags & 1), "| received", n, "bytes", flush=True)
+open("/run/mptcpify-demo-held", "w").close()
+time.sleep(3)                         # held open for `mptcpify connections`
+s.sendall(b"bye")' &
+CLI=$!
+while [ ! -e /run/mptcpify-demo-held ]; do sleep 0.1; done
+say "mptcpify connections (while the client holds its connection)"
+"$M" connections | sed 's/^/   /'
+wait $CLI
 wait $SRV
 for d in c1 c2; do
   echo "   bytes received over $d: $(ip netns exec demo-cli cat /sys/class/net/$d/statistics/rx_bytes)"
 done
 say "kernel MPTCP counters in the client namespace"
 ip netns exec demo-cli nstat -az | grep -E 'MPTcpExt(MPCapableSYNACKRX|MPJoinSynAckRx|AddAddr) ' | sed 's/^/   /'
-say "mptcpify status"
+say "mptcpify status: what became of the upgraded connections, per rule"
 "$M" status
 "#;
 

@@ -66,10 +66,20 @@ pub struct Status {
     pub monitor: Option<u32>,
     /// Whether the outcome programs are attached (each rule's `outcomes` are counted).
     pub outcome_tracking: bool,
+    /// The outcome programs' sizes and run statistics: the tagging fentry program and the
+    /// sock_ops program, when attached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome_programs: Option<OutcomePrograms>,
     pub counters: BTreeMap<&'static str, u64>,
     pub rules: Vec<RuleStatus>,
     /// The kernel's MPTCP counters of each network namespace an upgraded process is in.
     pub namespaces: Vec<NamespaceCounters>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutcomePrograms {
+    pub tag: Option<maps::ProgramStats>,
+    pub sock_ops: Option<maps::ProgramStats>,
 }
 
 /// One namespace's `MPTcpExt` counters (all its connections, not only the upgraded ones).
@@ -173,6 +183,7 @@ pub async fn status_data() -> Result<Status> {
         program: None,
         monitor: None,
         outcome_tracking: false,
+        outcome_programs: None,
         counters: Default::default(),
         rules: Vec::new(),
         namespaces: Vec::new(),
@@ -183,6 +194,12 @@ pub async fn status_data() -> Result<Status> {
     let link = pins::link_ids()?;
     status.link = Some(link);
     status.program = maps::program_stats(link.program_id)?;
+    if let Some([tag, sock_ops]) = pins::outcome_link_ids() {
+        status.outcome_programs = Some(OutcomePrograms {
+            tag: maps::program_stats(tag.program_id)?,
+            sock_ops: maps::program_stats(sock_ops.program_id)?,
+        });
+    }
     let st = State::open()?;
     let config = st.config()?;
     status.monitor = Some(config.monitor_pid).filter(|&p| p != 0);

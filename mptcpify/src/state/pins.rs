@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, PinnedLink};
-pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, PIN_DIR};
+pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, OUTCOME_LINK_PIN, PIN_DIR, TAG_LINK_PIN};
 
 /// Serialises edits between concurrent invocations (an flock on the bpffs directory, or on the
 /// directory of another kind of state).
@@ -99,7 +99,16 @@ pub struct LinkIds {
 }
 
 pub fn link_ids() -> Result<LinkIds> {
-    let pinned = PinnedLink::from_pin(Path::new(PIN_DIR).join(LINK_PIN))?;
+    pinned_link_ids(LINK_PIN)
+}
+
+/// The ids of the outcome programs' links (tag, sock_ops), when they are attached.
+pub fn outcome_link_ids() -> Option<[LinkIds; 2]> {
+    Some([pinned_link_ids(TAG_LINK_PIN).ok()?, pinned_link_ids(OUTCOME_LINK_PIN).ok()?])
+}
+
+fn pinned_link_ids(pin: &str) -> Result<LinkIds> {
+    let pinned = PinnedLink::from_pin(Path::new(PIN_DIR).join(pin))?;
     let info = FdLink::from(pinned).info()?;
     Ok(LinkIds { link_id: info.id(), program_id: info.program_id() })
 }

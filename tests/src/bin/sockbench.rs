@@ -4,10 +4,23 @@
 //! `empty-hook` (root) first attaches an fmod_ret program that only returns 0, to measure the
 //! kernel's trampoline alone. Prints nanoseconds per socket()+close() (after an untimed tenth as
 //! warm-up) and the protocol of the last socket.
+//! `connect` times N connect()+close() to a listener of its own on 127.0.0.1 (accepted and
+//! closed by a thread); `burst` opens N connections to it at once, then closes them all. Both
+//! print nanoseconds per connection and the protocol of the last client socket.
+use std::{
+    net::{TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+};
+
 fn main() {
     let mut args = std::env::args().skip(1);
-    let n: u64 = args.next().and_then(|a| a.parse().ok()).expect("usage: sockbench N [mptcp|empty-hook]");
+    let n: u64 = args.next().and_then(|a| a.parse().ok()).expect("usage: sockbench N [mptcp|empty-hook|connect|burst]");
     let mode = args.next();
+    if let Some(m @ ("connect" | "burst")) = mode.as_deref() {
+        let (ns, proto) = connections(n, m == "burst");
+        println!("{ns:.1} {proto}");
+        return;
+    }
     let proto = if mode.as_deref() == Some("mptcp") { 262 } else { 0 };
     let _link = (mode.as_deref() == Some("empty-hook"))
         .then(|| mptcpify::bpf::loader::attach_empty_program().unwrap_or_else(|e| panic!("{e:#}")));
@@ -38,4 +51,45 @@ fn socket_close_loop(n: u64, proto: i32) -> i32 {
         }
     }
     last
+}
+
+/// ns per connection over loopback, and the protocol of the last client socket. Sockets come
+/// from std (protocol 0), so only a rule upgrades them; the listener is made the same way.
+fn connections(n: u64, burst: bool) -> (f64, i32) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Accepted and closed at once, so a burst never waits on a full backlog.
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let connect = || TcpStream::connect(addr).expect("connecting");
+    let warm_up: Vec<TcpStream> = (0..n / 10).map(|_| connect()).collect();
+    drop(warm_up);
+    let start = std::time::Instant::now();
+    let last = if burst {
+        let all: Vec<TcpStream> = (0..n).map(|_| connect()).collect();
+        let last = protocol(all.last().expect("n > 0"));
+        drop(all);
+        last
+    } else {
+        let mut last = -1;
+        for i in 0..n {
+            let s = connect();
+            if i + 1 == n {
+                last = protocol(&s);
+            }
+        }
+        last
+    };
+    (start.elapsed().as_nanos() as f64 / n as f64, last)
+}
+
+fn protocol(s: &TcpStream) -> i32 {
+    let mut v: i32 = -1;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: v and len are valid for the kernel to write; the fd is open for the call.
+    unsafe { libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PROTOCOL, (&raw mut v).cast(), &mut len) };
+    v
 }
