@@ -406,28 +406,21 @@ impl Snapshot {
             let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
             ConstGauge::new(p.cgroup.is_some() as i64).encode(m.encode_family(&labels)?)?;
         }
-        let mut m = e.encode_descriptor(
-            "mptcpify_pod_sockets_upgraded",
-            "Sockets upgraded by each selected pod's cgroup rule",
-            None,
-            MetricType::Counter,
-        )?;
         let rule_of = |p: &PodCoverage| p.cgroup.and_then(|id| self.rules.iter().find(|r| r.key == Key::Cgroup(id)));
-        for p in pods {
-            let Some(r) = rule_of(p).filter(|r| r.action == Action::Enable) else { continue };
-            let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
-            ConstCounter::new(r.hits).encode(m.encode_family(&labels)?)?;
-        }
-        let mut m = e.encode_descriptor(
-            "mptcpify_pod_sockets_would_upgrade",
-            "Sockets each audited pod's rule would have upgraded (left TCP)",
-            None,
-            MetricType::Counter,
-        )?;
-        for p in pods {
-            let Some(r) = rule_of(p).filter(|r| r.action == Action::Audit) else { continue };
-            let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
-            ConstCounter::new(r.hits).encode(m.encode_family(&labels)?)?;
+        for (name, help, action) in [
+            ("mptcpify_pod_sockets_upgraded", "Sockets upgraded by each selected pod's cgroup rule", Action::Enable),
+            (
+                "mptcpify_pod_sockets_would_upgrade",
+                "Sockets each audited pod's rule would have upgraded (left TCP)",
+                Action::Audit,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for p in pods {
+                let Some(r) = rule_of(p).filter(|r| r.action == action) else { continue };
+                let labels = [("namespace", p.namespace.as_str()), ("pod", p.name.as_str())];
+                ConstCounter::new(r.hits).encode(m.encode_family(&labels)?)?;
+            }
         }
         let mut m = e.encode_descriptor(
             "mptcpify_pod_connections",

@@ -237,3 +237,27 @@ fn connections_says_when_nothing_matches_and_skips_a_process_gone_from_its_names
     assert!(skipped[0]["reason"].as_str().unwrap().contains("no network namespace"), "{report}");
     let _ = zombie.wait();
 }
+
+#[test]
+fn the_agents_audit_table_makes_audit_rules_that_leave_sockets_tcp_and_export_what_they_would_change() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-audit-policy");
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, format!("[audit]\ncgroups = [\"{}\"]\n", cg.relative)).unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    let rule = rule_of(&cg);
+    assert_eq!((rule["action"].as_str(), rule["owner"].as_str()), (Some("audit"), Some("agent")), "{rule}");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP, "audited: left TCP");
+    let key = format!("key=\"{}\"", rule["key"]);
+    let m = agent.metrics();
+    let would = series(&m, "mptcpify_rule_sockets_total", &[&key, "decision=\"would_upgrade\""]);
+    assert_eq!(would, Some(1.0), "{m}");
+    assert_eq!(metric(&m, "mptcpify_sockets_total{decision=\"would_upgrade\"}"), Some(1.0), "{m}");
+    // The same target in [audit] and [enable] is refused whole: the rules stay as they were.
+    replace_file(&policy, &format!("[enable]\ncgroups = [\"{0}\"]\n[audit]\ncgroups = [\"{0}\"]\n", cg.relative));
+    let refused = wait_for(Duration::from_secs(10), || agent.log().contains("both enabled and audited").then_some(()));
+    assert!(refused.is_some(), "{}", agent.log());
+    assert_eq!(rule_of(&cg)["action"], "audit", "nothing changed");
+    assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
+}
