@@ -896,7 +896,7 @@ pub fn run(smoke: bool) -> Result<()> {
     if smoke {
         argv.push("--smoke".into());
     }
-    let status = vm::run_in_vm(&opts, &workspace_root(), &argv)?.status;
+    let status = vm::run_in_vm_once_more_if_crashed(&opts, &workspace_root(), &argv, "bench")?.status;
     if status != 0 {
         bail!("the benchmark failed in the VM (exit status {status})");
     }

@@ -60,16 +60,10 @@ pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]
         Where::Vm(kernel) => {
             let mut opts = vm::VmOptions::new(kernels::resolve(kernel)?);
             opts.env = env.to_vec();
-            // The emulated guest kernel (TCG) has oopsed once while patching its own code (an
-            // int3 in kmem_cache_free as systemd started): a crashed VM, not a failed test.
-            // Boot again once, loudly; test failures are never retried.
-            let out = match vm::run_in_vm(&opts, &workspace_root(), &argv) {
-                Err(e) if e.is::<vm::VmCrashed>() => {
-                    eprintln!("xtask: {name}: the VM crashed ({e}); running the suite once more in a fresh VM");
-                    vm::run_in_vm(&opts, &workspace_root(), &argv)?
-                }
-                other => other?,
-            };
+            // The main suite's ~80 tests take about a quarter of an hour under TCG; the VM's own
+            // default (15 min) is for single commands.
+            opts.timeout = std::time::Duration::from_secs(40 * 60);
+            let out = vm::run_in_vm_once_more_if_crashed(&opts, &workspace_root(), &argv, name)?;
             (out.status, out.output)
         }
     };

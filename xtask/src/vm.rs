@@ -223,6 +223,20 @@ pub struct VmCrashed {
     pub qemu: std::process::ExitStatus,
 }
 
+/// [`run_in_vm`], booted once more when the guest kernel crashed: the emulated kernel (TCG) has
+/// oopsed while patching its own code (an int3 at a site being patched: in kmem_cache_free as
+/// systemd started, in update_socket_protocol as a trampoline was detached). A crashed VM, not a
+/// failed command; said loudly, and a command's own failure is never retried.
+pub fn run_in_vm_once_more_if_crashed(opts: &VmOptions, cwd: &Path, argv: &[String], what: &str) -> Result<VmOutput> {
+    match run_in_vm(opts, cwd, argv) {
+        Err(e) if e.is::<VmCrashed>() => {
+            eprintln!("xtask: {what}: the VM crashed ({e}); running it once more in a fresh VM");
+            run_in_vm(opts, cwd, argv)
+        }
+        other => other,
+    }
+}
+
 /// Boots `opts.kernel`, runs `argv` in `cwd` as root, and returns its status and output (also
 /// streamed to stdout as it comes). A VM that does not come up or report a status is an error.
 pub fn run_in_vm(opts: &VmOptions, cwd: &Path, argv: &[String]) -> Result<VmOutput> {
