@@ -15,10 +15,7 @@ use prometheus_client::{
 
 use super::desired::PodCoverage;
 use crate::{
-    connections::{
-        collect::{self, Scope},
-        mib,
-    },
+    connections::mib,
     state::{
         maps::State,
         pins,
@@ -108,21 +105,13 @@ fn connection_rows(o: &Outcomes) -> [(&'static str, &'static str, u64); 4] {
     ]
 }
 
-/// One namespace an upgraded workload is in, with its kernel MPTCP counters.
-#[derive(Debug)]
-struct NamespaceRow {
-    netns: u64,
-    pods: String,
-    mib: std::collections::BTreeMap<String, u64>,
-}
-
 /// Everything one scrape shows, read at once.
 #[derive(Debug)]
 struct Snapshot {
     health: Health,
     counters: Vec<(Counter, u64)>,
     rules: Vec<RuleRow>,
-    namespaces: Vec<NamespaceRow>,
+    namespaces: Vec<mib::NamespaceCounters>,
 }
 
 fn snapshot(health: &SharedHealth) -> Snapshot {
@@ -153,20 +142,8 @@ fn snapshot(health: &SharedHealth) -> Snapshot {
                 .then(|| outcomes.get(&key.rule_ref()).copied().unwrap_or_default()),
         });
     }
-    snap.namespaces = namespace_rows();
+    snap.namespaces = mib::upgraded_namespaces();
     snap
-}
-
-/// The namespaces upgraded workloads are in, each with its `MPTcpExt` counters.
-fn namespace_rows() -> Vec<NamespaceRow> {
-    let Ok((namespaces, _)) = collect::workload_namespaces(&Scope::Upgraded) else { return Vec::new() };
-    namespaces
-        .iter()
-        .filter_map(|ns| {
-            let mib = mib::read(ns.pid()).ok()?;
-            Some(NamespaceRow { netns: ns.netns, pods: ns.pods().join(","), mib })
-        })
-        .collect()
 }
 
 /// When each namespace's `Blackhole` counter last rose, as this agent saw it: the kernel does
@@ -370,10 +347,10 @@ impl Snapshot {
             MetricType::Counter,
         )?;
         for ns in &self.namespaces {
-            let netns = ns.netns.to_string();
+            let (netns, pods) = (ns.netns.to_string(), ns.pods.join(","));
             for name in mib::SHOWN {
-                let Some(v) = ns.mib.get(name) else { continue };
-                let labels = [("netns", netns.as_str()), ("pods", ns.pods.as_str()), ("counter", name)];
+                let Some(v) = ns.mptcp.get(name) else { continue };
+                let labels = [("netns", netns.as_str()), ("pods", pods.as_str()), ("counter", name)];
                 ConstCounter::new(*v).encode(m.encode_family(&labels)?)?;
             }
         }
@@ -385,9 +362,9 @@ impl Snapshot {
             MetricType::Gauge,
         )?;
         for ns in &self.namespaces {
-            let active = blackhole_active(ns.netns, ns.mib.get("Blackhole").copied().unwrap_or(0));
-            let netns = ns.netns.to_string();
-            let labels = [("netns", netns.as_str()), ("pods", ns.pods.as_str())];
+            let active = blackhole_active(ns.netns, ns.mptcp.get("Blackhole").copied().unwrap_or(0));
+            let (netns, pods) = (ns.netns.to_string(), ns.pods.join(","));
+            let labels = [("netns", netns.as_str()), ("pods", pods.as_str())];
             ConstGauge::new(active as i64).encode(m.encode_family(&labels)?)?;
         }
         Ok(())

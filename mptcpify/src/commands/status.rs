@@ -7,10 +7,7 @@ use serde::Serialize;
 
 use crate::{
     bpf::loader,
-    connections::{
-        collect::{self, Scope},
-        mib,
-    },
+    connections::mib,
     host::{cgroup, mounts::Mounts, preconditions, process, resolve},
     state::{
         maps::{self, State},
@@ -73,41 +70,13 @@ pub struct Status {
     pub counters: BTreeMap<&'static str, u64>,
     pub rules: Vec<RuleStatus>,
     /// The kernel's MPTCP counters of each network namespace an upgraded process is in.
-    pub namespaces: Vec<NamespaceCounters>,
+    pub namespaces: Vec<mib::NamespaceCounters>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct OutcomePrograms {
     pub tag: Option<maps::ProgramStats>,
     pub sock_ops: Option<maps::ProgramStats>,
-}
-
-/// One namespace's `MPTcpExt` counters (all its connections, not only the upgraded ones).
-#[derive(Debug, Serialize)]
-pub struct NamespaceCounters {
-    pub netns: u64,
-    /// A process of it, upgraded.
-    pub pid: u32,
-    pub pods: Vec<String>,
-    pub mptcp: BTreeMap<String, u64>,
-}
-
-/// The namespaces upgraded processes are in, with their counters; one unreadable is left out.
-fn namespace_counters() -> Vec<NamespaceCounters> {
-    let Ok((namespaces, _)) = collect::workload_namespaces(&Scope::Upgraded) else { return Vec::new() };
-    namespaces
-        .iter()
-        .filter_map(|ns| {
-            let all = mib::read(ns.pid()).ok()?;
-            let mptcp = all.into_iter().filter(|(name, _)| mib::SHOWN.contains(&name.as_str())).collect();
-            Some(NamespaceCounters {
-                netns: ns.netns,
-                pid: ns.pid(),
-                pods: ns.pods().into_iter().map(String::from).collect(),
-                mptcp,
-            })
-        })
-        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -248,7 +217,7 @@ pub async fn status_data() -> Result<Status> {
         }
         status.rules.push(r);
     }
-    status.namespaces = namespace_counters();
+    status.namespaces = mib::upgraded_namespaces();
     Ok(status)
 }
 

@@ -4,6 +4,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::collect::{self, Scope};
 
 /// The counters worth a line of their own, as the kernel names them.
 pub const SHOWN: [&str; 12] = [
@@ -20,6 +23,34 @@ pub const SHOWN: [&str; 12] = [
     "MPJoinAckRx",
     "Blackhole",
 ];
+
+/// One namespace an upgraded workload is in, with its [`SHOWN`] counters: what `status` and the
+/// agent's metrics show.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamespaceCounters {
+    pub netns: u64,
+    /// An upgraded process in it.
+    pub pid: u32,
+    pub pods: Vec<String>,
+    pub mptcp: BTreeMap<String, u64>,
+}
+
+/// The namespaces upgraded processes are in; one that cannot be read (gone meanwhile) is left out.
+pub fn upgraded_namespaces() -> Vec<NamespaceCounters> {
+    let Ok((namespaces, _)) = collect::workload_namespaces(&Scope::Upgraded) else { return Vec::new() };
+    namespaces
+        .iter()
+        .filter_map(|ns| {
+            let all = read(ns.pid()).ok()?;
+            Some(NamespaceCounters {
+                netns: ns.netns,
+                pid: ns.pid(),
+                pods: ns.pods().into_iter().map(String::from).collect(),
+                mptcp: all.into_iter().filter(|(name, _)| SHOWN.contains(&name.as_str())).collect(),
+            })
+        })
+        .collect()
+}
 
 /// `MPTcpExt` of the namespace `pid` is in.
 pub fn read(pid: u32) -> Result<BTreeMap<String, u64>> {
