@@ -17,13 +17,68 @@ pub const SOCK_TYPE_MASK: i32 = 0xf;
 pub const HOOK_FUNCTION: &str = "update_socket_protocol";
 /// Name of the program function in the object file (section `fentry/update_socket_protocol`).
 pub const PROGRAM_NAME: &str = "mptcpify";
-/// Kernel function every new MPTCP socket passes through (`sk->sk_prot->init`), where the
-/// tagging program learns which rule upgraded it.
-pub const TAG_FUNCTION: &str = "mptcp_init_sock";
-/// fentry program on [`TAG_FUNCTION`] (section `fentry/mptcp_init_sock`).
-pub const TAG_PROGRAM_NAME: &str = "mptcpify_tag";
-/// cgroup `sock_ops` program at the cgroup2 root that sees upgraded connections' outcomes.
-pub const OUTCOME_PROGRAM_NAME: &str = "mptcpify_outcome";
+
+/// Where a tracing program runs: on entry to its kernel function, or on its return (then it
+/// also sees the return value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TraceAttach {
+    Entry,
+    Exit,
+}
+
+/// One of the outcome-tracking programs: its function in the object file (whose section names
+/// `function`), the kernel function it is attached to, and the pin of its link in [`PIN_DIR`].
+#[derive(Clone, Copy, Debug)]
+pub struct OutcomeProgram {
+    /// Short name, as `status` shows it.
+    pub role: &'static str,
+    pub name: &'static str,
+    pub function: &'static str,
+    pub attach: TraceAttach,
+    pub pin: &'static str,
+}
+
+/// The outcome programs, in the order they are attached (the tag first: without it nothing is
+/// noted for the others to find). Each kernel function is called only where the kernel already
+/// knows what the program needs (see the program's `outcome` module).
+pub const OUTCOME_PROGRAMS: [OutcomeProgram; 4] = [
+    // Every new MPTCP socket passes through it (`sk->sk_prot->init`): which rule upgraded it.
+    OutcomeProgram {
+        role: "tag",
+        name: "mptcpify_tag",
+        function: "mptcp_init_sock",
+        attach: TraceAttach::Entry,
+        pin: "tag_link",
+    },
+    // Once per TCP socket that becomes established, after MPTCP read the handshake.
+    OutcomeProgram {
+        role: "established",
+        name: "mptcpify_established",
+        function: "tcp_init_transfer",
+        attach: TraceAttach::Entry,
+        pin: "established_link",
+    },
+    // Every TCP listen(), with its result: upgraded servers are remembered by port.
+    OutcomeProgram {
+        role: "listen",
+        name: "mptcpify_listen",
+        function: "inet_csk_listen_start",
+        attach: TraceAttach::Exit,
+        pin: "listen_link",
+    },
+    // A TCP socket that dies (reset, timeout, last ACK): subflows that never got established.
+    OutcomeProgram {
+        role: "failed",
+        name: "mptcpify_failed",
+        function: "tcp_done",
+        attach: TraceAttach::Entry,
+        pin: "failed_link",
+    },
+];
+
+/// The pin of the sock_ops program's link of layout 3 before its tracing programs replaced it:
+/// removed with the rest of a killed load's leftovers.
+pub const OLD_OUTCOME_LINK_PIN: &str = "outcome_link";
 
 /// Where bpffs is mounted; the pins live below it.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -32,9 +87,6 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 pub const PIN_DIR: &str = "/sys/fs/bpf/mptcpify";
 /// Pin of the link in [`PIN_DIR`]; unlinking it detaches the program.
 pub const LINK_PIN: &str = "link";
-/// Pins of the outcome-tracking programs' links (absent when tracking is off).
-pub const TAG_LINK_PIN: &str = "tag_link";
-pub const OUTCOME_LINK_PIN: &str = "outcome_link";
 /// A first load pins into `PIN_DIR` + this + its PID, then renames that into place, so others
 /// see all of the state or none. bpffs refuses names with dots.
 pub const LOADING_INFIX: &str = "_loading_";
@@ -179,12 +231,18 @@ impl Config {
             self.all_action,
             self.outcomes,
         ];
-        let mut bytes = [0u8; size_of::<Config>()];
-        for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
-        bytes
+        words_as_ne_bytes(&words)
     }
+}
+
+/// `words` in native byte order, one after another: how a map or `.rodata` holds a `repr(C)`
+/// struct of `u32`s.
+fn words_as_ne_bytes<const BYTES: usize>(words: &[u32]) -> [u8; BYTES] {
+    let mut bytes = [0u8; BYTES];
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    bytes
 }
 
 const _: () = assert!(size_of::<Config>() == 40, "Config is ten u32s, as to_ne_bytes writes them");
@@ -467,9 +525,85 @@ pub mod task_globals {
     pub const COMM: &str = "OFF_TASK_COMM";
 }
 
-/// Name of the global (`.rodata`) holding `offsetof(struct sock, __sk_common.skc_cookie)`: the
-/// outcome program reads an MPTCP socket's cookie, which its tag is kept under.
-pub const OFF_SK_COOKIE: &str = "OFF_SK_COOKIE";
+/// Name of the global (`.rodata`) holding [`SockOffsets`], which the loader sets from the
+/// running kernel's BTF.
+pub const SOCK_OFFSETS: &str = "SOCK_OFFSETS";
+
+/// Where the outcome programs find what they read in the kernel's socket structures: byte
+/// offsets from the start of `struct sock`, and bit offsets of flags in
+/// `struct mptcp_subflow_context`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sk->__sk_common.skc_cookie`: an MPTCP socket's tag is kept under its cookie.
+    pub cookie: u32,
+    pub family: u32,
+    pub state: u32,
+    /// `skc_num`: the local port, host order.
+    pub local_port: u32,
+    /// `skc_dport`: the remote port, network order.
+    pub remote_port: u32,
+    /// `sk_protocol`: TCP for every socket these programs care about.
+    pub protocol: u32,
+    /// `skc_net.net`: the socket's network namespace.
+    pub net: u32,
+    /// `struct net`'s `net_cookie`.
+    pub net_cookie: u32,
+    /// Bit offset of `tcp_sock.is_mptcp`: set on MPTCP subflows (what `sk_is_mptcp()` reads).
+    pub is_mptcp_bit: u32,
+    /// `inet_connection_sock.icsk_ulp_data`: a subflow's `struct mptcp_subflow_context`.
+    pub ulp_data: u32,
+    /// `mptcp_subflow_context.conn`: the MPTCP socket a subflow belongs to.
+    pub subflow_conn: u32,
+    /// Bits of the subflow context: this subflow asked to join (MP_JOIN) an existing connection;
+    /// it negotiated MP_CAPABLE; its MP_JOIN was accepted.
+    pub request_join_bit: u32,
+    pub mp_capable_bit: u32,
+    pub mp_join_bit: u32,
+}
+
+impl SockOffsets {
+    /// All zero, as the program is built; the loader sets the real values.
+    pub const UNSET: Self = Self {
+        cookie: 0,
+        family: 0,
+        state: 0,
+        local_port: 0,
+        remote_port: 0,
+        protocol: 0,
+        net: 0,
+        net_cookie: 0,
+        is_mptcp_bit: 0,
+        ulp_data: 0,
+        subflow_conn: 0,
+        request_join_bit: 0,
+        mp_capable_bit: 0,
+        mp_join_bit: 0,
+    };
+
+    /// The value as the program's `.rodata` holds it, for the loader.
+    pub fn to_ne_bytes(&self) -> [u8; size_of::<SockOffsets>()] {
+        let words = [
+            self.cookie,
+            self.family,
+            self.state,
+            self.local_port,
+            self.remote_port,
+            self.protocol,
+            self.net,
+            self.net_cookie,
+            self.is_mptcp_bit,
+            self.ulp_data,
+            self.subflow_conn,
+            self.request_join_bit,
+            self.mp_capable_bit,
+            self.mp_join_bit,
+        ];
+        words_as_ne_bytes(&words)
+    }
+}
+
+const _: () = assert!(size_of::<SockOffsets>() == 56, "SockOffsets is fourteen u32s, as to_ne_bytes writes them");
 
 /// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
 /// so the program can read the caller's `net.mptcp.enabled` (see `mptcp_enabled_here` in the program).

@@ -136,12 +136,16 @@ impl KernelBtf {
     /// Byte offset of `member` in `struct name`, looking through anonymous struct and union
     /// members. Forward declarations (no members) are skipped.
     pub fn member_offset(&self, name: &str, member: &str) -> Result<u32> {
+        Ok(self.member_bit_offset(name, member)? / 8)
+    }
+
+    /// Bit offset of `member` in `struct name`: where a bitfield starts.
+    pub fn member_bit_offset(&self, name: &str, member: &str) -> Result<u32> {
         let id = self
             .ids(STRUCT, name)
             .find(|&id| self.header(id).is_some_and(|(_, h)| h.vlen > 0))
             .ok_or_else(|| anyhow!("struct {name} is not in this kernel's BTF"))?;
         self.find_member(id, member, 0, &mut std::collections::HashSet::new())
-            .map(|bits| bits / 8)
             .ok_or_else(|| anyhow!("struct {name} has no member {member} in this kernel"))
     }
 
@@ -230,7 +234,8 @@ mod tests {
     fn member_offsets_agree_with_btf_rs() {
         let (btf, reference) = kernels();
         let mut checked = 0;
-        for name in ["task_struct", "nsproxy", "net", "sock", "sk_buff"] {
+        // The last two hold the bitfields the outcome programs read.
+        for name in ["task_struct", "nsproxy", "net", "sock", "sk_buff", "tcp_sock", "mptcp_subflow_context"] {
             let ty = reference
                 .resolve_types_by_name(name)
                 .unwrap()
@@ -243,6 +248,7 @@ mod tests {
                 if member.is_empty() {
                     continue;
                 }
+                assert_eq!(btf.member_bit_offset(name, &member).unwrap(), m.bit_offset(), "{name}.{member}");
                 assert_eq!(btf.member_offset(name, &member).unwrap(), m.bit_offset() / 8, "{name}.{member}");
                 checked += 1;
             }

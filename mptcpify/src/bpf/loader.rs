@@ -16,8 +16,8 @@ use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
     CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP,
-    OFF_SK_COOKIE, OUTCOME_LINK_PIN, OUTCOME_PROGRAM_NAME, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, TAG_FUNCTION,
-    TAG_LINK_PIN, TAG_PROGRAM_NAME, netns_globals, task_globals,
+    OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, SOCK_OFFSETS,
+    SockOffsets, netns_globals, task_globals,
 };
 
 use super::{
@@ -136,7 +136,7 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     log::debug!("netns offsets found after {:?}", started.elapsed());
 
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
-    set_globals(&mut obj, log_level, task, netns, tracking.as_ref().map_or(0, |t| t.sk_cookie))?;
+    set_globals(&mut obj, log_level, task, netns, tracking.as_ref().map_or(SockOffsets::UNSET, |t| t.offsets))?;
     let maps = create_maps(&mut obj)?;
     record_facts(
         &maps,
@@ -180,36 +180,61 @@ fn program_code<'a>(obj: &'a Object, name: &str) -> Result<(&'a [aya_obj::genera
     Ok((&function.instructions, CString::new(program.license.as_bytes())?))
 }
 
-/// What the outcome programs need from the kernel: the function every new MPTCP socket passes
-/// through, where a socket's cookie is kept, and the cgroup2 root to watch connections from.
+/// What the outcome programs need from the kernel: the BTF ids of the functions they trace,
+/// and where the socket structures keep what they read.
 #[derive(Debug, Clone)]
 struct OutcomeTargets {
-    tag_btf_id: u32,
-    sk_cookie: u32,
-    cgroup_root: PathBuf,
+    /// One per [`OUTCOME_PROGRAMS`] entry, in that order.
+    btf_ids: Vec<u32>,
+    offsets: SockOffsets,
 }
 
 impl OutcomeTargets {
     fn find(btf: &KernelBtf) -> Result<Self> {
-        let tag_btf_id =
-            btf.func_id(TAG_FUNCTION).ok_or_else(|| anyhow!("this kernel has no {TAG_FUNCTION}() in its BTF"))?;
-        let sk_cookie = btf.member_offset("sock", "__sk_common")? + btf.member_offset("sock_common", "skc_cookie")?;
-        let cgroup_root = crate::host::mounts::Mounts::read()?.cgroup2_root()?;
-        Ok(Self { tag_btf_id, sk_cookie, cgroup_root })
+        let btf_ids = OUTCOME_PROGRAMS
+            .iter()
+            .map(|p| btf.func_id(p.function).ok_or_else(|| anyhow!("this kernel has no {}() in its BTF", p.function)))
+            .collect::<Result<_>>()?;
+        Ok(Self { btf_ids, offsets: sock_offsets(btf)? })
     }
 }
 
-/// Loads and attaches the tagging fentry program and the sock_ops program at the cgroup2 root.
+/// [`SockOffsets`] from the running kernel's BTF.
+fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets> {
+    let common = btf.member_offset("sock", "__sk_common")?;
+    let skc = |member: &str| Ok::<_, anyhow::Error>(common + btf.member_offset("sock_common", member)?);
+    let flag = |member: &str| btf.member_bit_offset("mptcp_subflow_context", member);
+    Ok(SockOffsets {
+        cookie: skc("skc_cookie")?,
+        family: skc("skc_family")?,
+        state: skc("skc_state")?,
+        local_port: skc("skc_num")?,
+        remote_port: skc("skc_dport")?,
+        protocol: btf.member_offset("sock", "sk_protocol")?,
+        // `possible_net_t` holds the pointer as its only member.
+        net: skc("skc_net")?,
+        net_cookie: btf.member_offset("net", "net_cookie")?,
+        // `struct tcp_sock` opens `struct inet_connection_sock`, which opens `struct inet_sock`,
+        // which opens `struct sock`: their offsets are offsets from the socket.
+        is_mptcp_bit: btf.member_bit_offset("tcp_sock", "is_mptcp")?,
+        ulp_data: btf.member_offset("inet_connection_sock", "icsk_ulp_data")?,
+        subflow_conn: btf.member_offset("mptcp_subflow_context", "conn")?,
+        request_join_bit: flag("request_join")?,
+        mp_capable_bit: flag("mp_capable")?,
+        mp_join_bit: flag("mp_join")?,
+    })
+}
+
+/// Loads and attaches the outcome programs, the tag first; all or none.
 fn attach_outcome_programs(obj: &Object, t: OutcomeTargets) -> Result<Vec<(&'static str, OwnedFd)>> {
-    let (insns, license) = program_code(obj, TAG_PROGRAM_NAME)?;
-    let tag = sys::load_fentry(TAG_PROGRAM_NAME, insns, &license, t.tag_btf_id).map_err(load_refusal)?;
-    let tag_link = sys::attach_fentry(tag.as_fd()).with_context(|| format!("attaching to {TAG_FUNCTION}()"))?;
-    let (insns, license) = program_code(obj, OUTCOME_PROGRAM_NAME)?;
-    let outcome = sys::load_sock_ops(OUTCOME_PROGRAM_NAME, insns, &license).map_err(load_refusal)?;
-    let root = std::fs::File::open(&t.cgroup_root).with_context(|| format!("opening {}", t.cgroup_root.display()))?;
-    let outcome_link = sys::attach_sock_ops(outcome.as_fd(), root.as_fd())
-        .with_context(|| format!("attaching sock_ops to {}", t.cgroup_root.display()))?;
-    Ok(vec![(TAG_LINK_PIN, tag_link), (OUTCOME_LINK_PIN, outcome_link)])
+    OUTCOME_PROGRAMS.iter().zip(t.btf_ids).map(|(p, btf_id)| attach_outcome_program(obj, p, btf_id)).collect()
+}
+
+fn attach_outcome_program(obj: &Object, p: &OutcomeProgram, btf_id: u32) -> Result<(&'static str, OwnedFd)> {
+    let (insns, license) = program_code(obj, p.name)?;
+    let prog = sys::load_tracing(p.name, insns, &license, btf_id, p.attach).map_err(load_refusal)?;
+    let link = sys::attach_tracing(prog.as_fd(), p.attach).with_context(|| format!("attaching to {}()", p.function))?;
+    Ok((p.pin, link))
 }
 
 /// Tells the hook to leave its notes: the programs that read them are attached.
@@ -242,7 +267,7 @@ fn set_globals(
     log_level: LogLevel,
     task: TaskOffsets,
     netns: Option<NetnsOffsets>,
-    sk_cookie: u32,
+    sock: SockOffsets,
 ) -> Result<()> {
     let level = [log_level.as_global()];
     let (leader, comm) = (task.group_leader.to_ne_bytes(), task.comm.to_ne_bytes());
@@ -255,9 +280,9 @@ fn set_globals(
         o.pernet_mptcp_enabled.to_ne_bytes(),
         o.pernet_id_addr.to_ne_bytes(),
     );
-    let cookie = sk_cookie.to_ne_bytes();
+    let sock = sock.to_ne_bytes();
     let globals: HashMap<&str, (&[u8], bool)> = HashMap::from([
-        (OFF_SK_COOKIE, (&cookie[..], true)),
+        (SOCK_OFFSETS, (&sock[..], true)),
         ("AYA_LOG_LEVEL", (&level[..], true)),
         (task_globals::GROUP_LEADER, (&leader[..], true)),
         (task_globals::COMM, (&comm[..], true)),
@@ -354,7 +379,8 @@ fn remove_abandoned_loads() -> Result<()> {
         }
         let path = entry.path();
         log::warn!("removing {}, left by a load that was killed midway", path.display());
-        for link in [LINK_PIN, TAG_LINK_PIN, OUTCOME_LINK_PIN] {
+        let outcome_links = OUTCOME_PROGRAMS.iter().map(|p| p.pin);
+        for link in [LINK_PIN, OLD_OUTCOME_LINK_PIN].into_iter().chain(outcome_links) {
             let _ = std::fs::remove_file(path.join(link));
         }
         std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;

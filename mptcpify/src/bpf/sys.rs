@@ -13,6 +13,7 @@ use std::{
 };
 
 use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_insn, bpf_prog_type};
+use mptcpify_common::TraceAttach;
 
 fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
     // SAFETY: `attr` is a live, initialised repr(C) prefix of `union bpf_attr` for `cmd`, and its
@@ -69,15 +70,29 @@ pub fn load_modify_return(
     license: &CStr,
     attach_btf_id: u32,
 ) -> Result<OwnedFd, LoadError> {
-    load_tracing(name, insns, license, attach_btf_id, bpf_attach_type::BPF_MODIFY_RETURN)
+    load_traced(name, insns, license, attach_btf_id, bpf_attach_type::BPF_MODIFY_RETURN)
 }
 
-/// Loads `insns` as an fentry program on the vmlinux function whose BTF id is `attach_btf_id`.
-pub fn load_fentry(name: &str, insns: &[bpf_insn], license: &CStr, attach_btf_id: u32) -> Result<OwnedFd, LoadError> {
-    load_tracing(name, insns, license, attach_btf_id, bpf_attach_type::BPF_TRACE_FENTRY)
+/// Loads `insns` as an fentry or fexit program on the vmlinux function whose BTF id is
+/// `attach_btf_id`.
+pub fn load_tracing(
+    name: &str,
+    insns: &[bpf_insn],
+    license: &CStr,
+    attach_btf_id: u32,
+    attach: TraceAttach,
+) -> Result<OwnedFd, LoadError> {
+    load_traced(name, insns, license, attach_btf_id, trace_attach_type(attach))
 }
 
-fn load_tracing(
+fn trace_attach_type(attach: TraceAttach) -> bpf_attach_type {
+    match attach {
+        TraceAttach::Entry => bpf_attach_type::BPF_TRACE_FENTRY,
+        TraceAttach::Exit => bpf_attach_type::BPF_TRACE_FEXIT,
+    }
+}
+
+fn load_traced(
     name: &str,
     insns: &[bpf_insn],
     license: &CStr,
@@ -88,15 +103,6 @@ fn load_tracing(
         prog_type: bpf_prog_type::BPF_PROG_TYPE_TRACING as u32,
         expected_attach_type: attach_type as u32,
         attach_btf_id,
-        ..ProgLoadAttr::new(name, insns, license)
-    })
-}
-
-/// Loads `insns` as a cgroup `BPF_PROG_TYPE_SOCK_OPS` program.
-pub fn load_sock_ops(name: &str, insns: &[bpf_insn], license: &CStr) -> Result<OwnedFd, LoadError> {
-    load(ProgLoadAttr {
-        prog_type: bpf_prog_type::BPF_PROG_TYPE_SOCK_OPS as u32,
-        expected_attach_type: bpf_attach_type::BPF_CGROUP_SOCK_OPS as u32,
         ..ProgLoadAttr::new(name, insns, license)
     })
 }
@@ -193,31 +199,17 @@ struct LinkCreateAttr {
 
 /// Attaches a loaded `BPF_MODIFY_RETURN` program; the link fd keeps it attached.
 pub fn attach_modify_return(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    link_create(prog, None, bpf_attach_type::BPF_MODIFY_RETURN)
+    link_create(prog, bpf_attach_type::BPF_MODIFY_RETURN)
 }
 
-/// Attaches a loaded fentry program; the link fd keeps it attached.
-pub fn attach_fentry(prog: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    link_create(prog, None, bpf_attach_type::BPF_TRACE_FENTRY)
+/// Attaches a loaded fentry or fexit program (as it was loaded); the link fd keeps it attached.
+pub fn attach_tracing(prog: BorrowedFd<'_>, attach: TraceAttach) -> io::Result<OwnedFd> {
+    link_create(prog, trace_attach_type(attach))
 }
 
-/// Attaches a loaded sock_ops program to a cgroup (beside any others: links attach in the
-/// kernel's multi-program mode); the link fd keeps it attached.
-pub fn attach_sock_ops(prog: BorrowedFd<'_>, cgroup: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    link_create(prog, Some(cgroup), bpf_attach_type::BPF_CGROUP_SOCK_OPS)
-}
-
-fn link_create(
-    prog: BorrowedFd<'_>,
-    target: Option<BorrowedFd<'_>>,
-    attach_type: bpf_attach_type,
-) -> io::Result<OwnedFd> {
-    let mut attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_fd: target.map_or(0, |t| t.as_raw_fd() as u32),
-        attach_type: attach_type as u32,
-        ..Default::default()
-    };
+fn link_create(prog: BorrowedFd<'_>, attach_type: bpf_attach_type) -> io::Result<OwnedFd> {
+    let mut attr =
+        LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, attach_type: attach_type as u32, ..Default::default() };
     bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr).map(owned_fd)
 }
 

@@ -63,20 +63,14 @@ pub struct Status {
     pub monitor: Option<u32>,
     /// Whether the outcome programs are attached (each rule's `outcomes` are counted).
     pub outcome_tracking: bool,
-    /// The outcome programs' sizes and run statistics: the tagging fentry program and the
-    /// sock_ops program, when attached.
+    /// The outcome programs' sizes and run statistics by role (`tag`, `established`, `listen`,
+    /// `failed`), when attached.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome_programs: Option<OutcomePrograms>,
+    pub outcome_programs: Option<BTreeMap<&'static str, Option<maps::ProgramStats>>>,
     pub counters: BTreeMap<&'static str, u64>,
     pub rules: Vec<RuleStatus>,
     /// The kernel's MPTCP counters of each network namespace an upgraded process is in.
     pub namespaces: Vec<mib::NamespaceCounters>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct OutcomePrograms {
-    pub tag: Option<maps::ProgramStats>,
-    pub sock_ops: Option<maps::ProgramStats>,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,11 +157,9 @@ pub async fn status_data() -> Result<Status> {
     let link = pins::link_ids()?;
     status.link = Some(link);
     status.program = maps::program_stats(link.program_id)?;
-    if let Some([tag, sock_ops]) = pins::outcome_link_ids() {
-        status.outcome_programs = Some(OutcomePrograms {
-            tag: maps::program_stats(tag.program_id)?,
-            sock_ops: maps::program_stats(sock_ops.program_id)?,
-        });
+    if let Some(links) = pins::outcome_link_ids() {
+        let stats = links.into_iter().map(|(role, ids)| Ok((role, maps::program_stats(ids.program_id)?)));
+        status.outcome_programs = Some(stats.collect::<Result<_>>()?);
     }
     let st = State::open()?;
     let config = st.config()?;

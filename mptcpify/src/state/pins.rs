@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::programs::links::{FdLink, PinnedLink};
-pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, OUTCOME_LINK_PIN, PIN_DIR, TAG_LINK_PIN};
+pub use mptcpify_common::{LINK_PIN, LOADING_INFIX, OUTCOME_PROGRAMS, PIN_DIR};
 
 /// Serialises edits between concurrent invocations (an flock on the bpffs directory, or on the
 /// directory of another kind of state).
@@ -102,9 +102,10 @@ pub fn link_ids() -> Result<LinkIds> {
     pinned_link_ids(LINK_PIN)
 }
 
-/// The ids of the outcome programs' links (tag, sock_ops), when they are attached.
-pub fn outcome_link_ids() -> Option<[LinkIds; 2]> {
-    Some([pinned_link_ids(TAG_LINK_PIN).ok()?, pinned_link_ids(OUTCOME_LINK_PIN).ok()?])
+/// The ids of the outcome programs' links by role ([`OUTCOME_PROGRAMS`]), when they are all
+/// attached.
+pub fn outcome_link_ids() -> Option<Vec<(&'static str, LinkIds)>> {
+    OUTCOME_PROGRAMS.iter().map(|p| Some((p.role, pinned_link_ids(p.pin).ok()?))).collect()
 }
 
 fn pinned_link_ids(pin: &str) -> Result<LinkIds> {

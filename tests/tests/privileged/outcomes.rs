@@ -3,6 +3,7 @@
 //! audit rules, which only count. Real connections between network namespaces.
 use std::{
     io::{BufRead as _, BufReader},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
@@ -185,6 +186,71 @@ fn fallbacks_are_counted_per_rule_with_their_reason_shown_and_monitored() {
     );
     assert_eq!(o["fallback"], 2);
     assert_eq!(status_json()["counters"]["events_dropped"], 0);
+}
+
+/// Subflows that die before they are established: a connection refused (an RST answers its
+/// SYN) and a join over a path that drops everything (its SYNs time out). The connection itself
+/// stays MPTCP over the other path.
+#[test]
+fn a_refused_connection_and_a_refused_join_are_counted_as_failed() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-failed");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let monitor = Monitor::start();
+    let t = TwoPaths::new("mpt-fl", 74, true, None);
+    let out = t.paths(&t.cli, &["auto"]);
+    assert!(out.status.success(), "{}", text(&out));
+    blackhole_path_2(&t);
+
+    let refused = command_in(
+        Some(&cg),
+        Path::new("/usr/sbin/ip"),
+        &["netns", "exec", &t.cli, "python3", "-c", REFUSED_CONNECT, &t.srv_addr(1)],
+    )
+    .output()
+    .unwrap();
+    let said = String::from_utf8_lossy(&refused.stdout);
+    assert_eq!(said.trim(), "262 refused", "an upgraded socket, refused: {}", text(&refused));
+
+    let held = t.hold(Some(&cg), Some(&cg), 64 * 1024, 700, 5000);
+    assert_eq!((held.client_proto, held.server_proto, held.fallback), (262, 262, false));
+    assert_eq!(held.subflows, 1, "the path manager started a join over path 2 (counted from its start)");
+    held.finish();
+    let failed = monitor.until("subflow-failed").pop().unwrap();
+    assert_eq!((failed["rule"].as_str(), failed["remote_port"].as_u64()), (Some("cgroup"), Some(5201)), "{failed}");
+
+    let o = rule_of(&cg)["outcomes"].clone();
+    assert_eq!(
+        (o["connect_failed"].as_u64(), o["mptcp"].as_u64(), o["subflows"].as_u64(), o["subflows_failed"].as_u64()),
+        (Some(1), Some(2), Some(0), Some(1)),
+        "{o}"
+    );
+    assert_eq!(o["fallback"], 0, "{o}");
+}
+
+/// Connects an upgraded socket to port 5202 of `argv[1]`, where nothing listens; prints its
+/// protocol and `refused`.
+const REFUSED_CONNECT: &str = r#"
+import socket, sys
+s = socket.socket()
+proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+try:
+    s.connect((sys.argv[1], 5202))
+    print(proto, "connected")
+except ConnectionRefusedError:
+    print(proto, "refused")
+"#;
+
+/// Path 2 of the client drops every packet, and the client gives up on a SYN after one retry
+/// (about 3 s) instead of six (two minutes).
+fn blackhole_path_2(t: &TwoPaths) {
+    for args in [
+        &["tc", "qdisc", "add", "dev", "c2", "root", "netem", "loss", "100%"][..],
+        &["sysctl", "-qw", "net.ipv4.tcp_syn_retries=1"][..],
+    ] {
+        let out = Command::new("ip").args(["netns", "exec", &t.cli]).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
 }
 
 #[test]
