@@ -128,8 +128,13 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request<hyper::body::Incoming>) -> Re
 impl FakeApi {
     /// Serves on a loopback port from a thread of its own.
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Serves on a port of `ip` (an address of this host) from a thread of its own.
+    pub fn start_on(ip: &str) -> Self {
         let state = Arc::new(Mutex::new(State::default()));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
         listener.set_nonblocking(true).unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = state.clone();

@@ -196,3 +196,46 @@ fn the_chart_grants_what_pod_paths_need_only_when_asked() {
     let policy = &o.configmaps[0].data.as_ref().unwrap()["policy.toml"];
     assert!(policy.contains("pod_paths = true"), "{policy}");
 }
+
+/// The runtime options the container suite runs the agent with (`container::run_options`),
+/// for `ds`'s agent container, its image left out: every rendering must translate (nothing in
+/// it the suite would not run), whatever its ConfigMap is called.
+fn runtime_options(ds: &DaemonSet) -> Vec<String> {
+    use mptcpify_tests::container::{Node, run_options};
+    let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    let config_maps = pod.volumes.iter().flatten().filter_map(|v| v.config_map.as_ref());
+    let node = Node {
+        name: "node-a",
+        netns: "pod",
+        config_maps: config_maps.map(|c| (c.name.clone(), PathBuf::from("/cm"))).collect(),
+    };
+    let c = &pod.containers[0];
+    let options = run_options(pod, c, &node).unwrap_or_else(|e| panic!("{e}"));
+    options.into_iter().filter(|o| Some(o) != c.image.as_ref()).collect()
+}
+
+#[test]
+fn the_container_suite_runs_what_the_manifest_and_every_chart_rendering_say() {
+    let plain = runtime_options(&manifest_daemonset());
+    for expected in [
+        "--cap-drop=all",
+        "--cap-add=CAP_BPF",
+        "--cap-add=CAP_PERFMON",
+        "--cap-add=CAP_SYSLOG",
+        "--security-opt=no-new-privileges",
+        "--security-opt=seccomp=unconfined",
+        "--read-only",
+        "--user=0",
+        "--env=NODE_NAME=node-a",
+        "--mount=type=bind,source=/sys/fs/bpf,destination=/sys/fs/bpf,bind-propagation=rslave",
+        "--mount=type=bind,source=/sys/fs/cgroup,destination=/sys/fs/cgroup,ro,bind-propagation=rprivate",
+        "--mount=type=bind,source=/cm,destination=/etc/mptcpify,ro,bind-propagation=rprivate",
+        "--memory=134217728",
+    ] {
+        assert!(plain.contains(&expected.to_owned()), "{expected} missing from {plain:?}");
+    }
+    assert_eq!(runtime_options(&rendered("MPTCPIFY_RENDERED_CHART").daemonsets[0]), plain, "the chart's default");
+    let pod_paths = runtime_options(&rendered("MPTCPIFY_RENDERED_CHART_POD_PATHS").daemonsets[0]);
+    assert!(pod_paths.contains(&"--pid=host".to_owned()), "{pod_paths:?}");
+    runtime_options(&rendered("MPTCPIFY_RENDERED_CHART_NETPOL").daemonsets[0]);
+}

@@ -15,6 +15,7 @@ pub struct Artifacts {
     pub no_hook: PathBuf,
     pub host_refuses: PathBuf,
     pub units: PathBuf,
+    pub container: PathBuf,
     pub static_probe: PathBuf,
 }
 
@@ -64,6 +65,7 @@ pub fn build() -> Result<Artifacts> {
         no_hook: find(&tests, "no_hook")?,
         host_refuses: find(&tests, "host_refuses")?,
         units: find(&tests, "units")?,
+        container: find(&tests, "container")?,
         static_probe: static_dir.join(host).join("release/sockprobe"),
     })
 }
@@ -73,6 +75,7 @@ impl Artifacts {
         vec![
             ("MPTCPIFY_BIN".into(), self.mptcpify.display().to_string()),
             ("MPTCPIFY_SOCKPROBE_STATIC".into(), self.static_probe.display().to_string()),
+            ("MPTCPIFY_IMAGE_ARCHIVE".into(), crate::image::archive().display().to_string()),
             ("RUST_BACKTRACE".into(), "1".into()),
         ]
     }

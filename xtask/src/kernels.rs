@@ -49,7 +49,7 @@ pub fn fetch_all() -> Result<()> {
 }
 
 /// The Debian mirror the host's apt uses.
-fn mirror() -> Result<String> {
+pub fn mirror() -> Result<String> {
     let mut texts = Vec::new();
     if let Ok(rd) = std::fs::read_dir("/etc/apt/sources.list.d") {
         for e in rd.flatten() {

@@ -5,6 +5,7 @@ mod bench;
 mod bench_paths;
 mod demo;
 mod fuzz;
+mod image;
 mod kernels;
 mod lint;
 mod modules;
@@ -54,6 +55,9 @@ enum Cmd {
     Test,
     /// Show an unmodified program's sockets turn into MPTCP, with a real two-path connection.
     Demo,
+    /// The agent's container image, built offline (Debian base by mmdebstrap, the Dockerfile by
+    /// podman with a prebuilt binary); saved to target/container/mptcpify.oci.tar.
+    Image,
     /// Benchmarks (in the VM): hook cost, two-path iperf3 gain beside mptcpize, control plane.
     /// Writes target/bench/results.{json,md}.
     Bench {
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         }),
         Cmd::Test => test::all().map(|()| 0),
         Cmd::Demo => demo::run().map(|()| 0),
+        Cmd::Image => image::build().map(|_| 0),
         Cmd::Bench { render_only: true, .. } => {
             bench::write_reports(&workspace_root().join("target/bench"), false).map(|()| 0)
         }

@@ -24,6 +24,12 @@ const PACKAGES: &[&str] = &[
     "mptcpize",
     // Tests: kills edits at each of their bpf(2) calls (fault injection).
     "strace",
+    // The container image, built offline, and the OCI runtime that runs it in the VM.
+    "podman",
+    "crun",
+    "mmdebstrap",
+    // The container suite: a CA for the agent's kubeconfig.
+    "openssl",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -148,6 +148,12 @@ fn privileged_suites(a: &Artifacts) -> Result<Vec<Ran>> {
     ran.push(timed_suite("systemd unit suite", &a.units, place, a)?);
     eprintln!("== negative suite in the 6.1 VM (no update_socket_protocol)");
     ran.push(timed_suite("negative suite", &a.no_hook, Where::Vm("6.1"), a)?);
+    eprintln!("== the agent's container image, built offline");
+    let t = Instant::now();
+    let size = crate::image::build()?;
+    println!("container image: {:.1} MB, built in {} s", size as f64 / 1e6, t.elapsed().as_secs());
+    eprintln!("== container suite: the DaemonSet's container under podman + crun ({})", place.describe());
+    ran.push(timed_suite("container suite", &a.container, place, a)?);
     Ok(ran)
 }
 

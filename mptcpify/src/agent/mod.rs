@@ -92,7 +92,7 @@ struct Agent {
 }
 
 pub async fn run(opts: Options) -> Result<()> {
-    let root = preconditions::require_state_access()?.cgroup2_root()?;
+    preconditions::require_privileges()?;
     let text = policy::read(&opts.config)?;
     let policy = Policy::parse(&text, &opts.config.display().to_string(), &system_users)?;
     let node = match (opts.kubernetes, &opts.node_name) {
@@ -115,6 +115,7 @@ pub async fn run(opts: Options) -> Result<()> {
     // Bind before loading anything: a taken port must not leave a half-started agent behind.
     let bound = http::serve(opts.metrics_addr, health.clone()).await?;
     log::info!("metrics, /healthz and /readyz on http://{bound}");
+    let root = wait_for_bpffs(&health).await?.cgroup2_root()?;
     let watches = Watches::new(&opts.config)?;
     attach(opts.log_level)?;
     health.lock().expect("health lock").attached = true;
@@ -160,6 +161,26 @@ pub async fn run(opts: Options) -> Result<()> {
         log::info!("exiting; the program and rules stay pinned (`mptcpify reset` or --cleanup-on-exit removes them)");
     }
     Ok(())
+}
+
+/// The host's mounts once bpffs is mounted at its place. A node may mount it after the agent
+/// starts (and a volume with HostToContainer propagation then shows it): until then the agent
+/// is alive but not ready, and says why.
+async fn wait_for_bpffs(health: &SharedHealth) -> Result<crate::host::mounts::Mounts> {
+    let mut backoff = drift::Backoff::default();
+    loop {
+        let mounts = crate::host::mounts::Mounts::read()?;
+        match mounts.require_bpffs() {
+            Ok(()) => return Ok(mounts),
+            Err(e) => {
+                if health.lock().expect("health lock").not_ready_reason != e.to_string() {
+                    log::warn!("{e:#}; waiting for it");
+                    health.lock().expect("health lock").not_ready_reason = e.to_string();
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    }
 }
 
 /// Reconciles at start and whenever something changes, until SIGTERM or SIGINT: the file or a

@@ -1,7 +1,10 @@
 //! Where cgroup2 and bpffs are mounted, read from `/proc/self/mountinfo`.
 //!
 //! Hybrid hosts mount cgroup2 at `/sys/fs/cgroup/unified`, pure v2 hosts at `/sys/fs/cgroup`; a
-//! container may see several bind mounts of sub-trees. The hierarchy root (mount root `/`) wins.
+//! container may see several bind mounts of sub-trees. The highest mount wins: a mount's root is
+//! shown relative to the reader's cgroup namespace, so on a host the hierarchy's root is `/`,
+//! while in a container with a cgroup namespace of its own `/` is only the container's cgroup
+//! and the host's tree, mounted over it as the DaemonSet does, shows as `/..` (once per level).
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
@@ -25,16 +28,21 @@ impl Mounts {
 
     pub fn parse(text: impl std::io::BufRead) -> Result<Self> {
         let infos = MountInfos::from_buf_read(text).context("parsing mountinfo")?;
-        let mut cgroup2 = None;
+        let mut cgroup2: Option<(usize, PathBuf)> = None;
         let mut bpffs = Vec::new();
         for m in infos.0 {
             match m.fs_type.as_str() {
-                "cgroup2" if m.root == "/" && cgroup2.is_none() => cgroup2 = Some(m.mount_point),
+                "cgroup2" => {
+                    let Some(up) = levels_above_namespace(&m.root) else { continue };
+                    if cgroup2.as_ref().is_none_or(|(best, _)| up > *best) {
+                        cgroup2 = Some((up, m.mount_point));
+                    }
+                }
                 "bpf" => bpffs.push(m.mount_point),
                 _ => {}
             }
         }
-        Ok(Self { cgroup2, bpffs })
+        Ok(Self { cgroup2: cgroup2.map(|(_, p)| p), bpffs })
     }
 
     /// The cgroup2 root, or an error that says how to get one.
@@ -56,6 +64,16 @@ impl Mounts {
             bail!("bpffs is not mounted at {BPFFS}; mount it with `mount -t bpf bpf {BPFFS}`")
         }
     }
+}
+
+/// How far above the reader's cgroup namespace root a cgroup2 mount's root is: `/` is 0, `/..`
+/// 1, `/../..` 2; `None` for a sub-tree (`/kubepods/pod1`), which is never the hierarchy root.
+fn levels_above_namespace(root: &str) -> Option<usize> {
+    let rest = root.strip_prefix('/')?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    rest.split('/').try_fold(0, |up, part| (part == "..").then_some(up + 1))
 }
 
 #[cfg(test)]
@@ -86,6 +104,28 @@ mod tests {
     fn hierarchy_root_wins_over_bind_mounted_subtree() {
         let m = Mounts::parse(CONTAINER.as_bytes()).unwrap();
         assert_eq!(m.cgroup2_root().unwrap(), PathBuf::from("/host/sys/fs/cgroup"));
+    }
+
+    /// A container with a cgroup namespace of its own, its runtime's cgroup2 mount at
+    /// /sys/fs/cgroup and the host's tree bound over it (as crun shows them).
+    const NAMESPACED: &str = "\
+900 800 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate
+1200 900 0:26 /../../.. /sys/fs/cgroup ro,relatime master:9 - cgroup2 cgroup2 rw,nsdelegate
+1201 800 0:26 / /own rw,relatime - cgroup2 cgroup2 rw
+1202 800 0:26 /../../../kubepods /kubepods ro,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn the_hosts_tree_wins_over_a_containers_own_namespace() {
+        let m = Mounts::parse(NAMESPACED.as_bytes()).unwrap();
+        assert_eq!(m.cgroup2_root().unwrap(), PathBuf::from("/sys/fs/cgroup"));
+        let own_first = NAMESPACED.lines().skip(2).chain(NAMESPACED.lines().take(2)).collect::<Vec<_>>().join("\n");
+        let m = Mounts::parse(own_first.as_bytes()).unwrap();
+        assert_eq!(m.cgroup2_root().unwrap(), PathBuf::from("/sys/fs/cgroup"), "whatever the order");
+        assert_eq!(levels_above_namespace("/"), Some(0));
+        assert_eq!(levels_above_namespace("/../.."), Some(2));
+        assert_eq!(levels_above_namespace("/../kubepods"), None);
+        assert_eq!(levels_above_namespace("kubepods"), None);
     }
 
     #[test]
