@@ -248,14 +248,16 @@ fn the_daemonset_container_selects_pods_follows_its_configmap_and_is_adopted_aft
         status_json()["rules"].as_array()?.iter().any(|r| r["key"] == "cm-probe").then(|| started.elapsed())
     });
     let applied = applied.unwrap_or_else(|| panic!("the new policy never applied: {}", agent.logs()));
+    eprintln!("the ConfigMap update applied after {applied:?}");
     assert!(applied < Duration::from_secs(1), "applied after {applied:?}");
 
     // Stopped (SIGTERM, as the kubelet stops it): the rules stay in force.
     let rules_before = status_json()["rules"].as_array().unwrap().len();
     podman_ok(&["stop", "--time", "10", AGENT]);
     assert_eq!(workload_proto(web), IPPROTO_MPTCP, "in force while the agent is stopped");
-    // Started again (a new container process on the same pinned state): adopted, not doubled.
-    podman_ok(&["start", AGENT]);
+    // A new container in its place, as the kubelet makes one: it adopts the pinned state.
+    podman_ok(&["rm", AGENT]);
+    agent.start();
     let ready = wait_for(Duration::from_secs(60), || (agent.probe("readiness").ok()?.0 == 200).then_some(()));
     assert!(ready.is_some(), "not ready after a restart: {}", agent.logs());
     assert_eq!(status_json()["rules"].as_array().unwrap().len(), rules_before, "{}", status_json());
