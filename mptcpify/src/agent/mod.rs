@@ -173,10 +173,13 @@ async fn wait_for_bpffs(health: &SharedHealth) -> Result<crate::host::mounts::Mo
         match mounts.require_bpffs() {
             Ok(()) => return Ok(mounts),
             Err(e) => {
-                if health.lock().expect("health lock").not_ready_reason != e.to_string() {
-                    log::warn!("{e:#}; waiting for it");
-                    health.lock().expect("health lock").not_ready_reason = e.to_string();
+                let reason = e.to_string();
+                let mut h = health.lock().expect("health lock");
+                if h.not_ready_reason != reason {
+                    log::warn!("{reason}; waiting for it");
+                    h.not_ready_reason = reason;
                 }
+                drop(h);
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
