@@ -173,13 +173,14 @@ async fn wait_for_bpffs(health: &SharedHealth) -> Result<crate::host::mounts::Mo
         match mounts.require_bpffs() {
             Ok(()) => return Ok(mounts),
             Err(e) => {
-                let reason = e.to_string();
-                let mut h = health.lock().expect("health lock");
-                if h.not_ready_reason != reason {
-                    log::warn!("{reason}; waiting for it");
-                    h.not_ready_reason = reason;
+                {
+                    let reason = e.to_string();
+                    let mut h = health.lock().expect("health lock");
+                    if h.not_ready_reason != reason {
+                        log::warn!("{reason}; waiting for it");
+                        h.not_ready_reason = reason;
+                    }
                 }
-                drop(h);
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
