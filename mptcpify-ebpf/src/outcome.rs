@@ -130,7 +130,7 @@ pub fn mptcpify_listen(ctx: *mut c_void) -> i32 {
         return 0;
     }
     let Some(key) = listener_key(sk) else { return 0 };
-    match noted_rule(sk) {
+    match subflow_context(sk).and_then(noted_rule) {
         Some(rule) => {
             let _ = LISTENERS.insert(key, rule, 0);
             // SAFETY: a plain store to the program's own global; any value but 0 means "yes".
@@ -154,8 +154,9 @@ pub fn mptcpify_failed(ctx: *mut c_void) -> i32 {
     if read::<u8>(sk, off.state) != Some(TCP_SYN_SENT) {
         return 0;
     }
-    let Some(rule) = noted_rule(sk) else { return 0 };
-    if subflow_flag(sk, off.request_join_bit) {
+    let Some(ctx) = subflow_context(sk) else { return 0 };
+    let Some(rule) = noted_rule(ctx) else { return 0 };
+    if flag(ctx, off.request_join_bit) {
         count(sk, &rule, Decision::SubflowFailed);
     } else {
         add(&rule, |o| &raw mut o.connect_failed);
@@ -166,12 +167,13 @@ pub fn mptcpify_failed(ctx: *mut c_void) -> i32 {
 /// A subflow this side started got established (or was reset at once for a bad MP_JOIN).
 #[inline(always)]
 fn on_connected(sk: *const u8) {
-    let Some(rule) = noted_rule(sk) else { return };
+    let Some(ctx) = subflow_context(sk) else { return };
+    let Some(rule) = noted_rule(ctx) else { return };
     let off = SOCK_OFFSETS.load();
     let established = read::<u8>(sk, off.state) == Some(TCP_ESTABLISHED);
-    let decision = if subflow_flag(sk, off.request_join_bit) {
-        if established && subflow_flag(sk, off.mp_join_bit) { Decision::Subflow } else { Decision::SubflowFailed }
-    } else if subflow_flag(sk, off.mp_capable_bit) {
+    let decision = if flag(ctx, off.request_join_bit) {
+        if established && flag(ctx, off.mp_join_bit) { Decision::Subflow } else { Decision::SubflowFailed }
+    } else if flag(ctx, off.mp_capable_bit) {
         Decision::Mptcp
     } else {
         // No MP_CAPABLE in the SYN-ACK, or the kernel sent a plain SYN (blackhole detection).
@@ -191,39 +193,35 @@ fn on_accepted(sk: *const u8) {
     // SAFETY: the value is copied out at once.
     let Some(rule) = (unsafe { LISTENERS.get(key) }).copied() else { return };
     let off = SOCK_OFFSETS.load();
-    // A client that did not offer MPTCP gets a plain TCP socket.
-    let decision = if !flag(sk, off.is_mptcp_bit) {
-        Decision::FallbackClient
-    } else if subflow_flag(sk, off.mp_join_bit) {
-        Decision::Subflow
-    } else if subflow_flag(sk, off.mp_capable_bit) {
-        Decision::Mptcp
-    } else {
-        Decision::FallbackClient
+    let decision = match subflow_context(sk) {
+        Some(ctx) if flag(ctx, off.mp_join_bit) => Decision::Subflow,
+        Some(ctx) if flag(ctx, off.mp_capable_bit) => Decision::Mptcp,
+        // A client that did not offer MPTCP gets a plain TCP socket.
+        _ => Decision::FallbackClient,
     };
     count(sk, &rule, decision);
 }
 
-/// The rule of the MPTCP socket the TCP socket `sk` is a subflow of, if the hook upgraded it.
-/// (`bpf_skc_to_mptcp_sock` would do, but tracing programs cannot pass it their socket.)
+/// The `struct mptcp_subflow_context` of the TCP socket `sk`, if it is an MPTCP subflow: read
+/// once, for its flags and its MPTCP socket. (`bpf_skc_to_mptcp_sock` would do, but tracing
+/// programs cannot pass it their socket.)
 #[inline(always)]
-fn noted_rule(sk: *const u8) -> Option<RuleRef> {
+fn subflow_context(sk: *const u8) -> Option<*const u8> {
     let off = SOCK_OFFSETS.load();
     if !flag(sk, off.is_mptcp_bit) {
         return None;
     }
-    let ctx = read::<*const u8>(sk, off.ulp_data)?;
+    read::<*const u8>(sk, off.ulp_data)
+}
+
+/// The rule that upgraded the MPTCP socket of the subflow context `ctx`, if the hook did.
+#[inline(always)]
+fn noted_rule(ctx: *const u8) -> Option<RuleRef> {
+    let off = SOCK_OFFSETS.load();
     let msk = read::<*const u8>(ctx, off.subflow_conn)?;
     let cookie: u64 = read(msk, off.cookie)?;
     // SAFETY: the value is copied out at once.
     unsafe { SOCKETS.get(cookie) }.copied()
-}
-
-/// A flag of `sk`'s subflow context, `bit` bits into it; false when unreadable. Only for
-/// sockets known to be MPTCP subflows (their ULP data is a subflow context).
-#[inline(always)]
-fn subflow_flag(sk: *const u8, bit: u32) -> bool {
-    read::<*const u8>(sk, SOCK_OFFSETS.load().ulp_data).is_some_and(|ctx| flag(ctx, bit))
 }
 
 /// The bit `bit` bits into the structure at `base`; false when unreadable.
