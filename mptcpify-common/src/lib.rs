@@ -41,7 +41,7 @@ pub struct OutcomeProgram {
 /// The outcome programs, in the order they are attached (the tag first: without it nothing is
 /// noted for the others to find). Each kernel function is called only where the kernel already
 /// knows what the program needs (see the program's `outcome` module).
-pub const OUTCOME_PROGRAMS: [OutcomeProgram; 4] = [
+pub const OUTCOME_PROGRAMS: [OutcomeProgram; 6] = [
     // Every new MPTCP socket passes through it (`sk->sk_prot->init`): which rule upgraded it.
     OutcomeProgram {
         role: "tag",
@@ -73,6 +73,21 @@ pub const OUTCOME_PROGRAMS: [OutcomeProgram; 4] = [
         function: "tcp_done",
         attach: TraceAttach::Entry,
         pin: "failed_link",
+    },
+    // Every setsockopt() on an MPTCP socket, with its result: options refused because it is MPTCP.
+    OutcomeProgram {
+        role: "setsockopt",
+        name: "mptcpify_setsockopt",
+        function: "mptcp_setsockopt",
+        attach: TraceAttach::Exit,
+        pin: "setsockopt_link",
+    },
+    OutcomeProgram {
+        role: "getsockopt",
+        name: "mptcpify_getsockopt",
+        function: "mptcp_getsockopt",
+        attach: TraceAttach::Exit,
+        pin: "getsockopt_link",
     },
 ];
 
@@ -113,6 +128,15 @@ pub const ORIGINS_MAP: &str = "ORIGINS";
 /// [`RuleRef`] -> [`Outcomes`]: what became of the connections each rule upgraded. Written by the
 /// outcome program, read by user space; an entry goes with its rule.
 pub const OUTCOMES_MAP: &str = "OUTCOMES";
+/// [`SockOpt`] -> [`OPTION_SET`] | [`OPTION_GET`]: the options the running kernel refuses on an
+/// MPTCP socket but accepts on a TCP one, as the loader found by probing throwaway sockets.
+pub const REFUSED_OPTIONS_MAP: &str = "REFUSED_OPTIONS";
+/// [`RefusalKey`] -> `u64`: refusals of those options on upgraded sockets, per rule, option and
+/// program. Written by the option programs; an entry goes with its rule.
+pub const REFUSALS_MAP: &str = "REFUSALS";
+/// [`GuardKey`] -> [`GuardEntry`]: programs the compatibility guard keeps TCP (or that the
+/// operator allowed to be upgraded anyway).
+pub const GUARD_MAP: &str = "GUARD";
 /// Array of `u32` slots about the pinned state itself ([`MetaSlot`]). Only user space reads it.
 /// Its shape never changes (slots are only ever added at the end), so that every version can
 /// read the layout version of any state it meets.
@@ -136,14 +160,14 @@ pub enum MetaSlot {
 /// Version of the pinned layout: the set of pinned maps, their key and value shapes, and what
 /// their values mean. Bump it with any such change; a version meeting state of another layout
 /// refuses to edit it (see README, "Upgrading").
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 /// State pinned before layouts were numbered (no [`META_MAP`]): its maps are this layout's when
 /// they open with this version's shapes, and it is adopted by pinning a `META` beside them.
 pub const LAYOUT_UNNUMBERED: u32 = 1;
 
 /// Maps pinned beside the link; the rest (.rodata, the log ring buffer, the program's own cache)
 /// live on with the program, which the link holds.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 14] = [
     CGROUP_RULES_MAP,
     PID_RULES_MAP,
     COMM_RULES_MAP,
@@ -155,6 +179,9 @@ pub const PINNED_MAPS: [&str; 11] = [
     FACTS_MAP,
     META_MAP,
     OUTCOMES_MAP,
+    REFUSED_OPTIONS_MAP,
+    REFUSALS_MAP,
+    GUARD_MAP,
 ];
 
 /// Room for 10,000 rules of each kind, with headroom for hash collisions.
@@ -214,6 +241,9 @@ pub struct Config {
     /// Non-zero when the outcome programs are attached: only then does an upgrade leave the
     /// note they read.
     pub outcomes: u32,
+    /// Non-zero: the compatibility guard is off (`mptcpify guard off`): refusals are still
+    /// counted, but no program is kept TCP for them. 0, the default, is on.
+    pub guard_off: u32,
 }
 
 impl Config {
@@ -230,6 +260,7 @@ impl Config {
             self.cgroup_generation,
             self.all_action,
             self.outcomes,
+            self.guard_off,
         ];
         words_as_ne_bytes(&words)
     }
@@ -245,7 +276,7 @@ fn words_as_ne_bytes<const BYTES: usize>(words: &[u32]) -> [u8; BYTES] {
     bytes
 }
 
-const _: () = assert!(size_of::<Config>() == 40, "Config is ten u32s, as to_ne_bytes writes them");
+const _: () = assert!(size_of::<Config>() == 44, "Config is eleven u32s, as to_ne_bytes writes them");
 
 /// What the loader decided when it loaded the attached program, kept beside it because the
 /// program's own globals are read-only and unpinned.
@@ -332,6 +363,12 @@ pub enum Decision {
     Subflow = 8,
     /// An extra subflow of an upgraded connection failed before it was established.
     SubflowFailed = 9,
+    /// Selected, but the compatibility guard keeps this program TCP: an option it uses was
+    /// refused on one of its MPTCP sockets.
+    KeptTcpGuard = 10,
+    /// A `setsockopt`/`getsockopt` on an upgraded socket was refused because it is MPTCP (the
+    /// option is in the running kernel's [`REFUSED_OPTIONS_MAP`]).
+    OptionRefused = 11,
 }
 
 impl Decision {
@@ -346,6 +383,8 @@ impl Decision {
             7 => Self::FallbackClient,
             8 => Self::Subflow,
             9 => Self::SubflowFailed,
+            10 => Self::KeptTcpGuard,
+            11 => Self::OptionRefused,
             _ => return None,
         })
     }
@@ -361,6 +400,8 @@ impl Decision {
             Self::FallbackClient => "fallback-client",
             Self::Subflow => "subflow",
             Self::SubflowFailed => "subflow-failed",
+            Self::KeptTcpGuard => "kept-tcp-guard",
+            Self::OptionRefused => "option-refused",
         }
     }
 }
@@ -381,12 +422,16 @@ pub struct Event {
     pub family: u16,
     pub decision: u8,
     pub rule_kind: u8,
-    pub _pad: u32,
+    /// [`Decision::OptionRefused`]: the errno the application got.
+    pub errno: u32,
     pub comm: [u8; COMM_LEN],
     /// Outcomes: the connection's local and remote port (host order).
     pub local_port: u16,
     pub remote_port: u16,
-    pub _pad2: u32,
+    /// [`Decision::OptionRefused`]: [`OPTION_SET`] or [`OPTION_GET`].
+    pub option_op: u32,
+    /// [`Decision::OptionRefused`]: the option refused.
+    pub option: SockOpt,
 }
 
 /// Which rule: its kind ([`RuleKind`] as u32) and key (cgroup id, pid, uid; 0 for comm and all).
@@ -422,6 +467,70 @@ impl Outcomes {
         self.fallback_peer + self.fallback_client
     }
 }
+
+/// A socket option: its level (`SOL_SOCKET`, `SOL_IP`, `SOL_TCP`, ...) and its number.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SockOpt {
+    pub level: u32,
+    pub name: u32,
+}
+
+/// Bits of a [`REFUSED_OPTIONS_MAP`] value, and [`RefusalKey::op`]: refused by `setsockopt`,
+/// by `getsockopt`.
+pub const OPTION_SET: u32 = 1;
+pub const OPTION_GET: u32 = 2;
+/// Entries of [`REFUSED_OPTIONS_MAP`]: far more than any kernel's list (about 35).
+pub const MAX_REFUSED_OPTIONS: u32 = 512;
+
+/// One kind of refusal: which rule's socket, which option, which call, which program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RefusalKey {
+    pub rule: RuleRef,
+    pub option: SockOpt,
+    pub op: u32,
+    pub _pad: u32,
+    /// The program (thread-group leader's command name) that made the call.
+    pub comm: [u8; COMM_LEN],
+}
+pub const MAX_REFUSALS: u32 = 4096;
+
+/// Which program the guard decides about, within which rule's scope. [`RuleRef::ANY`] as the
+/// rule: within every rule (how the operator's "upgrade it anyway" is kept).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GuardKey {
+    pub comm: [u8; COMM_LEN],
+    pub rule: RuleRef,
+}
+
+impl RuleRef {
+    /// No rule in particular: every rule.
+    pub const ANY: RuleRef = RuleRef { kind: 0, _pad: 0, key: 0 };
+}
+
+/// What the guard decided about a program, and why.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuardEntry {
+    /// `bpf_ktime_get_boot_ns` of the decision (0 when the operator made it).
+    pub since_boot_ns: u64,
+    /// [`GUARD_KEEP_TCP`] or [`GUARD_ALLOW`].
+    pub verdict: u32,
+    /// The refusal that decided it: [`OPTION_SET`] or [`OPTION_GET`], the option, the errno.
+    pub op: u32,
+    pub option: SockOpt,
+    pub errno: u32,
+    /// The PID that was refused.
+    pub pid: u32,
+}
+
+/// [`GuardEntry::verdict`]: the program's next sockets stay TCP.
+pub const GUARD_KEEP_TCP: u32 = 1;
+/// [`GuardEntry::verdict`]: upgrade it anyway, whatever is refused (the operator said so).
+pub const GUARD_ALLOW: u32 = 2;
+pub const MAX_GUARD_ENTRIES: u32 = 4096;
 
 /// Entries of the outcome program's own maps (never pinned; they live with the program).
 pub const TRACKED_SOCKETS: u32 = 16384;
@@ -471,9 +580,13 @@ pub enum Counter {
     EventsDropped = 9,
     /// Candidates an audit rule selected: left TCP, would have been upgraded.
     WouldUpgrade = 10,
+    /// Selected sockets the compatibility guard kept TCP (see [`GUARD_MAP`]).
+    KeptTcpGuard = 11,
+    /// Socket options refused on upgraded sockets because they are MPTCP.
+    OptionsRefused = 12,
 }
 
-pub const COUNTER_SLOTS: u32 = 11;
+pub const COUNTER_SLOTS: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
@@ -488,6 +601,8 @@ impl Counter {
         Counter::KeptTcpMptcpDisabled,
         Counter::EventsDropped,
         Counter::WouldUpgrade,
+        Counter::KeptTcpGuard,
+        Counter::OptionsRefused,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -503,6 +618,8 @@ impl Counter {
             Counter::KeptTcpMptcpDisabled => "kept_tcp_mptcp_disabled",
             Counter::EventsDropped => "events_dropped",
             Counter::WouldUpgrade => "would_upgrade",
+            Counter::KeptTcpGuard => "kept_tcp_guard",
+            Counter::OptionsRefused => "options_refused",
         }
     }
 
@@ -639,4 +756,12 @@ mod pod {
     unsafe impl aya::Pod for super::RuleRef {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::Outcomes {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::SockOpt {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RefusalKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::GuardKey {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::GuardEntry {}
 }

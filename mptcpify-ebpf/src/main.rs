@@ -14,6 +14,7 @@
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
+mod options;
 mod outcome;
 
 use aya_ebpf::{
@@ -31,9 +32,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use mptcpify_common::{
     ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH,
-    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, IPPROTO_MPTCP,
-    IPPROTO_TCP, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes, Rule, RuleKind, RuleRef,
-    SOCK_STREAM, SOCK_TYPE_MASK,
+    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, GUARD_KEEP_TCP,
+    GuardKey, IPPROTO_MPTCP, IPPROTO_TCP, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes,
+    Rule, RuleKind, RuleRef, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -256,7 +257,7 @@ fn mptcp_enabled_here() -> Option<bool> {
 /// (`worker-3`), so `bpf_get_current_comm`, the calling thread's, would let a named thread
 /// escape its program's exclusion. `None` when unreadable: then no command rule decides.
 #[inline(always)]
-fn program_comm() -> Option<[u8; COMM_LEN]> {
+pub(crate) fn program_comm() -> Option<[u8; COMM_LEN]> {
     // SAFETY: kernel pointers are read with bpf_probe_read_kernel, which fails instead of
     // faulting; the offsets come from the running kernel's BTF.
     unsafe {
@@ -288,28 +289,53 @@ pub(crate) fn report_event(
     if cfg.monitor_pid == 0 {
         return;
     }
-    let mut event = Event {
+    let mut event =
+        if in_process { process_event(kind, key, family, decision) } else { base_event(kind, key, family, decision) };
+    event.local_port = local_port;
+    event.remote_port = remote_port;
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        bump(Counter::EventsDropped);
+    }
+}
+
+#[inline(always)]
+fn base_event(kind: RuleKind, key: u64, family: i32, decision: Decision) -> Event {
+    Event {
         // SAFETY: a helper without arguments, callable from tracing and sock_ops programs.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
         rule_key: key,
         family: family as u16,
         decision: decision as u8,
         rule_kind: kind as u8,
-        local_port,
-        remote_port,
         ..Event::default()
-    };
-    if in_process {
-        let pid_tgid = bpf_get_current_pid_tgid();
-        // SAFETY: a helper without arguments, callable from any tracing program.
-        event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        event.pid = (pid_tgid >> 32) as u32;
-        event.uid = bpf_get_current_uid_gid() as u32;
-        event.comm = program_comm().unwrap_or_default();
     }
-    if EVENTS.output::<Event>(&event, 0).is_err() {
-        bump(Counter::EventsDropped);
+}
+
+/// An event of the calling process: its pid, uid, cgroup and command filled in.
+#[inline(always)]
+pub(crate) fn process_event(kind: RuleKind, key: u64, family: i32, decision: Decision) -> Event {
+    let mut event = base_event(kind, key, family, decision);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: a helper without arguments, callable from any tracing program.
+    event.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    event.pid = (pid_tgid >> 32) as u32;
+    event.uid = bpf_get_current_uid_gid() as u32;
+    event.comm = program_comm().unwrap_or_default();
+    event
+}
+
+/// Whether the compatibility guard keeps the caller's program TCP within the matched rule (an
+/// option it used was refused on an MPTCP socket; see `options`).
+#[inline(always)]
+fn guard_keeps_tcp(cfg: &Config, m: &Match) -> bool {
+    // SAFETY: a plain load of the program's own global.
+    if cfg.guard_off != 0 || unsafe { core::ptr::read_volatile(&raw const options::ANY_GUARDED) } == 0 {
+        return false;
     }
+    let Some(comm) = program_comm() else { return false };
+    let key = GuardKey { comm, rule: RuleRef { kind: m.kind as u32, _pad: 0, key: m.key } };
+    // SAFETY: only `verdict` is read, at once.
+    unsafe { options::GUARD.get(&key) }.is_some_and(|e| e.verdict == GUARD_KEEP_TCP)
 }
 
 #[inline(always)]
@@ -342,6 +368,11 @@ fn decide(ctx: &FEntryContext) -> i32 {
         // An MPTCP socket would fail with ENOPROTOOPT here: never break the application.
         bump(Counter::KeptTcpMptcpDisabled);
         report(cfg, &m, family, Decision::KeptTcpMptcpDisabled);
+        return 0;
+    }
+    if guard_keeps_tcp(cfg, &m) {
+        bump(Counter::KeptTcpGuard);
+        report(cfg, &m, family, Decision::KeptTcpGuard);
         return 0;
     }
     if m.audit {

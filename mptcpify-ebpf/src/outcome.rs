@@ -39,7 +39,7 @@ use crate::{CONFIG, OUTCOMES, report_event};
 static PENDING: PerCpuArray<Pending> = PerCpuArray::with_max_entries(1, 0);
 /// MPTCP socket cookie -> the rule that upgraded it.
 #[map]
-static SOCKETS: LruHashMap<u64, RuleRef> = LruHashMap::with_max_entries(TRACKED_SOCKETS, 0);
+pub(crate) static SOCKETS: LruHashMap<u64, RuleRef> = LruHashMap::with_max_entries(TRACKED_SOCKETS, 0);
 /// Upgraded listeners by (network namespace cookie, local port).
 #[map]
 static LISTENERS: LruHashMap<ListenerKey, RuleRef> = LruHashMap::with_max_entries(TRACKED_LISTENERS, 0);

@@ -5,6 +5,7 @@
 //! crate is layered, each folder one layer:
 //! - [`bpf`]: everything that talks BPF to the kernel (the only `unsafe`, in [`bpf::sys`]);
 //! - [`state`]: the pinned state, its lock, the rules and the user-space model of the decision;
+//! - [`compat`]: what an upgraded program may meet that TCP would have allowed (refused options);
 //! - [`host`]: what selectors name on this host (cgroups, units, processes, users, mounts);
 //! - [`paths`]: MPTCP endpoints, limits and routing per network namespace;
 //! - [`connections`]: the live connections of selected workloads, from socket diagnostics;
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod commands;
+pub mod compat;
 pub mod connections;
 pub mod host;
 pub mod paths;

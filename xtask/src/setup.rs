@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     "mmdebstrap",
     // The container suite: a CA for the agent's kubeconfig.
     "openssl",
+    // The compatibility tests: an unmodified psql with tcp_user_timeout.
+    "postgresql-client",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

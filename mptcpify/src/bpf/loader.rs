@@ -16,7 +16,8 @@ use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
     CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP,
-    OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, SOCK_OFFSETS,
+    OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, REFUSED_OPTIONS_MAP,
+    SOCK_OFFSETS,
     SockOffsets, netns_globals, task_globals,
 };
 
@@ -142,6 +143,7 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
         &maps,
         LoadFacts { netns_check: u32::from(netns.is_some()), log_level: log_level.as_global().into() },
     )?;
+    record_refused_options(&maps)?;
     let (_, meta) = maps.get(META_MAP).ok_or_else(|| anyhow!("map {META_MAP} missing from the embedded object"))?;
     stamp_layout(meta)?;
     let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
@@ -321,6 +323,27 @@ fn record_facts(maps: &HashMap<String, (aya_obj::Map, MapData)>, facts: LoadFact
     bytes.extend(facts.log_level.to_ne_bytes());
     const _: () = assert!(size_of::<LoadFacts>() == 8, "LoadFacts is two u32s");
     sys::write_first_element(map.fd().as_fd(), &bytes).context("recording how the program was loaded")
+}
+
+/// Asks the kernel which options it refuses on MPTCP (see [`crate::compat::probe`]) and keeps
+/// the answer for the option programs and `doctor`. Without an answer (no MPTCP socket can be
+/// made here) the table stays empty: refusals are then neither counted nor guarded against.
+fn record_refused_options(maps: &HashMap<String, (aya_obj::Map, MapData)>) -> Result<()> {
+    let table = match crate::compat::probe::probe() {
+        Ok(table) => table,
+        Err(e) => {
+            log::warn!("compatibility guard off: {e:#}");
+            return Ok(());
+        }
+    };
+    let (_, map) = maps
+        .get(REFUSED_OPTIONS_MAP)
+        .ok_or_else(|| anyhow!("map {REFUSED_OPTIONS_MAP} missing from the embedded object"))?;
+    for (option, bits) in table {
+        let key = [option.level.to_ne_bytes(), option.name.to_ne_bytes()].concat();
+        sys::update_elem(map.fd().as_fd(), &key, &bits.to_ne_bytes()).context("recording the refused options")?;
+    }
+    Ok(())
 }
 
 /// Writes this version's layout into a new META map.

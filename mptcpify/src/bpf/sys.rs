@@ -4,7 +4,8 @@
 //! expected attach type, nor create its link. This module does exactly those steps (plus the
 //! pin of the link, the writes that seed global-data maps, which aya keeps private, and the
 //! load and run of the tiny syscall program of [`super::kallsyms`]) with `repr(C)` prefixes of
-//! `union bpf_attr`; the kernel zero-extends a shorter attr.
+//! `union bpf_attr`; the kernel zero-extends a shorter attr. The option probe's raw socket calls
+//! are here too, being `unsafe` in the same way.
 use std::{
     ffi::{CStr, CString},
     io,
@@ -252,6 +253,17 @@ pub fn write_first_element(map: BorrowedFd<'_>, data: &[u8]) -> io::Result<()> {
     bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }
 
+/// Writes one element of a map whose keys and values are given as their bytes.
+pub fn update_elem(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
 /// Makes a map read-only for user space (what `.rodata` needs before the program may rely on it).
 pub fn freeze_map(map: BorrowedFd<'_>) -> io::Result<()> {
     let mut attr = MapElemAttr { map_fd: map.as_raw_fd() as u32, ..Default::default() };
@@ -279,4 +291,29 @@ pub fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// A throwaway socket for the option probe (`compat::probe`): `socket(2)` as it is.
+pub fn socket(family: i32, ty: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes plain integers; a non-negative result is a new descriptor that
+    // nothing else owns.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 { Err(io::Error::last_os_error()) } else { Ok(owned_fd(fd.into())) }
+}
+
+/// `getsockopt(2)` into `buf`; the length the kernel wrote.
+pub fn getsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, buf: &mut [u8]) -> io::Result<usize> {
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: `buf` is valid for `len` bytes of writing and `len` for one write.
+    let r = unsafe { libc::getsockopt(fd.as_raw_fd(), level, name, buf.as_mut_ptr().cast(), &mut len) };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(len as usize) }
+}
+
+/// `setsockopt(2)` with `value`'s bytes.
+pub fn setsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `value` is valid for reading `value.len()` bytes.
+    let r = unsafe {
+        libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t)
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, builder::TypedValueParser as _};
 use mptcpify::{
     bpf::loader::LogLevel,
+    commands::guard::GuardAction,
+    state::rules::Key,
     host::{selector::Selector, users::UidSpec},
     paths::plan::AutoOptions,
 };
@@ -45,6 +47,11 @@ pub enum Command {
     /// limits, whether each extra address can route a subflow); `auto` makes endpoints, limits
     /// and source routing for them, `clear` removes exactly what mptcpify made.
     Paths(PathsArgs),
+    /// The compatibility guard: programs that had a socket option refused on an upgraded
+    /// (MPTCP) socket are kept TCP from their next socket on, within that rule. Without a
+    /// subcommand, shows who is kept TCP and why, the refusals seen and the options this kernel
+    /// refuses on MPTCP.
+    Guard(GuardArgs),
     /// Detach the program and remove all pinned state; new sockets are TCP again.
     Reset,
     /// Print the kernel program's log records (needs `enable --log-level` at first load).
@@ -108,6 +115,53 @@ pub struct DisableArgs {
     /// Also remove rules the agent owns (they belong to its policy; it restores them).
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    #[command(subcommand)]
+    pub action: Option<GuardCommand>,
+    /// Machine-readable output (without a subcommand).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuardCommand {
+    /// Upgrade PROGRAM again (every program with --all) until it has an option refused again.
+    Forget {
+        /// The command name the guard shows.
+        #[arg(value_parser = program(), required_unless_present = "all")]
+        program: Option<Key>,
+        #[arg(long, conflicts_with = "program")]
+        all: bool,
+    },
+    /// Upgrade PROGRAM under every rule whatever it is refused: "upgrade it anyway".
+    Allow {
+        #[arg(value_parser = program())]
+        program: Key,
+    },
+    /// Keep programs TCP after a refusal (the default).
+    On,
+    /// Never keep a program TCP; refusals are still counted.
+    Off,
+}
+
+impl GuardArgs {
+    pub fn action(self) -> GuardAction {
+        match self.action {
+            None => GuardAction::Show { json: self.json },
+            Some(GuardCommand::Forget { program, .. }) => GuardAction::Forget(program),
+            Some(GuardCommand::Allow { program }) => GuardAction::Allow(program),
+            Some(GuardCommand::On) => GuardAction::Switch { on: true },
+            Some(GuardCommand::Off) => GuardAction::Switch { on: false },
+        }
+    }
+}
+
+/// A program as the guard names it: a command name, checked as `--comm` checks it.
+fn program() -> impl clap::builder::TypedValueParser<Value = Key> {
+    clap::builder::NonEmptyStringValueParser::new().try_map(|s| Key::comm(&s).map_err(|e| e.to_string()))
 }
 
 /// The flag of the commands that print for scripts too.

@@ -41,6 +41,7 @@ pub async fn dispatch(command: Command) -> Result<i32> {
             }
             .map(done)
         }
+        Command::Guard(a) => commands::guard::guard(a.action()).await.map(done),
         Command::Reset => commands::lifecycle::reset().await.map(done),
         Command::Logs => commands::lifecycle::logs().await.map(done),
         Command::Probe => commands::lifecycle::probe().map(done),

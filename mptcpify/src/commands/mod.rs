@@ -1,8 +1,9 @@
 //! One module per CLI command, each thin over the layers below: [`rules`] (enable, exclude,
 //! disable), [`status`], [`sync`], [`lifecycle`] (reset, probe, logs), [`run`], [`monitor`],
-//! [`connections`], [`doctor`], [`paths`]. Every command validates all its input before it changes anything.
+//! [`connections`], [`doctor`], [`paths`], [`guard`]. Every command validates all its input before it changes anything.
 pub mod connections;
 pub mod doctor;
+pub mod guard;
 pub mod lifecycle;
 pub mod monitor;
 pub mod paths;

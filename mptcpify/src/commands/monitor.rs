@@ -5,13 +5,14 @@
 use std::{collections::HashMap, io::Write as _, path::PathBuf};
 
 use anyhow::{Result, bail};
-use mptcpify_common::{AF_INET6, Decision, Event, RuleKind};
+use mptcpify_common::{AF_INET6, Decision, Event, RuleKind, SockOpt};
 use nix::time::{ClockId, clock_gettime};
 use serde::Serialize;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     bpf::sys,
+    compat::names,
     host::{cgroup, mounts::Mounts, preconditions},
     state::{
         maps::State,
@@ -32,7 +33,8 @@ pub struct Decided {
     pub cgroup: Option<String>,
     pub family: &'static str,
     /// Decisions (in the process, at `socket()`): `upgraded`, `excluded`, `kept-tcp-mptcp-disabled`,
-    /// `would-upgrade`. Outcomes (in the network stack, pid 0): `mptcp`, `fallback-peer`,
+    /// `kept-tcp-guard`, `would-upgrade`; `option-refused` (in the process, at a socket option
+    /// call, with `refused`). Outcomes (in the network stack, pid 0): `mptcp`, `fallback-peer`,
     /// `fallback-client`, `subflow`, `subflow-failed`. `unknown` from a newer program.
     #[serde(serialize_with = "decision_name")]
     pub decision: Option<Decision>,
@@ -44,6 +46,20 @@ pub struct Decided {
     /// Outcomes: the connection's local and remote port (0 for decisions).
     pub local_port: u16,
     pub remote_port: u16,
+    /// `option-refused`: what the program called and what it got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<RefusedCall>,
+}
+
+/// A socket option call refused on an upgraded socket because it is MPTCP.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct RefusedCall {
+    /// `setsockopt` or `getsockopt`.
+    pub call: &'static str,
+    /// `TCP_USER_TIMEOUT`, or `SOL_TCP/99` for one without a name.
+    pub option: String,
+    /// `ENOPROTOOPT` or `EOPNOTSUPP`.
+    pub errno: String,
 }
 
 fn decision_name<S: serde::Serializer>(d: &Option<Decision>, s: S) -> Result<S::Ok, S::Error> {
@@ -58,6 +74,20 @@ impl Decided {
     /// One line of the table `monitor` prints.
     fn line(&self) -> String {
         let decision = self.decision.map_or("unknown", Decision::name);
+        if let Some(r) = &self.refused {
+            return format!(
+                "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}({}) = {}",
+                clock_time(self.time),
+                self.pid,
+                super::shown(&self.comm),
+                self.family,
+                decision,
+                self.rule_text(),
+                r.call,
+                r.option,
+                r.errno
+            );
+        }
         if self.pid == 0 {
             // An outcome: no process, the connection's ports instead of a cgroup.
             let ports = format!("port {} -> {}", self.local_port, self.remote_port);
@@ -156,11 +186,15 @@ fn read_event(b: &[u8]) -> Option<Event> {
         family: u16::from_ne_bytes(at(b, offset_of!(Event, family))),
         decision: b[offset_of!(Event, decision)],
         rule_kind: b[offset_of!(Event, rule_kind)],
-        _pad: 0,
+        errno: u32::from_ne_bytes(at(b, offset_of!(Event, errno))),
         comm: at(b, offset_of!(Event, comm)),
         local_port: u16::from_ne_bytes(at(b, offset_of!(Event, local_port))),
         remote_port: u16::from_ne_bytes(at(b, offset_of!(Event, remote_port))),
-        _pad2: 0,
+        option_op: u32::from_ne_bytes(at(b, offset_of!(Event, option_op))),
+        option: SockOpt {
+            level: u32::from_ne_bytes(at(b, offset_of!(Event, option) + offset_of!(SockOpt, level))),
+            name: u32::from_ne_bytes(at(b, offset_of!(Event, option) + offset_of!(SockOpt, name))),
+        },
     })
 }
 
@@ -179,6 +213,11 @@ pub fn decode(bytes: &[u8], boot_to_unix: f64, cgroup_path: &mut impl FnMut(u64)
         rule_key: e.rule_key,
         local_port: e.local_port,
         remote_port: e.remote_port,
+        refused: (Decision::from_u8(e.decision) == Some(Decision::OptionRefused)).then(|| RefusedCall {
+            call: names::call_name(e.option_op),
+            option: names::option_name(e.option),
+            errno: names::errno_name(e.errno as i32),
+        }),
     })
 }
 
@@ -252,6 +291,16 @@ mod tests {
         assert_eq!((json["decision"].as_str(), json["rule"].as_str()), (Some("upgraded"), Some("cgroup")));
         assert_eq!(d.cgroup.as_deref(), Some("/cg/77"));
         assert!((d.time - 1002.5).abs() < 1e-6);
+        assert!(d.refused.is_none() && json.get("refused").is_none());
+        put(offset_of!(Event, decision), &[Decision::OptionRefused as u8]);
+        put(offset_of!(Event, errno), &92u32.to_ne_bytes());
+        put(offset_of!(Event, option_op), &mptcpify_common::OPTION_SET.to_ne_bytes());
+        put(offset_of!(Event, option), &6u32.to_ne_bytes());
+        put(offset_of!(Event, option) + 4, &18u32.to_ne_bytes());
+        let d = decode(&b, 1000.0, &mut |_| None).unwrap();
+        let want = RefusedCall { call: "setsockopt", option: "TCP_USER_TIMEOUT".into(), errno: "ENOPROTOOPT".into() };
+        assert_eq!(d.refused, Some(want));
+        assert!(d.line().ends_with("setsockopt(TCP_USER_TIMEOUT) = ENOPROTOOPT"), "{}", d.line());
         assert!(decode(&b[..10], 0.0, &mut |_| None).is_none());
         assert_eq!(clock_time(3661.5), "01:01:01.500");
     }

@@ -71,6 +71,9 @@ pub struct Status {
     pub rules: Vec<RuleStatus>,
     /// The kernel's MPTCP counters of each network namespace an upgraded process is in.
     pub namespaces: Vec<mib::NamespaceCounters>,
+    /// The compatibility guard (see `mptcpify guard`); absent while nothing is loaded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guard: Option<super::guard::GuardStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -150,6 +153,7 @@ pub async fn status_data() -> Result<Status> {
         counters: Default::default(),
         rules: Vec::new(),
         namespaces: Vec::new(),
+        guard: None,
     };
     if !status.loaded {
         return Ok(status);
@@ -210,6 +214,7 @@ pub async fn status_data() -> Result<Status> {
         status.rules.push(r);
     }
     status.namespaces = mib::upgraded_namespaces();
+    status.guard = Some(super::guard::guard_status(&st)?);
     Ok(status)
 }
 
@@ -229,6 +234,9 @@ pub async fn status(json: bool) -> Result<()> {
     );
     let counters: Vec<String> = s.counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
     println!("counters: {}", if counters.is_empty() { "none yet".into() } else { counters.join(" ") });
+    if let Some(g) = &s.guard {
+        super::guard::print(g);
+    }
     if s.rules.is_empty() {
         println!("no rules");
         return Ok(());

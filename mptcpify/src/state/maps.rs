@@ -14,6 +14,7 @@ use mptcpify_common::{
 };
 
 use super::{
+    guard::Guard,
     meta::{self, LayoutError, Meta},
     origin::RuleOrigin,
     pins::{self, Lock},
@@ -74,6 +75,7 @@ pub struct State {
     counters: PerCpuArray<MapData, u64>,
     config: Array<MapData, Config>,
     outcomes: HashMap<MapData, RuleRef, Outcomes>,
+    guard: Guard,
     /// `None` until state pinned before layouts were numbered is adopted by its first edit.
     meta: Option<Meta>,
 }
@@ -104,7 +106,7 @@ pub fn fingerprint() -> Option<Fingerprint> {
 
 /// Opens one pinned map with the shape this version expects; another shape means state of
 /// another layout.
-fn shaped<T>(name: &'static str, typed: impl FnOnce(MapData) -> Result<T, MapError>) -> Result<T> {
+pub(super) fn shaped<T>(name: &'static str, typed: impl FnOnce(MapData) -> Result<T, MapError>) -> Result<T> {
     typed(open_map(name)?).map_err(|e| LayoutError::Unreadable { map: name, reason: e.to_string() }.into())
 }
 
@@ -146,6 +148,7 @@ impl State {
             counters: shaped(COUNTERS_MAP, |m| PerCpuArray::try_from(Map::PerCpuArray(m)))?,
             config: shaped(CONFIG_MAP, |m| Array::try_from(Map::Array(m)))?,
             outcomes: shaped(OUTCOMES_MAP, |m| HashMap::try_from(Map::HashMap(m)))?,
+            guard: Guard::open()?,
             meta,
         })
     }
@@ -281,6 +284,15 @@ impl State {
         self.outcomes.iter().collect::<Result<_, _>>().context("reading the outcome counters")
     }
 
+    /// The compatibility guard's maps.
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    pub fn guard_mut(&mut self) -> &mut Guard {
+        &mut self.guard
+    }
+
     pub fn origin(&self, cgroup: u64) -> Option<RuleOrigin> {
         self.origins.get(&cgroup, 0).ok().as_ref().and_then(RuleOrigin::from_wire)
     }
@@ -358,12 +370,14 @@ impl RuleStore for State {
                 config.all = 0;
                 config.all_action = 0;
                 let _ = self.outcomes.remove(&key.rule_ref());
+                self.guard.forget_rule(key.rule_ref())?;
                 return self.set_config(config);
             }
         };
         result.with_context(|| format!("removing the rule of {key}"))?;
         // A rule made again later starts counting afresh; a missing entry is no error.
         let _ = self.outcomes.remove(&key.rule_ref());
+        self.guard.forget_rule(key.rule_ref())?;
         match action {
             // After the removal: killed before it, the count is one too high (a lookup more) and a
             // cached walk may name the removed rule, which then decides nothing.

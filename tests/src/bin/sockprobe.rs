@@ -2,6 +2,9 @@
 //! kernel gave it. One line per request on stdout:
 //!   `SPEC proto=N` or `SPEC errno=N`; for `connect4`/`connect6`:
 //!   `SPEC client=N server=N fallback=0|1 remote_key=0|1`.
+//! `setopt4:LEVEL:NAME[:TEXT]` makes a TCP socket and sets option NAME at LEVEL on it (TEXT's
+//! bytes, else a zeroed 256-byte buffer: what TCP_MD5SIG takes), then prints
+//! `SPEC proto=N errno=N` (errno 0: accepted).
 //! `--raw` makes `socket` with the raw syscall (no libc wrapper), for the static build.
 //! `--wait` prints `ready` and waits for a line on stdin first (so a PID rule can be added).
 //! `--serve` prints `ready`, then makes one socket per SPEC line read from stdin, until EOF (a
@@ -75,6 +78,27 @@ fn one_socket(raw: bool, spec: &str) -> String {
     }
 }
 
+/// `setopt4:LEVEL:NAME[:TEXT]`: an option set as a program sets it, on a socket made as TCP.
+fn set_option(spec: &str) -> String {
+    let mut parts = spec.splitn(4, ':').skip(1);
+    let (Some(level), Some(name)) = (parts.next().and_then(|l| l.parse().ok()), parts.next().and_then(|n| n.parse().ok()))
+    else {
+        return format!("{spec} unknown-spec");
+    };
+    let value: Vec<u8> = parts.next().map_or_else(|| vec![0u8; 256], |t| t.as_bytes().to_vec());
+    let fd = match socket(false, libc::AF_INET, libc::SOCK_STREAM, 0) {
+        Ok(fd) => fd,
+        Err(e) => return format!("{spec} errno={e}"),
+    };
+    // SAFETY: value is valid for reading value.len() bytes.
+    let r = unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), value.len() as libc::socklen_t) };
+    let errno = if r < 0 { errno() } else { 0 };
+    let p = protocol(fd);
+    // SAFETY: we own fd.
+    unsafe { libc::close(fd) };
+    format!("{spec} proto={p} errno={errno}")
+}
+
 fn connect(spec: &str) -> String {
     let addr = if spec == "connect6" { "[::1]:0" } else { "127.0.0.1:0" };
     let result = (|| -> std::io::Result<String> {
@@ -138,6 +162,7 @@ fn main() {
                 format!("{spec} {}", made.split_once(' ').map_or("", |(_, rest)| rest))
             }
             None if spec.starts_with("connect") => connect(spec),
+            None if spec.starts_with("setopt4:") => set_option(spec),
             None => one_socket(raw, spec),
         };
         println!("{line}");

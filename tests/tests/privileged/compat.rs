@@ -1,0 +1,239 @@
+//! Transparent beyond `socket()`: socket options an upgraded (MPTCP) socket refuses are seen,
+//! counted per rule, option and program, and the compatibility guard keeps such a program TCP
+//! from its next socket on. Real programs: an unmodified `psql` with `tcp_user_timeout`, and the
+//! probe setting `TCP_MD5SIG` and `TCP_ULP`.
+use std::{
+    io::{Read as _, Write as _},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::MetadataExt as _,
+    path::Path,
+    process::Output,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use mptcpify_tests::*;
+
+const TCP_MD5SIG: &str = "setopt4:6:14";
+const TCP_ULP_TLS: &str = "setopt4:6:31:tls";
+const ENOPROTOOPT: i64 = 92;
+
+/// A stand-in PostgreSQL server on 127.0.0.1: a startup gets AuthenticationOk, the server's
+/// version and ReadyForQuery; a query gets EmptyQueryResponse and ReadyForQuery. Enough for an
+/// unmodified `psql` to connect and run `;`, which is all these tests ask of it.
+struct FakePostgres {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind];
+    m.extend(((body.len() + 4) as u32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+fn serve_one(mut conn: TcpStream) -> std::io::Result<()> {
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len)?;
+    let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+    conn.read_exact(&mut startup)?;
+    let mut reply = message(b'R', &0u32.to_be_bytes());
+    reply.extend(message(b'S', b"server_version\016.0\0"));
+    reply.extend(message(b'S', b"client_encoding\0UTF8\0"));
+    reply.extend(message(b'Z', b"I"));
+    conn.write_all(&reply)?;
+    loop {
+        let mut head = [0u8; 5];
+        conn.read_exact(&mut head)?;
+        let mut body = vec![0u8; u32::from_be_bytes(head[1..].try_into().unwrap()) as usize - 4];
+        conn.read_exact(&mut body)?;
+        match head[0] {
+            b'Q' => conn.write_all(&[message(b'I', b""), message(b'Z', b"I")].concat())?,
+            _ => return Ok(()),
+        }
+    }
+}
+
+impl FakePostgres {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Ok(conn) = conn {
+                    std::thread::spawn(move || serve_one(conn));
+                }
+            }
+        });
+        Self { port, stop }
+    }
+
+    fn conninfo(&self, extra: &str) -> String {
+        format!("host=127.0.0.1 port={} user=test dbname=test sslmode=disable gssencmode=disable {extra}", self.port)
+    }
+}
+
+impl Drop for FakePostgres {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+const PSQL: &str = "/usr/bin/psql";
+
+/// An unmodified `psql` running `;` in `cg`.
+fn psql(cg: &TestCgroup, conninfo: &str) -> Output {
+    assert!(Path::new(PSQL).exists(), "{PSQL} missing: `cargo xtask setup` installs postgresql-client");
+    command_in(Some(cg), Path::new(PSQL), &["-X", "-w", "-c", ";", conninfo]).env("HOME", "/tmp").output().unwrap()
+}
+
+fn cgroup_id(cg: &TestCgroup) -> u64 {
+    std::fs::metadata(&cg.path).unwrap().ino()
+}
+
+fn guard() -> serde_json::Value {
+    status_json()["guard"].clone()
+}
+
+/// `guard.kept_tcp` entries of `program`.
+fn kept(program: &str) -> Vec<serde_json::Value> {
+    guard()["kept_tcp"].as_array().unwrap().iter().filter(|k| k["program"] == program).cloned().collect()
+}
+
+fn refusals(program: &str, option: &str) -> u64 {
+    let g = guard();
+    let all = g["refusals"].as_array().unwrap();
+    all.iter().filter(|r| r["program"] == program && r["option"] == option).map(|r| r["count"].as_u64().unwrap()).sum()
+}
+
+fn counter(name: &str) -> u64 {
+    status_json()["counters"][name].as_u64().unwrap()
+}
+
+#[test]
+fn the_kernels_refused_options_are_probed_at_load() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-test/compat-probe");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let options = guard()["refused_options"].clone();
+    let named = |name: &str| options.as_array().unwrap().iter().find(|o| o["option"] == name).cloned();
+    for name in ["TCP_USER_TIMEOUT", "TCP_MD5SIG", "TCP_ULP", "IP_TTL", "SO_ZEROCOPY"] {
+        let o = named(name).unwrap_or_else(|| panic!("{name} not among the refused options: {options}"));
+        assert_eq!(o["setsockopt"], true, "{o}");
+    }
+    for accepted in ["TCP_NODELAY", "TCP_KEEPIDLE", "SO_KEEPALIVE", "IP_TOS"] {
+        assert!(named(accepted).is_none(), "{accepted} is accepted on MPTCP: {options}");
+    }
+    let n = options.as_array().unwrap().len();
+    assert!((20..=60).contains(&n), "{n} options: {options}");
+    println!("refused options ({n}): {options}");
+    assert!(ok(&["guard"]).contains(&format!("{n} options refused on MPTCP")));
+}
+
+#[test]
+fn psql_with_tcp_user_timeout_is_refused_once_then_kept_tcp_by_the_guard() {
+    let _g = setup();
+    let pg = FakePostgres::start();
+    let cg = TestCgroup::new("mptcpify-test/compat-psql");
+    let other = TestCgroup::new("mptcpify-test/compat-psql-other");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    ok(&["enable", "--cgroup", &other.relative]);
+    let with_timeout = pg.conninfo("tcp_user_timeout=5000");
+
+    // The stand-in answers as a server would: psql connects over TCP.
+    let plain = TestCgroup::new("mptcpify-test/compat-psql-plain");
+    let out = psql(&plain, &with_timeout);
+    assert!(out.status.success(), "psql against the stand-in, not upgraded: {}", text(&out));
+
+    let first = psql(&cg, &with_timeout);
+    let refused_at = Instant::now();
+    assert!(!first.status.success(), "the first upgraded psql was not refused: {}", text(&first));
+    assert!(text(&first).contains("Protocol not available"), "{}", text(&first));
+    let again = psql(&cg, &with_timeout);
+    let reaction = refused_at.elapsed();
+    assert!(again.status.success(), "psql after the refusal: {}", text(&again));
+    println!("guard reaction: the next psql connected {reaction:?} after the refusal");
+
+    let k = kept("psql");
+    assert_eq!(k.len(), 1, "{}", guard());
+    assert_eq!((k[0]["rule_kind"].as_str(), k[0]["rule_key"].as_u64()), (Some("cgroup"), Some(cgroup_id(&cg))));
+    assert_eq!((k[0]["option"].as_str(), k[0]["errno"].as_str()), (Some("TCP_USER_TIMEOUT"), Some("ENOPROTOOPT")));
+    assert_eq!(refusals("psql", "TCP_USER_TIMEOUT"), 1);
+    assert!(counter("kept_tcp_guard") >= 1 && counter("options_refused") == 1);
+    let shown = ok(&["status"]);
+    assert!(shown.contains("kept TCP: psql") && shown.contains("TCP_USER_TIMEOUT"), "{shown}");
+
+    // The same program without the option, under another rule: still upgraded (its client
+    // socket meets a TCP server, so it is counted as a fallback by its peer).
+    let out = psql(&other, &pg.conninfo(""));
+    assert!(out.status.success(), "{}", text(&out));
+    let status = status_json();
+    let rule = status["rules"].as_array().unwrap().iter().find(|r| r["key"] == cgroup_id(&other)).unwrap().clone();
+    assert_eq!(rule["outcomes"]["fallback_peer"], 1, "psql under the other rule was not upgraded: {rule}");
+
+    // Off: today's behaviour (upgraded, refused); on again: kept TCP again.
+    ok(&["guard", "off"]);
+    assert!(!psql(&cg, &with_timeout).status.success(), "the guard is off: psql is upgraded and refused");
+    assert_eq!(refusals("psql", "TCP_USER_TIMEOUT"), 2);
+    ok(&["guard", "on"]);
+    assert!(psql(&cg, &with_timeout).status.success());
+
+    // Allowed by the operator: upgraded (and refused) whatever it is refused, under every rule.
+    ok(&["guard", "allow", "psql"]);
+    assert!(kept("psql").is_empty(), "{}", guard());
+    assert!(!psql(&cg, &with_timeout).status.success(), "an allowed program is upgraded");
+    assert!(kept("psql").is_empty(), "an allowed program is never kept TCP: {}", guard());
+    assert_eq!(guard()["allowed"], serde_json::json!(["psql"]));
+
+    // Forgotten: upgraded again until its next refusal.
+    ok(&["guard", "forget", "psql"]);
+    assert!(!psql(&cg, &with_timeout).status.success());
+    assert!(psql(&cg, &with_timeout).status.success());
+    assert_eq!(kept("psql").len(), 1);
+
+    // A removed rule takes its guard entries and counts with it; reset clears everything.
+    ok(&["disable", "--cgroup", &cg.relative]);
+    assert!(kept("psql").is_empty() && refusals("psql", "TCP_USER_TIMEOUT") == 0, "{}", guard());
+    ok(&["enable", "--cgroup", &cg.relative]);
+    assert!(!psql(&cg, &with_timeout).status.success());
+    assert_eq!(kept("psql").len(), 1);
+    ok(&["reset"]);
+    ok(&["enable", "--cgroup", &cg.relative]);
+    assert!(kept("psql").is_empty(), "{}", guard());
+}
+
+#[test]
+fn md5sig_and_kernel_tls_refusals_are_counted_and_guarded() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-test/compat-md5");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let md5 = &parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &[TCP_MD5SIG]))[TCP_MD5SIG];
+    assert_eq!((md5["proto"], md5["errno"]), (262, ENOPROTOOPT), "upgraded, then refused");
+    // Kept TCP from the next socket on: TCP knows the option (an empty key is its own error).
+    let ulp = &parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &[TCP_ULP_TLS]))[TCP_ULP_TLS];
+    assert_eq!(ulp["proto"], 6, "{ulp:?}");
+    assert_ne!(ulp["errno"], ENOPROTOOPT);
+    assert_eq!(kept("sockprobe")[0]["option"], "TCP_MD5SIG");
+
+    ok(&["guard", "forget", "--all"]);
+    let ulp = &parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &[TCP_ULP_TLS]))[TCP_ULP_TLS];
+    assert_eq!((ulp["proto"], ulp["errno"]), (262, ENOPROTOOPT));
+    assert_eq!((refusals("sockprobe", "TCP_MD5SIG"), refusals("sockprobe", "TCP_ULP")), (1, 1));
+    assert_eq!(kept("sockprobe")[0]["option"], "TCP_ULP");
+
+    // Bad input changes nothing.
+    let before = guard();
+    fails(&["guard", "allow", "a-name-longer-than-fifteen"], "at most 15");
+    fails(&["guard", "forget"], "required");
+    assert_eq!(guard()["kept_tcp"], before["kept_tcp"]);
+}
