@@ -32,9 +32,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use mptcpify_common::{
     ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH,
-    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, GUARD_KEEP_TCP,
-    GuardKey, IPPROTO_MPTCP, IPPROTO_TCP, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes,
-    Rule, RuleKind, RuleRef, SOCK_STREAM, SOCK_TYPE_MASK,
+    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, GUARD_KEEP_TCP, GuardKey,
+    IPPROTO_MPTCP, IPPROTO_TCP, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes, Rule, RuleKind,
+    RuleRef, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -335,7 +335,7 @@ fn guard_keeps_tcp(cfg: &Config, m: &Match) -> bool {
     let Some(comm) = program_comm() else { return false };
     let key = GuardKey { comm, rule: RuleRef { kind: m.kind as u32, _pad: 0, key: m.key } };
     // SAFETY: only `verdict` is read, at once.
-    unsafe { options::GUARD.get(&key) }.is_some_and(|e| e.verdict == GUARD_KEEP_TCP)
+    unsafe { options::GUARD.get(key) }.is_some_and(|e| e.verdict == GUARD_KEEP_TCP)
 }
 
 #[inline(always)]

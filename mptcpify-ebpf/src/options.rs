@@ -78,7 +78,7 @@ fn on_result(raw: *mut c_void, op: u32) {
     let sk: *mut c_void = ctx.arg(0);
     let option = SockOpt { level: ctx.arg::<i32>(1) as u32, name: ctx.arg::<i32>(2) as u32 };
     // SAFETY: the value is copied out at once.
-    if unsafe { REFUSED_OPTIONS.get(&option) }.is_none_or(|bits| bits & op == 0) {
+    if unsafe { REFUSED_OPTIONS.get(option) }.is_none_or(|bits| bits & op == 0) {
         return;
     }
     // SAFETY: `sk` is the traced function's `struct sock *` argument, typed by its BTF.
@@ -96,11 +96,11 @@ fn on_result(raw: *mut c_void, op: u32) {
 #[inline(always)]
 fn count(key: RefusalKey) {
     use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
-    if let Some(n) = REFUSALS.get_ptr_mut(&key) {
+    if let Some(n) = REFUSALS.get_ptr_mut(key) {
         // SAFETY: a pointer into a map value shared between CPUs, hence the atomic add.
         unsafe { atomic_xadd::<u64, u64, { Relaxed }>(n, 1) };
-    } else if REFUSALS.insert(&key, &1, BPF_NOEXIST).is_err()
-        && let Some(n) = REFUSALS.get_ptr_mut(&key)
+    } else if REFUSALS.insert(key, 1, BPF_NOEXIST).is_err()
+        && let Some(n) = REFUSALS.get_ptr_mut(key)
     {
         // A concurrent first refusal made it.
         // SAFETY: as above.
@@ -117,12 +117,12 @@ fn guard(comm: [u8; mptcpify_common::COMM_LEN], rule: RuleRef, mut entry: GuardE
         return;
     }
     // SAFETY: only `verdict` is read, at once.
-    if unsafe { GUARD.get(&GuardKey { comm, rule: RuleRef::ANY }) }.is_some_and(|e| e.verdict == GUARD_ALLOW) {
+    if unsafe { GUARD.get(GuardKey { comm, rule: RuleRef::ANY }) }.is_some_and(|e| e.verdict == GUARD_ALLOW) {
         return;
     }
     // SAFETY: a helper without arguments.
     entry.since_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    if GUARD.insert(&GuardKey { comm, rule }, &entry, BPF_NOEXIST).is_ok() {
+    if GUARD.insert(GuardKey { comm, rule }, entry, BPF_NOEXIST).is_ok() {
         // SAFETY: a plain store to the program's own global; any value but 0 means "yes".
         unsafe { core::ptr::write_volatile(&raw mut ANY_GUARDED, 1) };
     }

@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex};
 use http_body_util::Full;
 use hyper::{Response, StatusCode, body::Bytes};
 use mptcpify_common::{Counter, Outcomes, RuleKind};
+
+use crate::commands::guard::GuardStatus;
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
@@ -112,11 +114,13 @@ struct Snapshot {
     counters: Vec<(Counter, u64)>,
     rules: Vec<RuleRow>,
     namespaces: Vec<mib::NamespaceCounters>,
+    /// The compatibility guard, while loaded.
+    guard: Option<GuardStatus>,
 }
 
 fn snapshot(health: &SharedHealth) -> Snapshot {
     let health = health.lock().expect("health lock").clone();
-    let mut snap = Snapshot { health, counters: Vec::new(), rules: Vec::new(), namespaces: Vec::new() };
+    let mut snap = Snapshot { health, counters: Vec::new(), rules: Vec::new(), namespaces: Vec::new(), guard: None };
     if !pins::is_loaded() {
         snap.health.attached = false;
         return snap;
@@ -143,6 +147,7 @@ fn snapshot(health: &SharedHealth) -> Snapshot {
         });
     }
     snap.namespaces = mib::upgraded_namespaces();
+    snap.guard = crate::commands::guard::guard_status(&st).ok();
     snap
 }
 
@@ -182,6 +187,7 @@ impl Collector for Snapshot {
         self.encode_sockets(&mut e)?;
         self.encode_rules(&mut e)?;
         self.encode_outcomes(&mut e)?;
+        self.encode_guard(&mut e)?;
         self.encode_namespaces(&mut e)?;
         if let Some(paths) = &self.health.paths {
             encode_paths(paths, &mut e)?;
@@ -338,6 +344,45 @@ impl Snapshot {
         Ok(())
     }
 
+    /// The rule a guard row names (by kind and key, as `status` shows them).
+    fn rule_named(&self, kind: &str, key: u64) -> Option<&RuleRow> {
+        self.rules.iter().find(|r| r.key.kind().name() == kind && r.key.rule_ref().key == key)
+    }
+
+    /// The compatibility guard: options refused on upgraded sockets, programs kept TCP.
+    fn encode_guard(&self, e: &mut DescriptorEncoder) -> EncodeResult {
+        let Some(g) = &self.guard else { return Ok(()) };
+        gauge(
+            e,
+            "mptcpify_guard_enabled",
+            "1 while programs that had an option refused are kept TCP",
+            g.enabled as i64,
+        )?;
+        let mut m = e.encode_descriptor(
+            "mptcpify_option_refusals",
+            "Socket option calls refused on upgraded sockets because they are MPTCP, by rule, program and option",
+            None,
+            MetricType::Counter,
+        )?;
+        for f in &g.refusals {
+            let Some(r) = self.rule_named(f.rule_kind, f.rule_key) else { continue };
+            let labels = r.labels(&[("program", &f.program), ("call", f.call), ("option", &f.option)]);
+            ConstCounter::new(f.count).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = e.encode_descriptor(
+            "mptcpify_guard_kept_tcp",
+            "Programs the guard keeps TCP within a rule (1), with the option that was refused",
+            None,
+            MetricType::Gauge,
+        )?;
+        for k in &g.kept_tcp {
+            let Some(r) = self.rule_named(k.rule_kind, k.rule_key) else { continue };
+            let labels = r.labels(&[("program", &k.program), ("option", &k.option)]);
+            ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
     /// The kernel's MPTCP counters of each namespace holding an upgraded workload.
     fn encode_namespaces(&self, e: &mut DescriptorEncoder) -> EncodeResult {
         let mut m = e.encode_descriptor(
@@ -415,6 +460,26 @@ impl Snapshot {
                     ("reason", reason),
                 ];
                 ConstCounter::new(n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        if let Some(g) = &self.guard {
+            let mut m = e.encode_descriptor(
+                "mptcpify_pod_guard_kept_tcp",
+                "Programs of each selected pod the guard keeps TCP (1), with the option that was refused",
+                None,
+                MetricType::Gauge,
+            )?;
+            for p in pods {
+                let Some(id) = p.cgroup else { continue };
+                for k in g.kept_tcp.iter().filter(|k| k.rule_kind == "cgroup" && k.rule_key == id) {
+                    let labels = [
+                        ("namespace", p.namespace.as_str()),
+                        ("pod", p.name.as_str()),
+                        ("program", k.program.as_str()),
+                        ("option", k.option.as_str()),
+                    ];
+                    ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
+                }
             }
         }
         let mut m = e.encode_descriptor(

@@ -17,8 +17,7 @@ use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
     CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP,
     OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, REFUSED_OPTIONS_MAP,
-    SOCK_OFFSETS,
-    SockOffsets, netns_globals, task_globals,
+    SOCK_OFFSETS, SockOffsets, netns_globals, task_globals,
 };
 
 use super::{

@@ -312,8 +312,7 @@ pub fn getsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, buf: &mut [u8]) -> 
 /// `setsockopt(2)` with `value`'s bytes.
 pub fn setsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> io::Result<()> {
     // SAFETY: `value` is valid for reading `value.len()` bytes.
-    let r = unsafe {
-        libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t)
-    };
+    let r =
+        unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }

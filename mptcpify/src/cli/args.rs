@@ -6,9 +6,9 @@ use clap::{Args, Parser, Subcommand, builder::TypedValueParser as _};
 use mptcpify::{
     bpf::loader::LogLevel,
     commands::guard::GuardAction,
-    state::rules::Key,
     host::{selector::Selector, users::UidSpec},
     paths::plan::AutoOptions,
+    state::rules::Key,
 };
 
 #[derive(Debug, Parser)]

@@ -127,8 +127,57 @@ pub async fn checks() -> Vec<Check> {
         out.push(pinned_state_check());
         out.push(listeners_check(root));
         out.push(outcomes_check());
+        out.push(compatibility_check());
     }
     out
+}
+
+/// The compatibility guard: this kernel's refused options, and every program kept TCP (or that
+/// would have failed, with the guard off) with the option and the fix.
+fn compatibility_check() -> Check {
+    let g = match State::open().and_then(|st| super::guard::guard_status(&st)) {
+        Ok(g) => g,
+        Err(e) => return check("compatibility", Level::Warn, format!("not read: {e:#}"), None),
+    };
+    if g.refused_options.is_empty() {
+        return check(
+            "compatibility",
+            Level::Warn,
+            "the options MPTCP refuses were not probed at load (no MPTCP socket could be made): refusals are              neither counted nor guarded against",
+            Some(
+                "enable MPTCP (net.mptcp.enabled=1) where mptcpify loads, then `mptcpify reset` and enable again"
+                    .into(),
+            ),
+        );
+    }
+    let options: Vec<&str> = g.refused_options.iter().filter(|o| o.setsockopt).map(|o| o.option.as_str()).collect();
+    let table = format!("{} options refused by setsockopt on MPTCP here: {}", options.len(), options.join(" "));
+    if g.kept_tcp.is_empty() && g.refusals.is_empty() {
+        return check("compatibility", Level::Ok, format!("no upgraded program had an option refused; {table}"), None);
+    }
+    let mut named: Vec<String> = g
+        .kept_tcp
+        .iter()
+        .map(|k| {
+            format!(
+                "{} kept TCP under rule {} {}: {}({}) = {}",
+                k.program, k.rule_kind, k.rule_key, k.call, k.option, k.errno
+            )
+        })
+        .collect();
+    if !g.enabled {
+        let failing = g.refusals.iter().map(|r| format!("{} fails {}({}) x{}", r.program, r.call, r.option, r.count));
+        named.extend(failing);
+    }
+    check(
+        "compatibility",
+        Level::Warn,
+        format!("{}; {table}", named.join("; ")),
+        Some(
+            "these programs use an option MPTCP does not support: they stay TCP (the guard), or exclude them              (`mptcpify exclude --comm NAME`); `mptcpify guard allow NAME` upgrades one anyway"
+                .into(),
+        ),
+    )
 }
 
 /// Upgraded connections a workload needs before doctor judges its fallbacks.

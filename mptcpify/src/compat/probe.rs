@@ -99,5 +99,4 @@ mod tests {
             assert!(!is_mptcp_refusal(errno), "{errno}");
         }
     }
-
 }

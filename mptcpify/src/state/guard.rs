@@ -102,7 +102,8 @@ impl Guard {
     /// Drops what was counted and decided under `rule`, which is being removed: a rule made
     /// again later starts afresh, as its outcome counters do.
     pub fn forget_rule(&mut self, rule: RuleRef) -> Result<()> {
-        let refusals: Vec<RefusalKey> = self.refusals.keys().filter_map(Result::ok).filter(|k| k.rule == rule).collect();
+        let refusals: Vec<RefusalKey> =
+            self.refusals.keys().filter_map(Result::ok).filter(|k| k.rule == rule).collect();
         for key in &refusals {
             remove_if_present(&mut self.refusals, key)?;
         }

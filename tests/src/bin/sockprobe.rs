@@ -81,7 +81,8 @@ fn one_socket(raw: bool, spec: &str) -> String {
 /// `setopt4:LEVEL:NAME[:TEXT]`: an option set as a program sets it, on a socket made as TCP.
 fn set_option(spec: &str) -> String {
     let mut parts = spec.splitn(4, ':').skip(1);
-    let (Some(level), Some(name)) = (parts.next().and_then(|l| l.parse().ok()), parts.next().and_then(|n| n.parse().ok()))
+    let (Some(level), Some(name)) =
+        (parts.next().and_then(|l| l.parse().ok()), parts.next().and_then(|n| n.parse().ok()))
     else {
         return format!("{spec} unknown-spec");
     };

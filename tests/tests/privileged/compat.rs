@@ -42,7 +42,7 @@ fn serve_one(mut conn: TcpStream) -> std::io::Result<()> {
     let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
     conn.read_exact(&mut startup)?;
     let mut reply = message(b'R', &0u32.to_be_bytes());
-    reply.extend(message(b'S', b"server_version\016.0\0"));
+    reply.extend(message(b'S', b"server_version\x0016.0\0"));
     reply.extend(message(b'S', b"client_encoding\0UTF8\0"));
     reply.extend(message(b'Z', b"I"));
     conn.write_all(&reply)?;
@@ -134,8 +134,10 @@ fn the_kernels_refused_options_are_probed_at_load() {
     for accepted in ["TCP_NODELAY", "TCP_KEEPIDLE", "SO_KEEPALIVE", "IP_TOS"] {
         assert!(named(accepted).is_none(), "{accepted} is accepted on MPTCP: {options}");
     }
+    // What TCP knows and MPTCP refuses, at any value: more than the options TCP accepts at a
+    // sensible value (multicast options, say, are EINVAL on any stream socket).
     let n = options.as_array().unwrap().len();
-    assert!((20..=60).contains(&n), "{n} options: {options}");
+    assert!(n >= 20, "{n} options: {options}");
     println!("refused options ({n}): {options}");
     assert!(ok(&["guard"]).contains(&format!("{n} options refused on MPTCP")));
 }
@@ -172,6 +174,8 @@ fn psql_with_tcp_user_timeout_is_refused_once_then_kept_tcp_by_the_guard() {
     assert!(counter("kept_tcp_guard") >= 1 && counter("options_refused") == 1);
     let shown = ok(&["status"]);
     assert!(shown.contains("kept TCP: psql") && shown.contains("TCP_USER_TIMEOUT"), "{shown}");
+    let doctor = text(&mptcpify(&["doctor"]));
+    assert!(doctor.contains("psql kept TCP under rule cgroup") && doctor.contains("guard allow"), "{doctor}");
 
     // The same program without the option, under another rule: still upgraded (its client
     // socket meets a TCP server, so it is counted as a fallback by its peer).
@@ -232,8 +236,10 @@ fn md5sig_and_kernel_tls_refusals_are_counted_and_guarded() {
     assert_eq!(kept("sockprobe")[0]["option"], "TCP_ULP");
 
     // Bad input changes nothing.
-    let before = guard();
+    let decided =
+        || (guard()["allowed"].clone(), kept("sockprobe").iter().map(|k| k["option"].clone()).collect::<Vec<_>>());
+    let before = decided();
     fails(&["guard", "allow", "a-name-longer-than-fifteen"], "at most 15");
     fails(&["guard", "forget"], "required");
-    assert_eq!(guard()["kept_tcp"], before["kept_tcp"]);
+    assert_eq!(decided(), before);
 }
