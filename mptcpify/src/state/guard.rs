@@ -102,12 +102,21 @@ impl Guard {
     /// Drops what was counted and decided under `rule`, which is being removed: a rule made
     /// again later starts afresh, as its outcome counters do.
     pub fn forget_rule(&mut self, rule: RuleRef) -> Result<()> {
-        let refusals: Vec<RefusalKey> =
-            self.refusals.keys().filter_map(Result::ok).filter(|k| k.rule == rule).collect();
+        self.forget_where(|r| r == rule)
+    }
+
+    /// Drops what was counted and decided under rules not in `rules` (what a removal killed
+    /// midway left); the operator's allowances, under no rule in particular, stay.
+    pub fn forget_rules_except(&mut self, rules: &std::collections::HashSet<RuleRef>) -> Result<()> {
+        self.forget_where(|r| r != RuleRef::ANY && !rules.contains(&r))
+    }
+
+    fn forget_where(&mut self, gone: impl Fn(RuleRef) -> bool) -> Result<()> {
+        let refusals: Vec<RefusalKey> = self.refusals.keys().filter_map(Result::ok).filter(|k| gone(k.rule)).collect();
         for key in &refusals {
             remove_if_present(&mut self.refusals, key)?;
         }
-        let kept: Vec<GuardKey> = self.entries.keys().filter_map(Result::ok).filter(|k| k.rule == rule).collect();
+        let kept: Vec<GuardKey> = self.entries.keys().filter_map(Result::ok).filter(|k| gone(k.rule)).collect();
         for key in &kept {
             remove_if_present(&mut self.entries, key)?;
         }

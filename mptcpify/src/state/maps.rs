@@ -187,7 +187,9 @@ impl State {
         for id in self.orphan_origins() {
             self.origins.remove(&id).with_context(|| format!("removing the origin of cgroup id {id}"))?;
         }
-        Ok(())
+        // A removal killed midway may have left some of its rule's guard entries.
+        let rules: std::collections::HashSet<RuleRef> = self.entries()?.iter().map(|(k, _)| k.rule_ref()).collect();
+        self.guard.forget_rules_except(&rules)
     }
 
     pub fn config(&self) -> Result<Config> {
