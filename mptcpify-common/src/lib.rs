@@ -91,6 +91,37 @@ pub const OUTCOME_PROGRAMS: [OutcomeProgram; 6] = [
     },
 ];
 
+/// The audit watchers: TCP's own option calls, seen on return, for sockets an audit rule left
+/// TCP. They run on every TCP socket's option calls, so they are attached only while an audit
+/// rule exists ([`Config::audits_any`]); loaded with the rest, their programs are pinned as
+/// `PIN_prog` and, while attached, their links as `PIN_link`.
+pub const AUDIT_PROGRAMS: [OutcomeProgram; 3] = [
+    // setsockopt of SOL_TCP, SOL_IP and SOL_IPV6 on a TCP socket.
+    OutcomeProgram {
+        role: "audit-setsockopt",
+        name: "mptcpify_audit_set",
+        function: "tcp_setsockopt",
+        attach: TraceAttach::Exit,
+        pin: "audit_setsockopt",
+    },
+    // setsockopt of SOL_SOCKET (MPTCP sees those; TCP leaves them to the socket layer).
+    OutcomeProgram {
+        role: "audit-sk-setsockopt",
+        name: "mptcpify_audit_sk_set",
+        function: "sk_setsockopt",
+        attach: TraceAttach::Exit,
+        pin: "audit_sk_setsockopt",
+    },
+    // getsockopt of SOL_TCP, SOL_IP and SOL_IPV6 (MPTCP never sees SOL_SOCKET gets).
+    OutcomeProgram {
+        role: "audit-getsockopt",
+        name: "mptcpify_audit_get",
+        function: "tcp_getsockopt",
+        attach: TraceAttach::Exit,
+        pin: "audit_getsockopt",
+    },
+];
+
 /// The pin of the sock_ops program's link of layout 3 before its tracing programs replaced it:
 /// removed with the rest of a killed load's leftovers.
 pub const OLD_OUTCOME_LINK_PIN: &str = "outcome_link";
@@ -244,6 +275,9 @@ pub struct Config {
     /// Non-zero: the compatibility guard is off (`mptcpify guard off`): refusals are still
     /// counted, but no program is kept TCP for them. 0, the default, is on.
     pub guard_off: u32,
+    /// Number of audit rules (not counting `all`): while any exists, or `all` audits, the audit
+    /// watchers ([`AUDIT_PROGRAMS`]) are attached.
+    pub audits: u32,
 }
 
 impl Config {
@@ -261,6 +295,7 @@ impl Config {
             self.all_action,
             self.outcomes,
             self.guard_off,
+            self.audits,
         ];
         words_as_ne_bytes(&words)
     }
@@ -276,7 +311,14 @@ fn words_as_ne_bytes<const BYTES: usize>(words: &[u32]) -> [u8; BYTES] {
     bytes
 }
 
-const _: () = assert!(size_of::<Config>() == 44, "Config is eleven u32s, as to_ne_bytes writes them");
+const _: () = assert!(size_of::<Config>() == 48, "Config is twelve u32s, as to_ne_bytes writes them");
+
+impl Config {
+    /// Whether any rule audits: then the audit watchers must be attached.
+    pub const fn audits_any(&self) -> bool {
+        self.audits > 0 || (self.all != 0 && self.all_action == ACTION_AUDIT)
+    }
+}
 
 /// What the loader decided when it loaded the attached program, kept beside it because the
 /// program's own globals are read-only and unpinned.
@@ -369,6 +411,9 @@ pub enum Decision {
     /// A `setsockopt`/`getsockopt` on an upgraded socket was refused because it is MPTCP (the
     /// option is in the running kernel's [`REFUSED_OPTIONS_MAP`]).
     OptionRefused = 11,
+    /// A socket option call that succeeded on a socket an audit rule left TCP, and that MPTCP
+    /// would have refused.
+    OptionWouldFail = 12,
 }
 
 impl Decision {
@@ -385,6 +430,7 @@ impl Decision {
             9 => Self::SubflowFailed,
             10 => Self::KeptTcpGuard,
             11 => Self::OptionRefused,
+            12 => Self::OptionWouldFail,
             _ => return None,
         })
     }
@@ -402,6 +448,7 @@ impl Decision {
             Self::SubflowFailed => "subflow-failed",
             Self::KeptTcpGuard => "kept-tcp-guard",
             Self::OptionRefused => "option-refused",
+            Self::OptionWouldFail => "option-would-fail",
         }
     }
 }
@@ -490,7 +537,9 @@ pub struct RefusalKey {
     pub rule: RuleRef,
     pub option: SockOpt,
     pub op: u32,
-    pub _pad: u32,
+    /// 1: predicted for a socket an audit rule left TCP (it would have been refused on MPTCP);
+    /// 0: refused on an upgraded socket.
+    pub predicted: u32,
     /// The program (thread-group leader's command name) that made the call.
     pub comm: [u8; COMM_LEN],
 }
@@ -524,6 +573,10 @@ pub struct GuardEntry {
     pub errno: u32,
     /// The PID that was refused.
     pub pid: u32,
+    /// 1: predicted by an audit rule (the call succeeded on TCP and would have been refused on
+    /// MPTCP); `errno` is then 0.
+    pub predicted: u32,
+    pub _pad: u32,
 }
 
 /// [`GuardEntry::verdict`]: the program's next sockets stay TCP.
@@ -584,9 +637,11 @@ pub enum Counter {
     KeptTcpGuard = 11,
     /// Socket options refused on upgraded sockets because they are MPTCP.
     OptionsRefused = 12,
+    /// Socket options audited sockets set that MPTCP would have refused.
+    OptionsWouldFail = 13,
 }
 
-pub const COUNTER_SLOTS: u32 = 13;
+pub const COUNTER_SLOTS: u32 = 14;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
@@ -603,6 +658,7 @@ impl Counter {
         Counter::WouldUpgrade,
         Counter::KeptTcpGuard,
         Counter::OptionsRefused,
+        Counter::OptionsWouldFail,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -620,6 +676,7 @@ impl Counter {
             Counter::WouldUpgrade => "would_upgrade",
             Counter::KeptTcpGuard => "kept_tcp_guard",
             Counter::OptionsRefused => "options_refused",
+            Counter::OptionsWouldFail => "options_would_fail",
         }
     }
 

@@ -10,6 +10,12 @@
 //! kept TCP within that rule from its next `socket()` on ([`GUARD`], read by the hook).
 //!
 //! TCP sockets never reach these functions: unselected programs pay nothing here.
+//!
+//! Audit rules leave sockets TCP, so MPTCP never refuses them; the audit watchers (`fexit` on
+//! TCP's own option calls, attached only while an audit rule exists) predict instead: a call
+//! that succeeded on TCP, for an option MPTCP refuses, by a program an audit rule selects, is
+//! counted as would-fail and decided by the guard as a refusal would be. Enforcing that rule
+//! later then keeps the program TCP from its first socket.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -22,11 +28,15 @@ use aya_ebpf::{
     programs::FExitContext,
 };
 use mptcpify_common::{
-    Counter, Decision, GUARD_ALLOW, GUARD_KEEP_TCP, GuardEntry, GuardKey, MAX_GUARD_ENTRIES, MAX_REFUSALS,
+    Counter, Decision, GUARD_ALLOW, GUARD_KEEP_TCP, GuardEntry, GuardKey, IPPROTO_TCP, MAX_GUARD_ENTRIES, MAX_REFUSALS,
     MAX_REFUSED_OPTIONS, OPTION_GET, OPTION_SET, RefusalKey, RuleKind, RuleRef, SockOpt,
 };
 
-use crate::{CONFIG, EVENTS, bump, outcome::SOCKETS, program_comm};
+use crate::{
+    CONFIG, EVENTS, bump,
+    outcome::{SOCK_OFFSETS, SOCKETS, read, subflow_context},
+    program_comm,
+};
 
 /// Written by the loader from its probe; read here.
 #[map]
@@ -84,13 +94,82 @@ fn on_result(raw: *mut c_void, op: u32) {
     // SAFETY: `sk` is the traced function's `struct sock *` argument, typed by its BTF.
     let cookie = unsafe { bpf_get_socket_cookie(sk) };
     // SAFETY: the value is copied out at once.
-    let Some(rule) = (unsafe { SOCKETS.get(cookie) }).copied() else { return };
+    let noted = unsafe { SOCKETS.get(cookie) }.copied();
+    // Accepted sockets have no note of their own: the caller's rule decides, as it would its
+    // next socket.
+    let Some(rule) = noted.or_else(|| caller_rule(false)) else { return };
+    decide(rule, op, option, errno as u32, Decision::OptionRefused);
+}
+
+/// `int tcp_setsockopt(struct sock *sk, int level, int optname, sockptr_t optval, unsigned int optlen)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fexit/tcp_setsockopt")]
+pub fn mptcpify_audit_set(ctx: *mut c_void) -> i32 {
+    on_tcp_result(ctx, OPTION_SET);
+    0
+}
+
+/// `int sk_setsockopt(struct sock *sk, int level, int optname, sockptr_t optval, unsigned int optlen)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fexit/sk_setsockopt")]
+pub fn mptcpify_audit_sk_set(ctx: *mut c_void) -> i32 {
+    on_tcp_result(ctx, OPTION_SET);
+    0
+}
+
+/// `int tcp_getsockopt(struct sock *sk, int level, int optname, char __user *optval, int __user *optlen)`.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "fexit/tcp_getsockopt")]
+pub fn mptcpify_audit_get(ctx: *mut c_void) -> i32 {
+    on_tcp_result(ctx, OPTION_GET);
+    0
+}
+
+/// An option call that succeeded on a plain TCP socket: would MPTCP have refused it, for a
+/// program an audit rule selects?
+#[inline(always)]
+fn on_tcp_result(raw: *mut c_void, op: u32) {
+    let mut ret: u64 = 1;
+    // SAFETY: as in `on_result`.
+    if unsafe { bpf_get_func_ret(raw, &mut ret) } != 0 || ret != 0 {
+        return;
+    }
+    let ctx = FExitContext::new(raw);
+    let sk: *const u8 = ctx.arg(0);
+    let option = SockOpt { level: ctx.arg::<i32>(1) as u32, name: ctx.arg::<i32>(2) as u32 };
+    // SAFETY: the value is copied out at once.
+    if unsafe { REFUSED_OPTIONS.get(option) }.is_none_or(|bits| bits & op == 0) {
+        return;
+    }
+    // A plain TCP socket: not an MPTCP subflow, whose options MPTCP itself sets.
+    let off = SOCK_OFFSETS.load();
+    if read::<u16>(sk, off.protocol) != Some(IPPROTO_TCP as u16) || subflow_context(sk).is_some() {
+        return;
+    }
+    let Some(rule) = caller_rule(true) else { return };
+    decide(rule, op, option, 0, Decision::OptionWouldFail);
+}
+
+/// The rule that decides the calling process's sockets, if it is an enable rule (`audit`
+/// false) or an audit rule (`audit` true).
+#[inline(always)]
+fn caller_rule(audit: bool) -> Option<RuleRef> {
+    let cfg = CONFIG.get(0)?;
+    let m = crate::select(cfg);
+    (m.found && !m.exclude && m.audit == audit).then_some(RuleRef { kind: m.kind as u32, _pad: 0, key: m.key })
+}
+
+/// Counts a refusal (or a predicted one), lets the guard decide, tells the monitor.
+#[inline(always)]
+fn decide(rule: RuleRef, op: u32, option: SockOpt, errno: u32, decision: Decision) {
+    let predicted = u32::from(decision == Decision::OptionWouldFail);
     let comm = program_comm().unwrap_or_default();
-    bump(Counter::OptionsRefused);
-    count(RefusalKey { rule, option, op, _pad: 0, comm });
+    bump(if predicted == 1 { Counter::OptionsWouldFail } else { Counter::OptionsRefused });
+    count(RefusalKey { rule, option, op, predicted, comm });
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    guard(comm, rule, GuardEntry { since_boot_ns: 0, verdict: GUARD_KEEP_TCP, op, option, errno: errno as u32, pid });
-    report(rule, op, option, errno as u32);
+    let entry = GuardEntry { since_boot_ns: 0, verdict: GUARD_KEEP_TCP, op, option, errno, pid, predicted, _pad: 0 };
+    guard(comm, rule, entry);
+    report(rule, op, option, errno, decision);
 }
 
 #[inline(always)]
@@ -129,13 +208,13 @@ fn guard(comm: [u8; mptcpify_common::COMM_LEN], rule: RuleRef, mut entry: GuardE
 }
 
 #[inline(always)]
-fn report(rule: RuleRef, op: u32, option: SockOpt, errno: u32) {
+fn report(rule: RuleRef, op: u32, option: SockOpt, errno: u32, decision: Decision) {
     let Some(cfg) = CONFIG.get(0) else { return };
     if cfg.monitor_pid == 0 {
         return;
     }
     let kind = RuleKind::from_u8(rule.kind as u8).unwrap_or(RuleKind::All);
-    let mut event = crate::process_event(kind, rule.key, 0, Decision::OptionRefused);
+    let mut event = crate::process_event(kind, rule.key, 0, decision);
     event.errno = errno;
     event.option_op = op;
     event.option = option;

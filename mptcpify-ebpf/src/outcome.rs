@@ -46,7 +46,7 @@ static LISTENERS: LruHashMap<ListenerKey, RuleRef> = LruHashMap::with_max_entrie
 
 /// Set by the loader from the kernel's BTF.
 #[unsafe(no_mangle)]
-static SOCK_OFFSETS: aya_ebpf::Global<SockOffsets> = aya_ebpf::Global::new(SockOffsets::UNSET);
+pub(crate) static SOCK_OFFSETS: aya_ebpf::Global<SockOffsets> = aya_ebpf::Global::new(SockOffsets::UNSET);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -206,7 +206,7 @@ fn on_accepted(sk: *const u8) {
 /// once, for its flags and its MPTCP socket. (`bpf_skc_to_mptcp_sock` would do, but tracing
 /// programs cannot pass it their socket.)
 #[inline(always)]
-fn subflow_context(sk: *const u8) -> Option<*const u8> {
+pub(crate) fn subflow_context(sk: *const u8) -> Option<*const u8> {
     let off = SOCK_OFFSETS.load();
     if !flag(sk, off.is_mptcp_bit) {
         return None;
@@ -242,7 +242,7 @@ fn listener_key(sk: *const u8) -> Option<ListenerKey> {
 
 /// Reads a `T` at `base + offset` of kernel memory, `None` where that fails.
 #[inline(always)]
-fn read<T>(base: *const u8, offset: u32) -> Option<T> {
+pub(crate) fn read<T>(base: *const u8, offset: u32) -> Option<T> {
     if base.is_null() {
         return None;
     }

@@ -358,16 +358,25 @@ impl Snapshot {
             "1 while programs that had an option refused are kept TCP",
             g.enabled as i64,
         )?;
-        let mut m = e.encode_descriptor(
-            "mptcpify_option_refusals",
-            "Socket option calls refused on upgraded sockets because they are MPTCP, by rule, program and option",
-            None,
-            MetricType::Counter,
-        )?;
-        for f in &g.refusals {
-            let Some(r) = self.rule_named(f.rule_kind, f.rule_key) else { continue };
-            let labels = r.labels(&[("program", &f.program), ("call", f.call), ("option", &f.option)]);
-            ConstCounter::new(f.count).encode(m.encode_family(&labels)?)?;
+        for (name, help, predicted) in [
+            (
+                "mptcpify_option_refusals",
+                "Socket option calls refused on upgraded sockets because they are MPTCP, by rule, program and option",
+                false,
+            ),
+            (
+                "mptcpify_option_would_fail",
+                "Socket option calls on sockets an audit rule left TCP that MPTCP would refuse, by rule, program and \
+                 option: what enforcing the rule would break (the guard keeps these programs TCP)",
+                true,
+            ),
+        ] {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for f in g.refusals.iter().filter(|f| f.predicted == predicted) {
+                let Some(r) = self.rule_named(f.rule_kind, f.rule_key) else { continue };
+                let labels = r.labels(&[("program", &f.program), ("call", f.call), ("option", &f.option)]);
+                ConstCounter::new(f.count).encode(m.encode_family(&labels)?)?;
+            }
         }
         let mut m = e.encode_descriptor(
             "mptcpify_guard_kept_tcp",

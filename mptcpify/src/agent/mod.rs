@@ -525,7 +525,12 @@ fn apply_plan(st: &mut State, resolved: &desired::Resolved, synced: bool) -> Res
         !held
     });
     log::debug!("reconcile: {} kept, {} covered by CLI rules", plan.kept, plan.covered_by_cli);
-    execute(st, plan)
+    let plan = execute(st, plan)?;
+    // After the whole plan, so a rule replaced by one of another action keeps the guard's
+    // decisions; those of rules gone (pods that left) go with them.
+    let rules = st.entries()?.iter().map(|(k, _)| k.rule_ref()).collect();
+    st.guard_mut().forget_decisions_except(&rules)?;
+    Ok(plan)
 }
 
 /// Applies a plan: replacements, then additions, then removals; every rule it could not change

@@ -15,9 +15,9 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
-    CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP,
-    OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR, PINNED_MAPS, PROGRAM_NAME, REFUSED_OPTIONS_MAP,
-    SOCK_OFFSETS, SockOffsets, netns_globals, task_globals,
+    AUDIT_PROGRAMS, CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts,
+    META_MAP, OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR, PINNED_MAPS, PROGRAM_NAME,
+    REFUSED_OPTIONS_MAP, SOCK_OFFSETS, SockOffsets, netns_globals, task_globals,
 };
 
 use super::{
@@ -100,6 +100,8 @@ pub fn hook_btf_id(btf: &KernelBtf) -> Result<u32> {
 pub struct Attached {
     /// The hook's link ([`LINK_PIN`]) first, then the outcome programs', with their pin names.
     links: Vec<(&'static str, OwnedFd)>,
+    /// Programs loaded but not attached (the audit watchers), with their pin names.
+    programs: Vec<(String, OwnedFd)>,
     maps: HashMap<String, (aya_obj::Map, MapData)>,
 }
 
@@ -160,18 +162,24 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
     let link = sys::attach_modify_return(prog.as_fd())
         .map_err(|e| anyhow!("the kernel ({}) refused to attach to {HOOK_FUNCTION}(): {e}", kernel_release()))?;
     let mut links = vec![(LINK_PIN, link)];
+    let mut programs = Vec::new();
     if let Some(targets) = tracking {
+        let audit_ids = targets.audit_btf_ids.clone();
         // Never at the hook's expense: without these, sockets are upgraded all the same.
         match attach_outcome_programs(&obj, targets) {
             Ok(more) => {
                 links.extend(more);
                 mark_outcomes_on(&maps)?;
+                programs = load_audit_programs(&obj, audit_ids).unwrap_or_else(|e| {
+                    log::warn!("audit rules will not predict refused options: {e:#}");
+                    Vec::new()
+                });
             }
             Err(e) => log::warn!("outcome tracking off: {e:#}"),
         }
     }
     log::debug!("attached after {:?}", started.elapsed());
-    Ok(Attached { links, maps })
+    Ok(Attached { links, programs, maps })
 }
 
 /// A program's verified-ready instructions and licence.
@@ -188,16 +196,38 @@ struct OutcomeTargets {
     /// One per [`OUTCOME_PROGRAMS`] entry, in that order.
     btf_ids: Vec<u32>,
     offsets: SockOffsets,
+    /// One per [`AUDIT_PROGRAMS`] entry; empty when the kernel lacks one of their functions.
+    audit_btf_ids: Vec<u32>,
+}
+
+fn func_ids(btf: &KernelBtf, programs: &[OutcomeProgram]) -> Result<Vec<u32>> {
+    programs
+        .iter()
+        .map(|p| btf.func_id(p.function).ok_or_else(|| anyhow!("this kernel has no {}() in its BTF", p.function)))
+        .collect()
 }
 
 impl OutcomeTargets {
     fn find(btf: &KernelBtf) -> Result<Self> {
-        let btf_ids = OUTCOME_PROGRAMS
-            .iter()
-            .map(|p| btf.func_id(p.function).ok_or_else(|| anyhow!("this kernel has no {}() in its BTF", p.function)))
-            .collect::<Result<_>>()?;
-        Ok(Self { btf_ids, offsets: sock_offsets(btf)? })
+        let audit_btf_ids = func_ids(btf, &AUDIT_PROGRAMS).unwrap_or_else(|e| {
+            log::warn!("audit rules will not predict refused options: {e:#}");
+            Vec::new()
+        });
+        Ok(Self { btf_ids: func_ids(btf, &OUTCOME_PROGRAMS)?, offsets: sock_offsets(btf)?, audit_btf_ids })
     }
+}
+
+/// Loads (verifies) the audit watchers without attaching them: see [`super::audit_watch`].
+fn load_audit_programs(obj: &Object, btf_ids: Vec<u32>) -> Result<Vec<(String, OwnedFd)>> {
+    AUDIT_PROGRAMS
+        .iter()
+        .zip(btf_ids)
+        .map(|(p, btf_id)| {
+            let (insns, license) = program_code(obj, p.name)?;
+            let prog = sys::load_tracing(p.name, insns, &license, btf_id, p.attach).map_err(load_refusal)?;
+            Ok((super::audit_watch::program_pin(p), prog))
+        })
+        .collect()
 }
 
 /// [`SockOffsets`] from the running kernel's BTF.
@@ -417,7 +447,7 @@ pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
     if final_dir.exists() {
         bail!("{} exists already; `mptcpify reset` removes it", final_dir.display());
     }
-    let Attached { links, maps } = load_and_attach(log_level)?;
+    let Attached { links, programs, maps } = load_and_attach(log_level)?;
     // Pin into a private directory, then rename it into place: other invocations see either
     // nothing or the complete state.
     let tmp = PathBuf::from(format!("{PIN_DIR}{LOADING_INFIX}{}", std::process::id()));
@@ -426,6 +456,9 @@ pub fn load_and_pin(log_level: LogLevel) -> Result<()> {
         std::fs::DirBuilder::new().mode(0o700).create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         for (name, link) in &links {
             sys::pin(link.as_fd(), &tmp.join(name)).with_context(|| format!("pinning {name}"))?;
+        }
+        for (name, prog) in &programs {
+            sys::pin(prog.as_fd(), &tmp.join(name)).with_context(|| format!("pinning {name}"))?;
         }
         for name in PINNED_MAPS {
             let (_, map) = &maps[name];

@@ -4,6 +4,7 @@
 //! offsets ([`kernel_btf`]), symbol addresses ([`kallsyms`]) and the netns check's inputs
 //! ([`netns`]).
 pub mod asm;
+pub mod audit_watch;
 pub mod kallsyms;
 pub mod kernel_btf;
 pub mod loader;

@@ -230,6 +230,14 @@ pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(drop)
 }
 
+/// Opens a pinned object (a program, here) by its path.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjPinAttr { pathname: c_path.as_ptr() as u64, bpf_fd: 0, file_flags: 0 };
+    bpf(bpf_cmd::BPF_OBJ_GET, &mut attr).map(owned_fd)
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct MapElemAttr {

@@ -158,6 +158,7 @@ fn compatibility_check() -> Check {
     let mut named: Vec<String> = g
         .kept_tcp
         .iter()
+        .filter(|k| !k.predicted)
         .map(|k| {
             format!(
                 "{} kept TCP under rule {} {}: {}({}) = {}",
@@ -165,9 +166,16 @@ fn compatibility_check() -> Check {
             )
         })
         .collect();
+    let predicted = g.refusals.iter().filter(|r| r.predicted);
+    named.extend(predicted.map(|r| {
+        format!(
+            "{} would fail {}({}) x{} under audit rule {} {}",
+            r.program, r.call, r.option, r.count, r.rule_kind, r.rule_key
+        )
+    }));
     if !g.enabled {
-        let failing = g.refusals.iter().map(|r| format!("{} fails {}({}) x{}", r.program, r.call, r.option, r.count));
-        named.extend(failing);
+        let failing = g.refusals.iter().filter(|r| !r.predicted);
+        named.extend(failing.map(|r| format!("{} fails {}({}) x{}", r.program, r.call, r.option, r.count)));
     }
     check(
         "compatibility",

@@ -42,8 +42,11 @@ pub struct GuardStatus {
     pub kept_tcp: Vec<KeptTcp>,
     /// Programs the operator allowed to be upgraded anyway.
     pub allowed: Vec<String>,
-    /// Refusals seen on upgraded sockets, by rule, program, call and option.
+    /// Refusals seen on upgraded sockets, and (`predicted`) calls audited sockets made that MPTCP
+    /// would refuse, by rule, program, call and option.
     pub refusals: Vec<Refusal>,
+    /// Whether the audit watchers are attached (they are while an audit rule exists).
+    pub audit_watchers: bool,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -61,7 +64,10 @@ pub struct KeptTcp {
     pub rule_key: u64,
     pub call: &'static str,
     pub option: String,
+    /// `ENOPROTOOPT` or `EOPNOTSUPP`; empty when predicted.
     pub errno: String,
+    /// Decided from an audit rule's prediction, before any refusal.
+    pub predicted: bool,
     /// The process that was refused.
     pub pid: u32,
     /// How long ago it was decided.
@@ -75,6 +81,8 @@ pub struct Refusal {
     pub program: String,
     pub call: &'static str,
     pub option: String,
+    /// Calls on sockets an audit rule left TCP, which MPTCP would have refused (would-fail).
+    pub predicted: bool,
     pub count: u64,
 }
 
@@ -93,7 +101,8 @@ fn kept(comm: &[u8; mptcpify_common::COMM_LEN], rule: RuleRef, e: &GuardEntry, n
         rule_key: rule.key,
         call: names::call_name(e.op),
         option: names::option_name(e.option),
-        errno: names::errno_name(e.errno as i32),
+        errno: if e.predicted != 0 { String::new() } else { names::errno_name(e.errno as i32) },
+        predicted: e.predicted != 0,
         pid: e.pid,
         seconds_ago: (now - e.since_boot_ns as f64 / 1e9).max(0.0),
     }
@@ -106,6 +115,7 @@ fn refusal(k: &RefusalKey, count: u64) -> Refusal {
         program: comm_str(&k.comm),
         call: names::call_name(k.op),
         option: names::option_name(k.option),
+        predicted: k.predicted != 0,
         count,
     }
 }
@@ -123,7 +133,12 @@ pub fn guard_status(st: &State) -> Result<GuardStatus> {
         })
         .collect();
     let now = boot_seconds();
-    let mut status = GuardStatus { enabled: st.config()?.guard_off == 0, refused_options, ..Default::default() };
+    let mut status = GuardStatus {
+        enabled: st.config()?.guard_off == 0,
+        refused_options,
+        audit_watchers: crate::bpf::audit_watch::attached(),
+        ..Default::default()
+    };
     for (comm, verdict) in guard.verdicts()? {
         match verdict {
             Verdict::KeepTcp { rule, entry } => status.kept_tcp.push(kept(&comm, rule, &entry, now)),
@@ -131,7 +146,7 @@ pub fn guard_status(st: &State) -> Result<GuardStatus> {
         }
     }
     let mut refusals = guard.refusals()?;
-    refusals.sort_by_key(|(k, _)| (k.rule.kind, k.rule.key, k.comm, k.op, k.option));
+    refusals.sort_by_key(|(k, _)| (k.rule.kind, k.rule.key, k.comm, k.predicted, k.op, k.option));
     status.refusals = refusals.iter().map(|(k, n)| refusal(k, *n)).collect();
     Ok(status)
 }
@@ -141,15 +156,15 @@ pub fn print(g: &GuardStatus) {
     let state = if g.enabled { "on" } else { "off (refusals are counted, nobody is kept TCP)" };
     println!("guard: {state}; {} options refused on MPTCP by this kernel", g.refused_options.len());
     for k in &g.kept_tcp {
+        let result = if k.predicted { "would fail (audit)".to_owned() } else { format!("= {}", k.errno) };
         println!(
-            "  kept TCP: {} under rule {} {}: {}({}) = {} (pid {}, {:.0} s ago); \
+            "  kept TCP: {} under rule {} {}: {}({}) {result} (pid {}, {:.0} s ago); \
              `mptcpify guard allow {}` upgrades it anyway",
             super::shown(&k.program),
             k.rule_kind,
             k.rule_key,
             k.call,
             k.option,
-            k.errno,
             k.pid,
             k.seconds_ago,
             super::shown(&k.program)
@@ -160,7 +175,8 @@ pub fn print(g: &GuardStatus) {
     }
     for r in &g.refusals {
         println!(
-            "  refused: {} under rule {} {}: {}({}) x{}",
+            "  {}: {} under rule {} {}: {}({}) x{}",
+            if r.predicted { "would fail" } else { "refused" },
             super::shown(&r.program),
             r.rule_kind,
             r.rule_key,

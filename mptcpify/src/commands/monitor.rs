@@ -33,8 +33,8 @@ pub struct Decided {
     pub cgroup: Option<String>,
     pub family: &'static str,
     /// Decisions (in the process, at `socket()`): `upgraded`, `excluded`, `kept-tcp-mptcp-disabled`,
-    /// `kept-tcp-guard`, `would-upgrade`; `option-refused` (in the process, at a socket option
-    /// call, with `refused`). Outcomes (in the network stack, pid 0): `mptcp`, `fallback-peer`,
+    /// `kept-tcp-guard`, `would-upgrade`; `option-refused` and `option-would-fail` (in the
+    /// process, at a socket option call, with `refused`). Outcomes (in the network stack, pid 0): `mptcp`, `fallback-peer`,
     /// `fallback-client`, `subflow`, `subflow-failed`. `unknown` from a newer program.
     #[serde(serialize_with = "decision_name")]
     pub decision: Option<Decision>,
@@ -58,7 +58,8 @@ pub struct RefusedCall {
     pub call: &'static str,
     /// `TCP_USER_TIMEOUT`, or `SOL_TCP/99` for one without a name.
     pub option: String,
-    /// `ENOPROTOOPT` or `EOPNOTSUPP`.
+    /// `ENOPROTOOPT` or `EOPNOTSUPP`; `would fail` for `option-would-fail` (an audited socket,
+    /// where the call succeeded on TCP).
     pub errno: String,
 }
 
@@ -76,7 +77,7 @@ impl Decided {
         let decision = self.decision.map_or("unknown", Decision::name);
         if let Some(r) = &self.refused {
             return format!(
-                "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}({}) = {}",
+                "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}({}): {}",
                 clock_time(self.time),
                 self.pid,
                 super::shown(&self.comm),
@@ -213,11 +214,12 @@ pub fn decode(bytes: &[u8], boot_to_unix: f64, cgroup_path: &mut impl FnMut(u64)
         rule_key: e.rule_key,
         local_port: e.local_port,
         remote_port: e.remote_port,
-        refused: (Decision::from_u8(e.decision) == Some(Decision::OptionRefused)).then(|| RefusedCall {
-            call: names::call_name(e.option_op),
-            option: names::option_name(e.option),
-            errno: names::errno_name(e.errno as i32),
-        }),
+        refused: matches!(Decision::from_u8(e.decision), Some(Decision::OptionRefused | Decision::OptionWouldFail))
+            .then(|| RefusedCall {
+                call: names::call_name(e.option_op),
+                option: names::option_name(e.option),
+                errno: if e.errno == 0 { "would fail".into() } else { names::errno_name(e.errno as i32) },
+            }),
     })
 }
 
@@ -300,7 +302,7 @@ mod tests {
         let d = decode(&b, 1000.0, &mut |_| None).unwrap();
         let want = RefusedCall { call: "setsockopt", option: "TCP_USER_TIMEOUT".into(), errno: "ENOPROTOOPT".into() };
         assert_eq!(d.refused, Some(want));
-        assert!(d.line().ends_with("setsockopt(TCP_USER_TIMEOUT) = ENOPROTOOPT"), "{}", d.line());
+        assert!(d.line().ends_with("setsockopt(TCP_USER_TIMEOUT): ENOPROTOOPT"), "{}", d.line());
         assert!(decode(&b[..10], 0.0, &mut |_| None).is_none());
         assert_eq!(clock_time(3661.5), "01:01:01.500");
     }

@@ -4,6 +4,8 @@
 //! Scope: a program is its command name (the thread-group leader's `comm`, as `--comm` rules
 //! match), within the rule that upgraded the refused socket; the same program under another rule
 //! is still upgraded. An operator's "upgrade it anyway" covers the program under every rule.
+use std::collections::HashSet;
+
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use mptcpify_common::{
@@ -99,26 +101,37 @@ impl Guard {
         Ok(())
     }
 
-    /// Drops what was counted and decided under `rule`, which is being removed: a rule made
-    /// again later starts afresh, as its outcome counters do.
-    pub fn forget_rule(&mut self, rule: RuleRef) -> Result<()> {
-        self.forget_where(|r| r == rule)
+    /// Drops the refusals counted under `rule`, which is being removed: a rule made again
+    /// later starts counting afresh, as its outcome counters do. The guard's decisions stay: a
+    /// rule replaced by one of another action (audit, then enable) keeps them.
+    pub fn forget_counts(&mut self, rule: RuleRef) -> Result<()> {
+        self.forget_counts_where(|r| r == rule)
     }
 
-    /// Drops what was counted and decided under rules not in `rules` (what a removal killed
-    /// midway left); the operator's allowances, under no rule in particular, stay.
-    pub fn forget_rules_except(&mut self, rules: &std::collections::HashSet<RuleRef>) -> Result<()> {
-        self.forget_where(|r| r != RuleRef::ANY && !rules.contains(&r))
+    /// Drops the refusals counted under rules not in `rules` (what a removal killed midway left).
+    pub fn forget_counts_except(&mut self, rules: &HashSet<RuleRef>) -> Result<()> {
+        self.forget_counts_where(|r| !rules.contains(&r))
     }
 
-    fn forget_where(&mut self, gone: impl Fn(RuleRef) -> bool) -> Result<()> {
+    /// Drops the guard's decisions under rules not in `rules` (the agent's pods come and go);
+    /// the operator's allowances, under no rule in particular, stay.
+    pub fn forget_decisions_except(&mut self, rules: &HashSet<RuleRef>) -> Result<()> {
+        let gone: Vec<GuardKey> = self
+            .entries
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.rule != RuleRef::ANY && !rules.contains(&k.rule))
+            .collect();
+        for key in &gone {
+            remove_if_present(&mut self.entries, key)?;
+        }
+        Ok(())
+    }
+
+    fn forget_counts_where(&mut self, gone: impl Fn(RuleRef) -> bool) -> Result<()> {
         let refusals: Vec<RefusalKey> = self.refusals.keys().filter_map(Result::ok).filter(|k| gone(k.rule)).collect();
         for key in &refusals {
             remove_if_present(&mut self.refusals, key)?;
-        }
-        let kept: Vec<GuardKey> = self.entries.keys().filter_map(Result::ok).filter(|k| gone(k.rule)).collect();
-        for key in &kept {
-            remove_if_present(&mut self.entries, key)?;
         }
         Ok(())
     }

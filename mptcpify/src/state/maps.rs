@@ -177,6 +177,11 @@ impl State {
         }
         meta.end_edit()?;
         st.meta = Some(meta);
+        // After the edit, so a watcher is never attached for rules not yet there; a failure
+        // costs only predictions, and the next edit tries again.
+        if let Err(e) = st.config().and_then(|c| crate::bpf::audit_watch::sync(&c)) {
+            log::warn!("audit watchers: {e:#}");
+        }
         result
     }
 
@@ -187,9 +192,9 @@ impl State {
         for id in self.orphan_origins() {
             self.origins.remove(&id).with_context(|| format!("removing the origin of cgroup id {id}"))?;
         }
-        // A removal killed midway may have left some of its rule's guard entries.
+        // A removal killed midway may have left some of its rule's refusal counts.
         let rules: std::collections::HashSet<RuleRef> = self.entries()?.iter().map(|(k, _)| k.rule_ref()).collect();
-        self.guard.forget_rules_except(&rules)
+        self.guard.forget_counts_except(&rules)
     }
 
     pub fn config(&self) -> Result<Config> {
@@ -220,6 +225,9 @@ impl State {
         if action == ACTION_EXCLUDE {
             c.exclusions = c.exclusions.saturating_add_signed(delta);
         }
+        if action == ACTION_AUDIT {
+            c.audits = c.audits.saturating_add_signed(delta);
+        }
         self.set_config(c)
     }
 
@@ -242,6 +250,8 @@ impl State {
         config.comm_rules = count(RuleKind::Comm);
         config.uid_rules = count(RuleKind::Uid);
         config.exclusions = all.iter().filter(|(_, r)| r.action == ACTION_EXCLUDE).count() as u32;
+        let audited = |(k, r): &&(Key, Rule)| r.action == ACTION_AUDIT && k.kind() != RuleKind::All;
+        config.audits = all.iter().filter(audited).count() as u32;
         Ok(config)
     }
 
@@ -262,6 +272,7 @@ impl State {
             ("comm rules", held.comm_rules, counted.comm_rules),
             ("uid rules", held.uid_rules, counted.uid_rules),
             ("exclusions", held.exclusions, counted.exclusions),
+            ("audit rules", held.audits, counted.audits),
         ] {
             if held != counted {
                 found.push(format!("{what}: {counted} in the tables, {held} counted"));
@@ -372,14 +383,14 @@ impl RuleStore for State {
                 config.all = 0;
                 config.all_action = 0;
                 let _ = self.outcomes.remove(&key.rule_ref());
-                self.guard.forget_rule(key.rule_ref())?;
+                self.guard.forget_counts(key.rule_ref())?;
                 return self.set_config(config);
             }
         };
         result.with_context(|| format!("removing the rule of {key}"))?;
         // A rule made again later starts counting afresh; a missing entry is no error.
         let _ = self.outcomes.remove(&key.rule_ref());
-        self.guard.forget_rule(key.rule_ref())?;
+        self.guard.forget_counts(key.rule_ref())?;
         match action {
             // After the removal: killed before it, the count is one too high (a lookup more) and a
             // cached walk may name the removed rule, which then decides nothing.

@@ -205,15 +205,17 @@ fn psql_with_tcp_user_timeout_is_refused_once_then_kept_tcp_by_the_guard() {
     assert!(psql(&cg, &with_timeout).status.success());
     assert_eq!(kept("psql").len(), 1);
 
-    // A removed rule takes its guard entries and counts with it; reset clears everything.
+    // A removed rule takes its counts with it, not the guard's decision (audit, then enable,
+    // replaces a rule); reset clears everything.
     ok(&["disable", "--cgroup", &cg.relative]);
-    assert!(kept("psql").is_empty() && refusals("psql", "TCP_USER_TIMEOUT") == 0, "{}", guard());
-    ok(&["enable", "--cgroup", &cg.relative]);
-    assert!(!psql(&cg, &with_timeout).status.success());
+    assert_eq!(refusals("psql", "TCP_USER_TIMEOUT"), 0);
     assert_eq!(kept("psql").len(), 1);
+    ok(&["enable", "--cgroup", &cg.relative]);
+    assert!(psql(&cg, &with_timeout).status.success(), "still kept TCP");
     ok(&["reset"]);
     ok(&["enable", "--cgroup", &cg.relative]);
-    assert!(kept("psql").is_empty(), "{}", guard());
+    assert!(kept("psql").is_empty(), "{}", guard()["kept_tcp"]);
+    assert!(!psql(&cg, &with_timeout).status.success(), "after reset, upgraded and refused again");
 }
 
 #[test]
@@ -221,8 +223,11 @@ fn md5sig_and_kernel_tls_refusals_are_counted_and_guarded() {
     let _g = setup();
     let cg = TestCgroup::new("mptcpify-test/compat-md5");
     ok(&["enable", "--cgroup", &cg.relative]);
-    let md5 = &parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &[TCP_MD5SIG]))[TCP_MD5SIG];
-    assert_eq!((md5["proto"], md5["errno"]), (262, ENOPROTOOPT), "upgraded, then refused");
+    // One process: refused, and its very next socket is TCP (the guard decides in the refused
+    // call itself, before it returns).
+    let out = parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &[TCP_MD5SIG, "tcp4"]));
+    assert_eq!((out[TCP_MD5SIG]["proto"], out[TCP_MD5SIG]["errno"]), (262, ENOPROTOOPT), "upgraded, then refused");
+    assert_eq!(out["tcp4"]["proto"], 6, "the next socket of the refused program");
     // Kept TCP from the next socket on: TCP knows the option (an empty key is its own error).
     let ulp = &parse_probe(&run_in(Some(&cg), &sockprobe_bin(), &[TCP_ULP_TLS]))[TCP_ULP_TLS];
     assert_eq!(ulp["proto"], 6, "{ulp:?}");
@@ -242,4 +247,43 @@ fn md5sig_and_kernel_tls_refusals_are_counted_and_guarded() {
     fails(&["guard", "allow", "a-name-longer-than-fifteen"], "at most 15");
     fails(&["guard", "forget"], "required");
     assert_eq!(decided(), before);
+}
+
+#[test]
+fn audit_predicts_what_enforcing_would_break_and_the_guard_keeps_it_tcp_from_the_start() {
+    let _g = setup();
+    let pg = FakePostgres::start();
+    let cg = TestCgroup::new("mptcpify-test/compat-audit");
+    let with_timeout = pg.conninfo("tcp_user_timeout=5000");
+    ok(&["enable", "--cgroup", &cg.relative, "--audit"]);
+    assert_eq!(guard()["audit_watchers"], true, "an audit rule attaches the watchers");
+
+    // Audited: TCP, so psql works; the option is predicted to fail once enforced.
+    let out = psql(&cg, &pg.conninfo(""));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(counter("options_would_fail"), 0, "no option, no prediction");
+    let out = psql(&cg, &with_timeout);
+    assert!(out.status.success(), "an audited psql stays TCP: {}", text(&out));
+    let g = guard();
+    let predicted: Vec<_> = g["refusals"].as_array().unwrap().iter().filter(|r| r["predicted"] == true).collect();
+    assert_eq!(predicted.len(), 1, "{g}");
+    assert_eq!(
+        (predicted[0]["program"].as_str(), predicted[0]["option"].as_str()),
+        (Some("psql"), Some("TCP_USER_TIMEOUT"))
+    );
+    assert_eq!(predicted[0]["rule_key"].as_u64(), Some(cgroup_id(&cg)));
+    assert_eq!((counter("options_would_fail"), counter("options_refused")), (1, 0));
+    let k = kept("psql");
+    assert_eq!((k.len(), &k[0]["predicted"]), (1, &serde_json::json!(true)), "{g}");
+    let doctor = text(&mptcpify(&["doctor"]));
+    assert!(doctor.contains("psql would fail setsockopt(TCP_USER_TIMEOUT) x1 under audit rule cgroup"), "{doctor}");
+
+    // Enforced: psql connects at its first try, kept TCP by the prediction; nothing is refused.
+    ok(&["disable", "--cgroup", &cg.relative]);
+    assert_eq!(guard()["audit_watchers"], false, "no audit rule, no watchers");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let out = psql(&cg, &with_timeout);
+    assert!(out.status.success(), "enforced after an audit that predicted it: {}", text(&out));
+    assert_eq!(counter("options_refused"), 0);
+    assert!(counter("kept_tcp_guard") >= 1);
 }
