@@ -330,7 +330,20 @@ pub struct LoadFacts {
     pub netns_check: u32,
     /// aya-log's level baked in (0 = off).
     pub log_level: u32,
+    /// [`LANDLOCK_UNCHECKED`], [`LANDLOCK_CHECKED`] or [`LANDLOCK_RESTRICTS_MPTCP`].
+    pub landlock: u32,
 }
+
+/// [`LoadFacts::landlock`]: the program cannot see Landlock domains (offsets or the blob offset's
+/// address not found): a sandboxed process is upgraded like any other.
+pub const LANDLOCK_UNCHECKED: u32 = 0;
+/// Processes whose Landlock domain restricts TCP keep TCP sockets.
+pub const LANDLOCK_CHECKED: u32 = 1;
+/// This kernel's Landlock restricts MPTCP sockets as it does TCP ones (probed at load): nothing
+/// to keep TCP for.
+pub const LANDLOCK_RESTRICTS_MPTCP: u32 = 2;
+/// No Landlock network rules on this kernel (Landlock off, or its ABI without them).
+pub const LANDLOCK_NO_NET_RULES: u32 = 3;
 
 /// Cached result of walking one cgroup's ancestors through the cgroup rules. Exact while
 /// [`Config::cgroup_generation`] is unchanged: cgroup ids are never reused and a cgroup cannot
@@ -414,6 +427,9 @@ pub enum Decision {
     /// A socket option call that succeeded on a socket an audit rule left TCP, and that MPTCP
     /// would have refused.
     OptionWouldFail = 12,
+    /// Selected, but the caller's Landlock domain restricts TCP, which Landlock does not apply
+    /// to MPTCP sockets: left TCP so that the sandbox holds.
+    KeptTcpLandlock = 13,
 }
 
 impl Decision {
@@ -431,6 +447,7 @@ impl Decision {
             10 => Self::KeptTcpGuard,
             11 => Self::OptionRefused,
             12 => Self::OptionWouldFail,
+            13 => Self::KeptTcpLandlock,
             _ => return None,
         })
     }
@@ -449,6 +466,7 @@ impl Decision {
             Self::KeptTcpGuard => "kept-tcp-guard",
             Self::OptionRefused => "option-refused",
             Self::OptionWouldFail => "option-would-fail",
+            Self::KeptTcpLandlock => "kept-tcp-landlock",
         }
     }
 }
@@ -639,9 +657,11 @@ pub enum Counter {
     OptionsRefused = 12,
     /// Socket options audited sockets set that MPTCP would have refused.
     OptionsWouldFail = 13,
+    /// Selected sockets left TCP because the caller's Landlock domain restricts TCP.
+    KeptTcpLandlock = 14,
 }
 
-pub const COUNTER_SLOTS: u32 = 14;
+pub const COUNTER_SLOTS: u32 = 15;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_SLOTS as usize] = [
@@ -659,6 +679,7 @@ impl Counter {
         Counter::KeptTcpGuard,
         Counter::OptionsRefused,
         Counter::OptionsWouldFail,
+        Counter::KeptTcpLandlock,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -677,6 +698,7 @@ impl Counter {
             Counter::KeptTcpGuard => "kept_tcp_guard",
             Counter::OptionsRefused => "options_refused",
             Counter::OptionsWouldFail => "options_would_fail",
+            Counter::KeptTcpLandlock => "kept_tcp_landlock",
         }
     }
 
@@ -781,6 +803,30 @@ const _: () = assert!(size_of::<SockOffsets>() == 56, "SockOffsets is fourteen u
 
 /// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
 /// so the program can read the caller's `net.mptcp.enabled` (see `mptcp_enabled_here` in the program).
+/// Names of the globals (`.rodata`) with which the program reads whether the caller is in a
+/// Landlock domain that restricts TCP (see `landlock_restricts_tcp` in the program):
+/// `current->cred->security` at Landlock's blob offset (an `int` the LSM framework keeps in
+/// `landlock_blob_sizes.lbs_cred` once it placed the blobs) is `landlock_cred_security`, whose
+/// `domain` ruleset has `num_layers` entries of `access_masks`, whose `net` bits are Landlock's
+/// handled TCP accesses (bind, connect).
+pub mod landlock_globals {
+    /// 1 when every offset below was found and this kernel's Landlock does not restrict MPTCP
+    /// sockets itself; 0 disables the check.
+    pub const ENABLED: &str = "LANDLOCK_CHECK";
+    pub const TASK_CRED: &str = "OFF_TASK_CRED";
+    pub const CRED_SECURITY: &str = "OFF_CRED_SECURITY";
+    /// Address of `landlock_blob_sizes.lbs_cred`.
+    pub const BLOB_OFFSET_ADDR: &str = "ADDR_LANDLOCK_CRED_BLOB";
+    pub const DOMAIN: &str = "OFF_LANDLOCK_DOMAIN";
+    pub const NUM_LAYERS: &str = "OFF_RULESET_NUM_LAYERS";
+    pub const ACCESS_MASKS: &str = "OFF_RULESET_ACCESS_MASKS";
+    /// Bit offset of `net` in `struct access_masks` (a `u32` of bitfields).
+    pub const NET_BIT: &str = "LANDLOCK_NET_BIT";
+}
+
+/// Landlock's own bound on a domain's layers (`LANDLOCK_MAX_NUM_LAYERS`).
+pub const LANDLOCK_MAX_LAYERS: u32 = 16;
+
 pub mod netns_globals {
     /// 1 when every offset below was found; 0 disables the check.
     pub const ENABLED: &str = "NETNS_CHECK";

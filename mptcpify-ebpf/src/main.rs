@@ -33,8 +33,8 @@ use aya_log_ebpf::debug;
 use mptcpify_common::{
     ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH,
     COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, GUARD_KEEP_TCP, GuardKey,
-    IPPROTO_MPTCP, IPPROTO_TCP, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin, Outcomes, Rule, RuleKind,
-    RuleRef, SOCK_STREAM, SOCK_TYPE_MASK,
+    IPPROTO_MPTCP, IPPROTO_TCP, LANDLOCK_MAX_LAYERS, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin,
+    Outcomes, Rule, RuleKind, RuleRef, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -87,6 +87,23 @@ static OFF_NET_GEN: Global<u32> = Global::new(0);
 static OFF_PERNET_MPTCP_ENABLED: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static ADDR_MPTCP_PERNET_ID: Global<u64> = Global::new(0);
+// Set by the loader from the kernel's BTF and symbols (see `landlock_restricts_tcp` below).
+#[unsafe(no_mangle)]
+static LANDLOCK_CHECK: Global<u8> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_TASK_CRED: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_CRED_SECURITY: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static ADDR_LANDLOCK_CRED_BLOB: Global<u64> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_LANDLOCK_DOMAIN: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_RULESET_NUM_LAYERS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static OFF_RULESET_ACCESS_MASKS: Global<u32> = Global::new(0);
+#[unsafe(no_mangle)]
+static LANDLOCK_NET_BIT: Global<u32> = Global::new(0);
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "fentry/update_socket_protocol")]
@@ -253,6 +270,44 @@ fn mptcp_enabled_here() -> Option<bool> {
     }
 }
 
+/// Whether the caller is in a Landlock domain whose layers restrict TCP (bind or connect), read
+/// as Landlock reads it: `landlock_cred(current_cred())->domain`, then each layer's `net`
+/// access bits. Landlock's TCP rules do not apply to MPTCP sockets, so upgrading such a process
+/// would lift its sandbox. `None` when the check is off or a read fails.
+#[inline(always)]
+fn landlock_restricts_tcp() -> Option<bool> {
+    if LANDLOCK_CHECK.load() == 0 {
+        return None;
+    }
+    // SAFETY: every kernel pointer is read with bpf_probe_read_kernel, which fails (None here)
+    // instead of faulting; offsets and the address come from the running kernel.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let cred: *const u8 = bpf_probe_read_kernel(task.add(OFF_TASK_CRED.load() as usize).cast()).ok()?;
+        let blobs: *const u8 = bpf_probe_read_kernel(cred.add(OFF_CRED_SECURITY.load() as usize).cast()).ok()?;
+        let offset: i32 = bpf_probe_read_kernel(ADDR_LANDLOCK_CRED_BLOB.load() as *const i32).ok()?;
+        let at = blobs.wrapping_add(offset as usize + OFF_LANDLOCK_DOMAIN.load() as usize);
+        let domain: *const u8 = bpf_probe_read_kernel(at.cast()).ok()?;
+        if domain.is_null() {
+            return Some(false);
+        }
+        let layers: u32 = bpf_probe_read_kernel(domain.add(OFF_RULESET_NUM_LAYERS.load() as usize).cast()).ok()?;
+        let masks = domain.add(OFF_RULESET_ACCESS_MASKS.load() as usize);
+        let net_bit = LANDLOCK_NET_BIT.load() & 31;
+        for layer in 0..LANDLOCK_MAX_LAYERS {
+            if layer >= layers {
+                break;
+            }
+            let mask: u32 = bpf_probe_read_kernel(masks.add(layer as usize * 4).cast()).ok()?;
+            // Two bits: LANDLOCK_ACCESS_NET_BIND_TCP and _CONNECT_TCP.
+            if (mask >> net_bit) & 3 != 0 {
+                return Some(true);
+            }
+        }
+        Some(false)
+    }
+}
+
 /// The caller's program name: its thread-group leader's `comm`. Threads rename themselves
 /// (`worker-3`), so `bpf_get_current_comm`, the calling thread's, would let a named thread
 /// escape its program's exclusion. `None` when unreadable: then no command rule decides.
@@ -368,6 +423,12 @@ fn decide(ctx: &FEntryContext) -> i32 {
         // An MPTCP socket would fail with ENOPROTOOPT here: never break the application.
         bump(Counter::KeptTcpMptcpDisabled);
         report(cfg, &m, family, Decision::KeptTcpMptcpDisabled);
+        return 0;
+    }
+    if landlock_restricts_tcp() == Some(true) {
+        // An MPTCP socket would escape the caller's sandbox: never weaken it.
+        bump(Counter::KeptTcpLandlock);
+        report(cfg, &m, family, Decision::KeptTcpLandlock);
         return 0;
     }
     if guard_keeps_tcp(cfg, &m) {

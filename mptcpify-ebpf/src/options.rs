@@ -71,34 +71,43 @@ pub fn mptcpify_getsockopt(ctx: *mut c_void) -> i32 {
     0
 }
 
+/// The socket and option of a call that returned `wanted` (an errno, negated, or 0), if the
+/// option is one this kernel refuses on MPTCP for this call.
 #[inline(always)]
-fn on_result(raw: *mut c_void, op: u32) {
+fn listed_call(raw: *mut c_void, op: u32, wanted: impl Fn(i64) -> bool) -> Option<(*const u8, SockOpt, i64)> {
     let mut ret: u64 = 0;
     // SAFETY: `raw` is this fexit program's own context; the helper writes the traced
     // function's return value into `ret`. (Its index among the arguments depends on how many
     // slots `sockptr_t` takes, which the helper knows.)
     if unsafe { bpf_get_func_ret(raw, &mut ret) } != 0 {
-        return;
+        return None;
     }
-    let errno = -(ret as i32 as i64);
-    if errno != ENOPROTOOPT && errno != EOPNOTSUPP {
-        return;
+    let ret = ret as i32 as i64;
+    if !wanted(ret) {
+        return None;
     }
     let ctx = FExitContext::new(raw);
-    let sk: *mut c_void = ctx.arg(0);
     let option = SockOpt { level: ctx.arg::<i32>(1) as u32, name: ctx.arg::<i32>(2) as u32 };
     // SAFETY: the value is copied out at once.
     if unsafe { REFUSED_OPTIONS.get(option) }.is_none_or(|bits| bits & op == 0) {
-        return;
+        return None;
     }
+    Some((ctx.arg(0), option, ret))
+}
+
+#[inline(always)]
+fn on_result(raw: *mut c_void, op: u32) {
+    let Some((sk, option, ret)) = listed_call(raw, op, |ret| ret == -ENOPROTOOPT || ret == -EOPNOTSUPP) else {
+        return;
+    };
     // SAFETY: `sk` is the traced function's `struct sock *` argument, typed by its BTF.
-    let cookie = unsafe { bpf_get_socket_cookie(sk) };
+    let cookie = unsafe { bpf_get_socket_cookie(sk as *mut c_void) };
     // SAFETY: the value is copied out at once.
     let noted = unsafe { SOCKETS.get(cookie) }.copied();
     // Accepted sockets have no note of their own: the caller's rule decides, as it would its
     // next socket.
     let Some(rule) = noted.or_else(|| caller_rule(false)) else { return };
-    decide(rule, op, option, errno as u32, Decision::OptionRefused);
+    decide(rule, op, option, (-ret) as u32, Decision::OptionRefused);
 }
 
 /// `int tcp_setsockopt(struct sock *sk, int level, int optname, sockptr_t optval, unsigned int optlen)`.
@@ -129,18 +138,7 @@ pub fn mptcpify_audit_get(ctx: *mut c_void) -> i32 {
 /// program an audit rule selects?
 #[inline(always)]
 fn on_tcp_result(raw: *mut c_void, op: u32) {
-    let mut ret: u64 = 1;
-    // SAFETY: as in `on_result`.
-    if unsafe { bpf_get_func_ret(raw, &mut ret) } != 0 || ret != 0 {
-        return;
-    }
-    let ctx = FExitContext::new(raw);
-    let sk: *const u8 = ctx.arg(0);
-    let option = SockOpt { level: ctx.arg::<i32>(1) as u32, name: ctx.arg::<i32>(2) as u32 };
-    // SAFETY: the value is copied out at once.
-    if unsafe { REFUSED_OPTIONS.get(option) }.is_none_or(|bits| bits & op == 0) {
-        return;
-    }
+    let Some((sk, option, _)) = listed_call(raw, op, |ret| ret == 0) else { return };
     // A plain TCP socket: not an MPTCP subflow, whose options MPTCP itself sets.
     let off = SOCK_OFFSETS.load();
     if read::<u16>(sk, off.protocol) != Some(IPPROTO_TCP as u16) || subflow_context(sk).is_some() {

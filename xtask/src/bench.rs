@@ -247,6 +247,85 @@ fn outcome_cost(env: &Env, size: Size) -> Result<Value> {
     }))
 }
 
+/// What watching socket options costs a process no rule selects: setsockopt(TCP_USER_TIMEOUT) on
+/// a TCP socket with nothing loaded, loaded with an enable rule elsewhere (watchers on MPTCP's
+/// option calls only), and with an audit rule elsewhere (the audit watchers on TCP's attached).
+fn guard_cost(env: &Env, size: Size) -> Result<Value> {
+    for cg in ["mptcpify-bench/sel", "mptcpify-bench/other"] {
+        std::fs::create_dir_all(env.cg_root.join(cg))?;
+    }
+    let calls = size.sockets * 5;
+    let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for round in 0..size.rounds {
+        eprintln!("bench: option watching, round {}/{}", round + 1, size.rounds);
+        let mut order = ["none", "enable", "audit"];
+        order.rotate_left(round % 3);
+        for config in order {
+            env.mptcpify("reset >/dev/null")?;
+            match config {
+                "enable" => env.mptcpify("enable --cgroup mptcpify-bench/sel >/dev/null")?,
+                "audit" => env.mptcpify("enable --audit --cgroup mptcpify-bench/sel >/dev/null")?,
+                _ => String::new(),
+            };
+            let (ns, proto) = env.sockbench("mptcpify-bench/other", calls, "setsockopt", "")?;
+            if proto != 6 {
+                bail!("setsockopt bench with {config}: protocol {proto}, expected 6");
+            }
+            samples.entry(config).or_default().push(ns);
+        }
+    }
+    env.mptcpify("reset >/dev/null")?;
+    let ratio = |a: &str, b: &str| {
+        let mut per_round: Vec<f64> = samples[a].iter().zip(&samples[b]).map(|(x, y)| x / y).collect();
+        median(&mut per_round)
+    };
+    let med: BTreeMap<&str, f64> = samples.iter().map(|(k, v)| (*k, median(&mut v.clone()))).collect();
+    Ok(json!({
+        "rounds": size.rounds,
+        "calls_per_sample": calls,
+        "median_ns": med,
+        "ratios": [
+            { "name": "unselected setsockopt() time, loaded (no audit rule) / nothing loaded", "value": ratio("enable", "none"), "goal": 1.01, "higher_is_better": false },
+            { "name": "unselected setsockopt() time, while an audit rule exists / nothing loaded", "value": ratio("audit", "none"), "goal": null, "higher_is_better": false },
+        ],
+    }))
+}
+
+fn guard_markdown(r: &Value) -> String {
+    let g = &r["guard_cost"];
+    let mut md = format!(
+        "
+## 5. Compatibility guard: watching socket options
+
+setsockopt(SOL_TCP, TCP_USER_TIMEOUT) on one TCP socket of a process no rule selects (an option MPTCP \
+         refuses, so the watchers do all their work), {} calls per sample after an untimed tenth, {} rounds \
+         with the three configurations in rotating order; each ratio is the median of the per-round ratios.\n\n\
+         | measure | value | goal |\n|---|---:|---|\n",
+        g["calls_per_sample"], g["rounds"]
+    );
+    for row in g["ratios"].as_array().into_iter().flatten() {
+        let value = row["value"].as_f64().unwrap_or(f64::NAN);
+        let goal = goal_mark(value, &row["goal"], false);
+        let goal = if goal.is_empty() { "(shown)".to_owned() } else { format!("≤ {goal}") };
+        md.push_str(&format!("| {} | {} | {goal} |\n", row["name"].as_str().unwrap_or("?"), three(&row["value"])));
+    }
+    md.push_str("\n| configuration | median ns per call |\n|---|---:|\n");
+    for (k, v) in g["median_ns"].as_object().into_iter().flatten() {
+        md.push_str(&format!("| {k} | {:.0} |\n", v.as_f64().unwrap_or(f64::NAN)));
+    }
+    md.push_str(
+        "\nWithout an audit rule nothing runs on TCP's option calls: the watchers are on MPTCP's \
+         (`mptcp_setsockopt`/`mptcp_getsockopt`), which TCP sockets never reach. The audit watchers (on \
+         `tcp_setsockopt`, `sk_setsockopt`, `tcp_getsockopt`) are attached only while an audit rule exists; \
+         then every TCP option call on the host pays the trampoline and a lookup, and an option MPTCP \
+         refuses also the rule selection (the hook's). Guard reaction: none to wait for. The program that \
+         was refused is decided in the refused call itself, before it returns, so its very next socket() \
+         stays TCP. The VM test `md5sig_and_kernel_tls_refusals_are_counted_and_guarded` checks this: the \
+         socket the same process makes right after the refusal is TCP.\n",
+    );
+    md
+}
+
 fn outcome_markdown(r: &Value) -> String {
     let o = &r["outcome_cost"];
     let mut md = format!(
@@ -601,13 +680,16 @@ pub fn in_vm(out: &Path, smoke: bool) -> Result<()> {
     if sections.outcomes {
         result["outcome_cost"] = outcome_cost(&env, size)?;
     }
+    if sections.guard {
+        result["guard_cost"] = guard_cost(&env, size)?;
+    }
     result["seconds"] = json!(started.elapsed().as_secs());
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&result)?)?;
     Ok(())
 }
 
 /// Which parts to measure: `MPTCPIFY_BENCH_SECTIONS` (comma-separated `hook`, `paths`,
-/// `control`; all when unset). A partial full run rewrites only its sections of BENCHMARKS.md.
+/// `control`, `outcomes`, `guard`; all when unset). A partial full run rewrites only its sections of BENCHMARKS.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sections {
     hook: bool,
@@ -617,6 +699,7 @@ struct Sections {
     failover: bool,
     control: bool,
     outcomes: bool,
+    guard: bool,
 }
 
 impl Sections {
@@ -630,6 +713,7 @@ impl Sections {
             failover: paths || on("failover"),
             control: on("control"),
             outcomes: on("outcomes"),
+            guard: on("guard"),
         }
     }
 
@@ -676,6 +760,7 @@ pub fn markdown(r: &Value, host_cpu: &str) -> String {
         ("throughput", throughput_markdown),
         ("control_plane", control_markdown),
         ("outcome_cost", outcome_markdown),
+        ("guard_cost", guard_markdown),
     ] {
         if !r[key].is_null() {
             md.push_str(&section(r));
@@ -829,7 +914,7 @@ pub fn write_reports(out: &Path, smoke: bool) -> Result<()> {
         .filter(|(keys, _)| keys.iter().any(|k| !results[*k].is_null()))
         .map(|(_, h)| *h)
         .collect();
-    let partial = measured.len() < 4;
+    let partial = measured.len() < SECTION_HEADINGS.len();
     if !smoke && partial {
         // The sections not measured stay as their last full run wrote them.
         let path = workspace_root().join("BENCHMARKS.md");
@@ -861,11 +946,12 @@ pub fn write_reports(out: &Path, smoke: bool) -> Result<()> {
 }
 
 /// Each section's results and its heading in BENCHMARKS.md.
-const SECTION_HEADINGS: [(&[&str], &str); 4] = [
+const SECTION_HEADINGS: [(&[&str], &str); 5] = [
     (&["hook_cost"], "## 1. "),
     (&["throughput", "unequal_paths", "failover"], "## 2. "),
     (&["control_plane"], "## 3. "),
     (&["outcome_cost"], "## 4. "),
+    (&["guard_cost"], "## 5. "),
 ];
 
 /// Host side: build, boot the VM, measure, write `target/bench/`. The full run measures release
@@ -916,12 +1002,20 @@ mod tests {
 
     #[test]
     fn sections_are_all_by_default_or_those_listed() {
-        let all = Sections { hook: true, equal: true, unequal: true, failover: true, control: true, outcomes: true };
+        let all = Sections {
+            hook: true,
+            equal: true,
+            unequal: true,
+            failover: true,
+            control: true,
+            outcomes: true,
+            guard: true,
+        };
         assert_eq!(Sections::parse(None), all);
-        let paths = Sections { hook: false, control: false, outcomes: false, ..all };
+        let paths = Sections { hook: false, control: false, outcomes: false, guard: false, ..all };
         assert_eq!(Sections::parse(Some("paths")), paths);
         assert_eq!(Sections::parse(Some("failover")), Sections { equal: false, unequal: false, ..paths });
-        let both = Sections { equal: false, unequal: false, failover: false, outcomes: false, ..all };
+        let both = Sections { equal: false, unequal: false, failover: false, outcomes: false, guard: false, ..all };
         assert_eq!(Sections::parse(Some("hook, control")), both);
     }
 

@@ -15,13 +15,15 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::maps::MapData;
 use aya_obj::{EbpfSectionKind, Object};
 use mptcpify_common::{
-    AUDIT_PROGRAMS, CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LAYOUT_VERSION, LINK_PIN, LOADING_INFIX, LoadFacts,
-    META_MAP, OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR, PINNED_MAPS, PROGRAM_NAME,
-    REFUSED_OPTIONS_MAP, SOCK_OFFSETS, SockOffsets, netns_globals, task_globals,
+    AUDIT_PROGRAMS, CONFIG_MAP, Config, FACTS_MAP, HOOK_FUNCTION, LANDLOCK_CHECKED, LANDLOCK_UNCHECKED, LAYOUT_VERSION,
+    LINK_PIN, LOADING_INFIX, LoadFacts, META_MAP, OLD_OUTCOME_LINK_PIN, OUTCOME_PROGRAMS, OutcomeProgram, PIN_DIR,
+    PINNED_MAPS, PROGRAM_NAME, REFUSED_OPTIONS_MAP, SOCK_OFFSETS, SockOffsets, landlock_globals, netns_globals,
+    task_globals,
 };
 
 use super::{
     kernel_btf::KernelBtf,
+    landlock::{self, LandlockOffsets},
     netns::{self, NetnsOffsets},
     sys,
 };
@@ -129,22 +131,31 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
             )
         })
         .ok();
+    log::debug!("netns offsets found after {:?}", started.elapsed());
     let task = TaskOffsets::find(&btf)?;
+    let (landlock_fact, landlock) = landlock_check(&btf);
+    log::debug!("landlock checked after {:?}", started.elapsed());
     let tracking = outcomes_wanted().then(|| OutcomeTargets::find(&btf)).transpose().unwrap_or_else(|e| {
         log::warn!("outcome tracking off: {e:#}");
         None
     });
     drop(btf);
-    log::debug!("netns offsets found after {:?}", started.elapsed());
+    log::debug!("outcome targets found after {:?}", started.elapsed());
 
     let mut obj = Object::parse(PROGRAM).context("parsing the embedded kernel program")?;
-    set_globals(&mut obj, log_level, task, netns, tracking.as_ref().map_or(SockOffsets::UNSET, |t| t.offsets))?;
+    let sock = tracking.as_ref().map_or(SockOffsets::UNSET, |t| t.offsets);
+    set_globals(&mut obj, log_level, task, Kernel { netns, landlock, sock })?;
     let maps = create_maps(&mut obj)?;
     record_facts(
         &maps,
-        LoadFacts { netns_check: u32::from(netns.is_some()), log_level: log_level.as_global().into() },
+        LoadFacts {
+            netns_check: u32::from(netns.is_some()),
+            log_level: log_level.as_global().into(),
+            landlock: landlock_fact,
+        },
     )?;
     record_refused_options(&maps)?;
+    log::debug!("refused options probed after {:?}", started.elapsed());
     let (_, meta) = maps.get(META_MAP).ok_or_else(|| anyhow!("map {META_MAP} missing from the embedded object"))?;
     stamp_layout(meta)?;
     let text_sections = obj.functions.keys().map(|(section, _)| *section).collect();
@@ -170,6 +181,7 @@ pub fn load_and_attach(log_level: LogLevel) -> Result<Attached> {
             Ok(more) => {
                 links.extend(more);
                 mark_outcomes_on(&maps)?;
+                log::debug!("outcome programs attached after {:?}", started.elapsed());
                 programs = load_audit_programs(&obj, audit_ids).unwrap_or_else(|e| {
                     log::warn!("audit rules will not predict refused options: {e:#}");
                     Vec::new()
@@ -293,13 +305,34 @@ impl TaskOffsets {
 
 /// The `.rodata` globals the loader fixes: aya-log's level, the task offsets and the netns check's offsets
 /// (all zero, and the check off, when `netns` is unknown).
-fn set_globals(
-    obj: &mut Object,
-    log_level: LogLevel,
-    task: TaskOffsets,
+/// What the program reads in kernel structures beyond the task: each part `None` (or unset)
+/// switches its check off.
+struct Kernel {
     netns: Option<NetnsOffsets>,
+    landlock: Option<LandlockOffsets>,
     sock: SockOffsets,
-) -> Result<()> {
+}
+
+/// Whether the program should keep Landlock-sandboxed processes TCP ([`LoadFacts::landlock`]),
+/// and where it reads their domains.
+fn landlock_check(btf: &KernelBtf) -> (u32, Option<LandlockOffsets>) {
+    if let Some(fact) = landlock::probe() {
+        return (fact, None);
+    }
+    match landlock::find(btf) {
+        Ok(offsets) => (LANDLOCK_CHECKED, Some(offsets)),
+        Err(e) => {
+            log::warn!(
+                "landlock check off: {e:#}; a selected process that restricts TCP with Landlock would leave its \
+                 sandbox once upgraded (exclude such programs)"
+            );
+            (LANDLOCK_UNCHECKED, None)
+        }
+    }
+}
+
+fn set_globals(obj: &mut Object, log_level: LogLevel, task: TaskOffsets, k: Kernel) -> Result<()> {
+    let Kernel { netns, landlock, sock } = k;
     let level = [log_level.as_global()];
     let (leader, comm) = (task.group_leader.to_ne_bytes(), task.comm.to_ne_bytes());
     let on = [u8::from(netns.is_some())];
@@ -323,6 +356,21 @@ fn set_globals(
         (netns_globals::NET_GEN, (&c[..], true)),
         (netns_globals::PERNET_ENABLED, (&d[..], true)),
         (netns_globals::PERNET_ID_ADDR, (&e[..], true)),
+    ]);
+    let l = landlock.unwrap_or_default();
+    let landlock_on = [u8::from(landlock.is_some())];
+    let words = [l.task_cred, l.cred_security, l.domain, l.num_layers, l.access_masks, l.net_bit].map(u32::to_ne_bytes);
+    let blob = l.blob_offset_addr.to_ne_bytes();
+    let mut globals = globals;
+    globals.extend([
+        (landlock_globals::ENABLED, (&landlock_on[..], true)),
+        (landlock_globals::TASK_CRED, (&words[0][..], true)),
+        (landlock_globals::CRED_SECURITY, (&words[1][..], true)),
+        (landlock_globals::DOMAIN, (&words[2][..], true)),
+        (landlock_globals::NUM_LAYERS, (&words[3][..], true)),
+        (landlock_globals::ACCESS_MASKS, (&words[4][..], true)),
+        (landlock_globals::NET_BIT, (&words[5][..], true)),
+        (landlock_globals::BLOB_OFFSET_ADDR, (&blob[..], true)),
     ]);
     obj.patch_map_data(globals).context("setting the program's globals")
 }
@@ -348,9 +396,8 @@ fn create_maps(obj: &mut Object) -> Result<HashMap<String, (aya_obj::Map, MapDat
 /// Keeps how the program was loaded in its FACTS map, for `doctor`.
 fn record_facts(maps: &HashMap<String, (aya_obj::Map, MapData)>, facts: LoadFacts) -> Result<()> {
     let (_, map) = maps.get(FACTS_MAP).ok_or_else(|| anyhow!("map {FACTS_MAP} missing from the embedded object"))?;
-    let mut bytes = facts.netns_check.to_ne_bytes().to_vec();
-    bytes.extend(facts.log_level.to_ne_bytes());
-    const _: () = assert!(size_of::<LoadFacts>() == 8, "LoadFacts is two u32s");
+    let bytes = [facts.netns_check, facts.log_level, facts.landlock].map(u32::to_ne_bytes).concat();
+    const _: () = assert!(size_of::<LoadFacts>() == 12, "LoadFacts is three u32s");
     sys::write_first_element(map.fd().as_fd(), &bytes).context("recording how the program was loaded")
 }
 

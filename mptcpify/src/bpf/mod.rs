@@ -7,6 +7,7 @@ pub mod asm;
 pub mod audit_watch;
 pub mod kallsyms;
 pub mod kernel_btf;
+pub mod landlock;
 pub mod loader;
 pub mod netns;
 #[allow(unsafe_code)]

@@ -324,3 +324,48 @@ pub fn setsockopt(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> io
         unsafe { libc::setsockopt(fd.as_raw_fd(), level, name, value.as_ptr().cast(), value.len() as libc::socklen_t) };
     if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
+
+/// Sandboxes the calling thread (only it: no other thread, and it has no children) with a
+/// Landlock ruleset that handles TCP connects and allows none: how the Landlock probe asks the
+/// kernel whether such a sandbox also holds MPTCP sockets. Fails with the kernel's errno where
+/// Landlock or its network rules are missing.
+pub fn landlock_deny_tcp_connects_of_this_thread() -> io::Result<()> {
+    #[repr(C)]
+    struct RulesetAttr {
+        handled_access_fs: u64,
+        handled_access_net: u64,
+    }
+    const LANDLOCK_ACCESS_NET_CONNECT_TCP: u64 = 2;
+    let attr = RulesetAttr { handled_access_fs: 0, handled_access_net: LANDLOCK_ACCESS_NET_CONNECT_TCP };
+    // SAFETY: `attr` is valid for reading its size; the kernel returns a new descriptor or -1.
+    let fd =
+        unsafe { libc::syscall(libc::SYS_landlock_create_ruleset, &raw const attr, size_of::<RulesetAttr>(), 0u32) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ruleset = owned_fd(fd);
+    // SAFETY: prctl with integer arguments; PR_SET_NO_NEW_PRIVS applies to the calling thread.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a plain syscall on a descriptor we own; it restricts the calling thread only.
+    if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset.as_raw_fd(), 0u32) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `connect(2)` of a socket to an IPv4 address.
+pub fn connect_v4(fd: BorrowedFd<'_>, addr: std::net::SocketAddrV4) -> io::Result<()> {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sin` is a valid sockaddr_in for the length given.
+    let r = unsafe {
+        libc::connect(fd.as_raw_fd(), (&raw const sin).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}

@@ -128,8 +128,39 @@ pub async fn checks() -> Vec<Check> {
         out.push(listeners_check(root));
         out.push(outcomes_check());
         out.push(compatibility_check());
+        out.push(landlock_check());
     }
     out
+}
+
+/// For the loaded program: whether processes that restrict TCP with Landlock keep TCP sockets.
+fn landlock_check() -> Check {
+    use mptcpify_common::{LANDLOCK_CHECKED, LANDLOCK_NO_NET_RULES, LANDLOCK_RESTRICTS_MPTCP};
+    match crate::state::maps::load_facts().map(|f| f.landlock) {
+        Some(LANDLOCK_CHECKED) => check(
+            "landlock",
+            Level::Ok,
+            "a process whose Landlock sandbox restricts TCP keeps TCP sockets (this kernel's Landlock does not \
+             restrict MPTCP ones): kept_tcp_landlock counts them",
+            None,
+        ),
+        Some(LANDLOCK_RESTRICTS_MPTCP) => {
+            check("landlock", Level::Ok, "this kernel's Landlock restricts MPTCP sockets as TCP ones", None)
+        }
+        Some(LANDLOCK_NO_NET_RULES) => {
+            check("landlock", Level::Ok, "no Landlock network rules on this kernel: no TCP sandbox to keep", None)
+        }
+        _ => check(
+            "landlock",
+            Level::Warn,
+            "the program cannot see Landlock sandboxes: a selected process that restricts TCP with Landlock leaves \
+             its sandbox once upgraded",
+            Some(
+                "exclude sandboxed programs (`mptcpify exclude --comm NAME`); the load's warning says what was missing"
+                    .into(),
+            ),
+        ),
+    }
 }
 
 /// The compatibility guard: this kernel's refused options, and every program kept TCP (or that

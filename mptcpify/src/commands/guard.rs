@@ -232,3 +232,46 @@ pub async fn guard(action: GuardAction) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use mptcpify_common::{GUARD_KEEP_TCP, OPTION_GET, OPTION_SET, SockOpt};
+
+    use super::*;
+
+    fn comm(name: &str) -> [u8; mptcpify_common::COMM_LEN] {
+        let mut c = [0u8; mptcpify_common::COMM_LEN];
+        c[..name.len()].copy_from_slice(name.as_bytes());
+        c
+    }
+
+    #[test]
+    fn a_decision_reads_as_the_refusal_or_the_prediction_that_made_it() {
+        let rule = RuleRef { kind: RuleKind::Cgroup as u32, _pad: 0, key: 27 };
+        let timeout = SockOpt { level: 6, name: 18 };
+        let refused = GuardEntry {
+            since_boot_ns: 10_000_000_000,
+            verdict: GUARD_KEEP_TCP,
+            op: OPTION_SET,
+            option: timeout,
+            errno: 92,
+            pid: 5,
+            predicted: 0,
+            _pad: 0,
+        };
+        let k = kept(&comm("psql"), rule, &refused, 12.5);
+        assert_eq!((k.program.as_str(), k.rule_kind, k.rule_key), ("psql", "cgroup", 27));
+        assert_eq!((k.call, k.option.as_str(), k.errno.as_str()), ("setsockopt", "TCP_USER_TIMEOUT", "ENOPROTOOPT"));
+        assert!(!k.predicted && (k.seconds_ago - 2.5).abs() < 1e-9);
+        let predicted = GuardEntry { errno: 0, predicted: 1, op: OPTION_GET, ..refused };
+        let k = kept(&comm("psql"), rule, &predicted, 5.0);
+        assert!(k.predicted && k.errno.is_empty() && k.call == "getsockopt");
+        assert_eq!(k.seconds_ago, 0.0, "a clock read before the decision shows 0, never a negative age");
+    }
+
+    #[test]
+    fn the_guard_names_programs_by_command_name_only() {
+        assert!(comm_of(&Key::Pid(1)).unwrap_err().to_string().contains("command name"));
+        assert_eq!(comm_of(&Key::comm("psql").unwrap()).unwrap(), comm("psql"));
+    }
+}

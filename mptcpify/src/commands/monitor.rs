@@ -72,45 +72,27 @@ fn kind_name<S: serde::Serializer>(k: &Option<RuleKind>, s: S) -> Result<S::Ok, 
 }
 
 impl Decided {
-    /// One line of the table `monitor` prints.
+    /// One line of the table `monitor` prints: who, what, which rule, then the detail (the
+    /// refused call, an outcome's ports, or the caller's cgroup).
     fn line(&self) -> String {
         let decision = self.decision.map_or("unknown", Decision::name);
-        if let Some(r) = &self.refused {
-            return format!(
-                "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}({}): {}",
-                clock_time(self.time),
-                self.pid,
-                super::shown(&self.comm),
-                self.family,
-                decision,
-                self.rule_text(),
-                r.call,
-                r.option,
-                r.errno
-            );
-        }
-        if self.pid == 0 {
+        let (pid, comm, detail) = match &self.refused {
+            Some(r) => {
+                (self.pid.to_string(), super::shown(&self.comm), format!("{}({}): {}", r.call, r.option, r.errno))
+            }
             // An outcome: no process, the connection's ports instead of a cgroup.
-            let ports = format!("port {} -> {}", self.local_port, self.remote_port);
-            return format!(
-                "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {ports}",
-                clock_time(self.time),
-                "-",
-                "-",
-                self.family,
-                decision,
-                self.rule_text()
-            );
-        }
+            None if self.pid == 0 => {
+                ("-".into(), "-".into(), format!("port {} -> {}", self.local_port, self.remote_port))
+            }
+            None => {
+                (self.pid.to_string(), super::shown(&self.comm), super::shown(self.cgroup.as_deref().unwrap_or("?")))
+            }
+        };
         format!(
-            "{:<12} {:>7} {:<16} {:<6} {:<24} {:<8} {}",
+            "{:<12} {pid:>7} {comm:<16} {:<6} {decision:<24} {:<8} {detail}",
             clock_time(self.time),
-            self.pid,
-            super::shown(&self.comm),
             self.family,
-            decision,
-            self.rule_text(),
-            super::shown(self.cgroup.as_deref().unwrap_or("?"))
+            self.rule_text()
         )
     }
 

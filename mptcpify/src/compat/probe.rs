@@ -3,7 +3,11 @@
 //! tried, `getsockopt` and `setsockopt`, on a fresh TCP socket and a fresh MPTCP socket. No table
 //! typed by hand and no kernel-version comparison: kernels differ (34 options on 6.12, 33 on 7.3)
 //! and change.
-use std::{collections::BTreeMap, io, os::fd::AsFd as _};
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::{AsFd as _, BorrowedFd},
+};
 
 use anyhow::{Context as _, Result, bail};
 use mptcpify_common::{IPPROTO_MPTCP, OPTION_GET, OPTION_SET, SockOpt};
@@ -44,8 +48,17 @@ pub fn probe() -> Result<RefusedOptions> {
             log::info!("option probe: no IPv6 sockets here; IPv6 options are not probed");
             continue;
         }
+        // One MPTCP socket for the level: MPTCP checks whether it supports an option before
+        // anything else, so what was set before cannot change a refusal.
+        let mptcp = match sys::socket(family, libc::SOCK_STREAM, IPPROTO_MPTCP) {
+            Ok(fd) => fd,
+            Err(e) => bail!(
+                "cannot make an MPTCP socket here to learn which options MPTCP refuses ({e}); \
+                 is net.mptcp.enabled=1 in this network namespace?"
+            ),
+        };
         for name in 1..=HIGHEST_OPTION {
-            let bits = probe_one(family, level, name)?;
+            let bits = probe_one(family, level, name, mptcp.as_fd())?;
             if bits != 0 {
                 table.insert(SockOpt { level: level as u32, name: name as u32 }, bits);
             }
@@ -54,38 +67,25 @@ pub fn probe() -> Result<RefusedOptions> {
     Ok(table)
 }
 
-/// [`OPTION_SET`] | [`OPTION_GET`] for one option, each on fresh sockets so that an option set
-/// earlier cannot change the answer.
-fn probe_one(family: i32, level: i32, name: i32) -> Result<u32> {
-    let (tcp, mptcp) = pair(family)?;
+/// [`OPTION_SET`] | [`OPTION_GET`] for one option, on a fresh TCP socket so that an option set
+/// earlier cannot change TCP's answer.
+fn probe_one(family: i32, level: i32, name: i32, mptcp: BorrowedFd<'_>) -> Result<u32> {
+    let tcp = sys::socket(family, libc::SOCK_STREAM, libc::IPPROTO_TCP).context("making a TCP socket to probe")?;
     let mut buf = [0u8; 256];
     let tcp_get = sys::getsockopt(tcp.as_fd(), level, name, &mut buf);
-    let mptcp_get = sys::getsockopt(mptcp.as_fd(), level, name, &mut [0u8; 256]);
+    let mptcp_get = sys::getsockopt(mptcp, level, name, &mut [0u8; 256]);
     let mut bits = if refused(&mptcp_get) && !refused(&tcp_get) { OPTION_GET } else { 0 };
     // Set what TCP reads back (a no-op set), else a zero int.
     let value = match tcp_get {
         Ok(len) if len > 0 => &buf[..len],
         _ => &[0u8; 4][..],
     };
-    let (tcp, mptcp) = pair(family)?;
     let tcp_set = sys::setsockopt(tcp.as_fd(), level, name, value);
-    let mptcp_set = sys::setsockopt(mptcp.as_fd(), level, name, value);
+    let mptcp_set = sys::setsockopt(mptcp, level, name, value);
     if refused(&mptcp_set) && !refused(&tcp_set) {
         bits |= OPTION_SET;
     }
     Ok(bits)
-}
-
-fn pair(family: i32) -> Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
-    let tcp = sys::socket(family, libc::SOCK_STREAM, libc::IPPROTO_TCP).context("making a TCP socket to probe")?;
-    let mptcp = match sys::socket(family, libc::SOCK_STREAM, IPPROTO_MPTCP) {
-        Ok(fd) => fd,
-        Err(e) => bail!(
-            "cannot make an MPTCP socket here to learn which options MPTCP refuses ({e}); \
-             is net.mptcp.enabled=1 in this network namespace?"
-        ),
-    };
-    Ok((tcp, mptcp))
 }
 
 #[cfg(test)]

@@ -7,6 +7,9 @@
 //! `connect` times N connect()+close() to a listener of its own on 127.0.0.1 (accepted and
 //! closed by a thread); `burst` opens N connections to it at once, then closes them all. Both
 //! print nanoseconds per connection and the protocol of the last client socket.
+//! `setsockopt` times N setsockopt(TCP_USER_TIMEOUT) calls on one TCP socket (an option MPTCP
+//! refuses, so that the compatibility guard's watchers do all their work) and prints nanoseconds
+//! per call and the socket's protocol.
 use std::{
     net::{TcpListener, TcpStream},
     os::fd::AsRawFd as _,
@@ -14,8 +17,16 @@ use std::{
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let n: u64 = args.next().and_then(|a| a.parse().ok()).expect("usage: sockbench N [mptcp|empty-hook|connect|burst]");
+    let n: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("usage: sockbench N [mptcp|empty-hook|connect|burst|setsockopt]");
     let mode = args.next();
+    if mode.as_deref() == Some("setsockopt") {
+        let (ns, proto) = set_options(n);
+        println!("{ns:.1} {proto}");
+        return;
+    }
     if let Some(m @ ("connect" | "burst")) = mode.as_deref() {
         let (ns, proto) = connections(n, m == "burst");
         println!("{ns:.1} {proto}");
@@ -51,6 +62,28 @@ fn socket_close_loop(n: u64, proto: i32) -> i32 {
         }
     }
     last
+}
+
+/// ns per setsockopt(TCP_USER_TIMEOUT) on one socket, and its protocol.
+fn set_options(n: u64) -> (f64, i32) {
+    let s = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP socket");
+    let fd = s.as_raw_fd();
+    let set = |v: i32| {
+        // SAFETY: v is valid for reading 4 bytes; the fd is open for the call.
+        let r = unsafe {
+            libc::setsockopt(fd, libc::SOL_TCP, libc::TCP_USER_TIMEOUT, (&raw const v).cast(), size_of::<i32>() as _)
+        };
+        assert_eq!(r, 0, "setsockopt: {}", std::io::Error::last_os_error());
+    };
+    (0..n / 10).for_each(|i| set(i as i32 % 1000));
+    let start = std::time::Instant::now();
+    (0..n).for_each(|i| set(i as i32 % 1000));
+    let ns = start.elapsed().as_nanos() as f64 / n as f64;
+    let mut v: i32 = -1;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: v and len are valid for the kernel to write.
+    unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL, (&raw mut v).cast(), &mut len) };
+    (ns, v)
 }
 
 /// ns per connection over loopback, and the protocol of the last client socket. Sockets come

@@ -5,6 +5,10 @@
 //! `setopt4:LEVEL:NAME[:TEXT]` makes a TCP socket and sets option NAME at LEVEL on it (TEXT's
 //! bytes, else a zeroed 256-byte buffer: what TCP_MD5SIG takes), then prints
 //! `SPEC proto=N errno=N` (errno 0: accepted).
+//! `landlock4:ALLOWED:TARGET` sandboxes the process with Landlock (TCP bind and connect handled,
+//! connect allowed to port ALLOWED only), then makes a TCP socket the ordinary way and connects
+//! it to 127.0.0.1:TARGET: `SPEC proto=N errno=N`. `landlock-mptcp4:…` asks for IPPROTO_MPTCP
+//! itself (what an upgraded socket is).
 //! `--raw` makes `socket` with the raw syscall (no libc wrapper), for the static build.
 //! `--wait` prints `ready` and waits for a line on stdin first (so a PID rule can be added).
 //! `--serve` prints `ready`, then makes one socket per SPEC line read from stdin, until EOF (a
@@ -100,6 +104,71 @@ fn set_option(spec: &str) -> String {
     format!("{spec} proto={p} errno={errno}")
 }
 
+/// `landlock4:ALLOWED:TARGET` / `landlock-mptcp4:ALLOWED:TARGET`.
+fn landlocked(spec: &str) -> String {
+    let mut parts = spec.split(':');
+    let proto = if parts.next() == Some("landlock-mptcp4") { 262 } else { 0 };
+    let (Some(allowed), Some(target)) =
+        (parts.next().and_then(|p| p.parse::<u16>().ok()), parts.next().and_then(|p| p.parse::<u16>().ok()))
+    else {
+        return format!("{spec} unknown-spec");
+    };
+    if let Err(e) = sandbox(allowed) {
+        return format!("{spec} landlock_errno={e}");
+    }
+    let fd = match socket(false, libc::AF_INET, libc::SOCK_STREAM, proto) {
+        Ok(fd) => fd,
+        Err(e) => return format!("{spec} errno={e}"),
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: target.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sin is a valid sockaddr_in for the length given; we own fd.
+    let r = unsafe { libc::connect(fd, (&raw const sin).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+    let errno = if r < 0 { errno() } else { 0 };
+    let p = protocol(fd);
+    // SAFETY: we own fd.
+    unsafe { libc::close(fd) };
+    format!("{spec} proto={p} errno={errno}")
+}
+
+/// Landlock: TCP bind and connect handled; connect allowed to `port` only.
+fn sandbox(port: u16) -> Result<(), i32> {
+    #[repr(C)]
+    struct RulesetAttr {
+        handled_access_fs: u64,
+        handled_access_net: u64,
+    }
+    #[repr(C)]
+    struct NetPortAttr {
+        allowed_access: u64,
+        port: u64,
+    }
+    const BIND_TCP: u64 = 1;
+    const CONNECT_TCP: u64 = 2;
+    const LANDLOCK_RULE_NET_PORT: u32 = 2;
+    let attr = RulesetAttr { handled_access_fs: 0, handled_access_net: BIND_TCP | CONNECT_TCP };
+    // SAFETY: plain syscalls on valid structs and a descriptor we own.
+    unsafe {
+        let fd = libc::syscall(libc::SYS_landlock_create_ruleset, &raw const attr, size_of::<RulesetAttr>(), 0u32);
+        if fd < 0 {
+            return Err(errno());
+        }
+        let rule = NetPortAttr { allowed_access: CONNECT_TCP, port: port.into() };
+        if libc::syscall(libc::SYS_landlock_add_rule, fd, LANDLOCK_RULE_NET_PORT, &raw const rule, 0u32) < 0
+            || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0
+            || libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) < 0
+        {
+            return Err(errno());
+        }
+        libc::close(fd as i32);
+    }
+    Ok(())
+}
+
 fn connect(spec: &str) -> String {
     let addr = if spec == "connect6" { "[::1]:0" } else { "127.0.0.1:0" };
     let result = (|| -> std::io::Result<String> {
@@ -164,6 +233,7 @@ fn main() {
             }
             None if spec.starts_with("connect") => connect(spec),
             None if spec.starts_with("setopt4:") => set_option(spec),
+            None if spec.starts_with("landlock") => landlocked(spec),
             None => one_socket(raw, spec),
         };
         println!("{line}");

@@ -287,3 +287,84 @@ fn audit_predicts_what_enforcing_would_break_and_the_guard_keeps_it_tcp_from_the
     assert_eq!(counter("options_refused"), 0);
     assert!(counter("kept_tcp_guard") >= 1);
 }
+
+const EACCES: i64 = 13;
+const ECONNREFUSED: i64 = 111;
+
+/// A Landlock sandbox that restricts TCP connects to one port holds for a process in an enabled
+/// cgroup exactly as without mptcpify: its sockets stay TCP (Landlock does not apply its TCP rules
+/// to MPTCP sockets), unless this kernel's Landlock restricts MPTCP too.
+#[test]
+fn a_landlock_sandbox_that_restricts_tcp_holds_in_an_enabled_cgroup() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-test/compat-landlock");
+    let plain = TestCgroup::new("mptcpify-test/compat-landlock-plain");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let allowed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let allowed_port = allowed.local_addr().unwrap().port();
+    let closed_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let probe = |cg: &TestCgroup, spec: String| {
+        let out = parse_probe(&run_in(Some(cg), &sockprobe_bin(), &[&spec]));
+        out[&spec].clone()
+    };
+    let elsewhere = format!("landlock4:{allowed_port}:{closed_port}");
+    let without = probe(&plain, elsewhere.clone());
+    assert_eq!((without["proto"], without["errno"]), (6, EACCES), "the sandbox as TCP has it: {without:?}");
+    // What an upgrade would do: MPTCP sockets and this kernel's Landlock.
+    let as_mptcp = probe(&plain, format!("landlock-mptcp4:{allowed_port}:{closed_port}"));
+    let landlock_holds_mptcp = as_mptcp["errno"] == EACCES;
+    if !landlock_holds_mptcp {
+        assert_eq!(as_mptcp["errno"], ECONNREFUSED, "an MPTCP socket escapes the sandbox here: {as_mptcp:?}");
+    }
+    assert_eq!(proto_of(Some(&cg), "tcp4"), 262, "the cgroup is upgraded");
+
+    let with = probe(&cg, elsewhere);
+    assert_eq!(with["errno"], EACCES, "refused exactly as without mptcpify: {with:?}");
+    let allowed_connect = probe(&cg, format!("landlock4:{allowed_port}:{allowed_port}"));
+    assert_eq!(allowed_connect["errno"], 0, "{allowed_connect:?}");
+    if landlock_holds_mptcp {
+        assert_eq!(with["proto"], 262, "Landlock holds MPTCP here: nothing to keep TCP");
+    } else {
+        assert_eq!((with["proto"], allowed_connect["proto"]), (6, 6), "sandboxed processes keep TCP");
+        assert_eq!(counter("kept_tcp_landlock"), 2);
+    }
+    let doctor = text(&mptcpify(&["doctor"]));
+    assert!(doctor.contains("landlock"), "{doctor}");
+}
+
+/// Under the agent: the guard's decisions survive an agent restart, and its metrics name the
+/// refused program and option per rule (would-fail under an audit rule, kept TCP).
+#[test]
+fn the_agent_keeps_the_guards_decisions_across_restarts_and_exports_them() {
+    let _g = setup();
+    let pg = FakePostgres::start();
+    let cg = TestCgroup::new("mptcpify-test/compat-agent");
+    let d = tempfile::tempdir().unwrap();
+    let policy = d.path().join("policy.toml");
+    std::fs::write(&policy, "[audit]\ncgroups = [\"mptcpify-test/compat-agent\"]\n").unwrap();
+    let with_timeout = pg.conninfo("tcp_user_timeout=5000");
+
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    assert!(psql(&cg, &with_timeout).status.success(), "audited: TCP");
+    let m = agent.metrics();
+    let would_fail =
+        m.lines().find(|l| l.starts_with("mptcpify_option_would_fail_total{") && l.contains("program=\"psql\""));
+    let line = would_fail.unwrap_or_else(|| panic!("no would-fail series for psql: {m}"));
+    assert!(line.contains("option=\"TCP_USER_TIMEOUT\"") && line.ends_with(" 1"), "{line}");
+    agent.stop(libc::SIGTERM);
+
+    // Enforced by a new agent: psql is kept TCP from its first connection, and it says so.
+    std::fs::write(&policy, "[enable]\ncgroups = [\"mptcpify-test/compat-agent\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    assert!(psql(&cg, &with_timeout).status.success(), "kept TCP by the prediction: {}", agent.log());
+    let m = agent.metrics();
+    let series = m.lines().find(|l| l.starts_with("mptcpify_guard_kept_tcp{") && l.contains("program=\"psql\""));
+    assert!(series.is_some_and(|l| l.contains("option=\"TCP_USER_TIMEOUT\"") && l.ends_with(" 1")), "{m}");
+    assert_eq!(metric(&m, "mptcpify_guard_enabled"), Some(1.0));
+    assert_eq!(counter("options_refused"), 0, "nothing was ever refused");
+    agent.stop(libc::SIGTERM);
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    assert!(psql(&cg, &with_timeout).status.success(), "still kept TCP after a restart");
+    assert_eq!(kept("psql").len(), 1);
+    drop(agent);
+}
