@@ -30,8 +30,9 @@ const PACKAGES: &[&str] = &[
     "mmdebstrap",
     // The container suite: a CA for the agent's kubeconfig.
     "openssl",
-    // The compatibility tests: an unmodified psql with tcp_user_timeout.
+    // The compatibility tests: an unmodified psql with tcp_user_timeout; AppArmor profiles.
     "postgresql-client",
+    "apparmor",
 ];
 
 fn dpkg_installed(pkg: &str) -> bool {

@@ -368,3 +368,44 @@ fn the_agent_keeps_the_guards_decisions_across_restarts_and_exports_them() {
     assert_eq!(kept("psql").len(), 1);
     drop(agent);
 }
+
+/// Loads an AppArmor profile (AppArmor is on in Debian's kernel; its userspace is the host's).
+fn apparmor_profile(name: &str, rules: &str) {
+    let security = Path::new("/sys/kernel/security");
+    if !security.join("apparmor").exists() {
+        let out = std::process::Command::new("mount").args(["-t", "securityfs", "securityfs"]).arg(security).output();
+        assert!(out.is_ok_and(|o| o.status.success()), "mounting securityfs");
+    }
+    assert!(security.join("apparmor").exists(), "AppArmor is not on in this kernel");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, format!("abi <abi/3.0>,\nprofile {name} {{\n  file,\n{rules}\n}}\n")).unwrap();
+    let out = std::process::Command::new("apparmor_parser").arg("-r").arg(&file).output().unwrap();
+    assert!(out.status.success(), "apparmor_parser: {}", text(&out));
+}
+
+/// AppArmor decides socket() by family and type: a profile written for TCP (`network inet tcp`)
+/// allows the upgraded socket, and one that denies TCP denies it too — as for TCP.
+#[test]
+fn apparmor_profiles_written_for_tcp_treat_the_upgraded_socket_as_tcp() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-test/compat-apparmor");
+    let plain = TestCgroup::new("mptcpify-test/compat-apparmor-plain");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    apparmor_profile("mptcpify-test-tcp", "  network inet tcp,");
+    apparmor_profile("mptcpify-test-no-tcp", "  network,\n  deny network inet tcp,");
+    let sockprobe = sockprobe_bin().display().to_string();
+    let confined = |cg: &TestCgroup, profile: &str| {
+        let out = run_in(Some(cg), Path::new("/usr/bin/aa-exec"), &["-p", profile, "--", &sockprobe, "tcp4", "udp4"]);
+        parse_probe(&out)
+    };
+    let allowed = confined(&cg, "mptcpify-test-tcp");
+    assert_eq!(allowed["udp4"]["errno"], EACCES, "the profile is in force: {allowed:?}");
+    assert_eq!(allowed["tcp4"]["proto"], 262, "`network inet tcp` allows the upgraded socket: {allowed:?}");
+    assert_eq!(confined(&plain, "mptcpify-test-tcp")["tcp4"]["proto"], 6);
+    for which in [&cg, &plain] {
+        let denied = confined(which, "mptcpify-test-no-tcp");
+        assert_eq!(denied["tcp4"]["errno"], EACCES, "denied with or without mptcpify: {denied:?}");
+        assert_eq!(denied["udp4"]["proto"], 17, "{denied:?}");
+    }
+}
