@@ -318,7 +318,10 @@ setsockopt(SOL_TCP, TCP_USER_TIMEOUT) on one TCP socket of a process no rule sel
          (`mptcp_setsockopt`/`mptcp_getsockopt`), which TCP sockets never reach. The audit watchers (on \
          `tcp_setsockopt`, `sk_setsockopt`, `tcp_getsockopt`) are attached only while an audit rule exists; \
          then every TCP option call on the host pays the trampoline and a lookup, and an option MPTCP \
-         refuses also the rule selection (the hook's). Guard reaction: none to wait for. The program that \
+         refuses also the rule selection (the hook's). A first ratio below 1 is no speed-up: without an \
+         audit rule no mptcpify code runs on this path at all, so what it shows is how far the emulated \
+         machine's state (its translation cache after `reset` detached the programs and patched kernel \
+         text) moves one configuration; compare the audit row with the enable row too. Guard reaction: none to wait for. The program that \
          was refused is decided in the refused call itself, before it returns, so its very next socket() \
          stays TCP. The VM test `md5sig_and_kernel_tls_refusals_are_counted_and_guarded` checks this: the \
          socket the same process makes right after the refusal is TCP.\n",
