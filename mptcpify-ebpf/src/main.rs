@@ -32,9 +32,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use mptcpify_common::{
     ACTION_AUDIT, ACTION_ENABLE, ACTION_EXCLUDE, AF_INET, AF_INET6, CGROUP_DECISIONS_ENTRIES, CGROUP_NO_MATCH,
-    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, GUARD_KEEP_TCP, GuardKey,
-    IPPROTO_MPTCP, IPPROTO_TCP, LANDLOCK_MAX_LAYERS, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES, META_SLOTS, Origin,
-    Outcomes, Rule, RuleKind, RuleRef, SOCK_STREAM, SOCK_TYPE_MASK,
+    COMM_LEN, COUNTER_SLOTS, CgroupDecision, Config, Counter, Decision, EVENTS_BYTES, Event, GUARD_ALLOW,
+    GUARD_KEEP_TCP, GuardKey, IPPROTO_MPTCP, IPPROTO_TCP, LANDLOCK_MAX_LAYERS, LoadFacts, MAX_CGROUP_DEPTH, MAX_RULES,
+    META_SLOTS, Origin, Outcomes, Rule, RuleKind, RuleRef, SOCK_STREAM, SOCK_TYPE_MASK,
 };
 
 #[map]
@@ -390,7 +390,14 @@ fn guard_keeps_tcp(cfg: &Config, m: &Match) -> bool {
     let Some(comm) = program_comm() else { return false };
     let key = GuardKey { comm, rule: RuleRef { kind: m.kind as u32, _pad: 0, key: m.key } };
     // SAFETY: only `verdict` is read, at once.
-    unsafe { options::GUARD.get(key) }.is_some_and(|e| e.verdict == GUARD_KEEP_TCP)
+    if !unsafe { options::GUARD.get(key) }.is_some_and(|e| e.verdict == GUARD_KEEP_TCP) {
+        return false;
+    }
+    // The operator's "upgrade it anyway" wins over a decision that raced it (looked up only
+    // for kept programs, so it costs the others nothing).
+    let anyway = GuardKey { comm, rule: RuleRef::ANY };
+    // SAFETY: only `verdict` is read, at once.
+    !unsafe { options::GUARD.get(anyway) }.is_some_and(|e| e.verdict == GUARD_ALLOW)
 }
 
 #[inline(always)]

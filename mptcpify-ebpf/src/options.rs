@@ -138,6 +138,12 @@ pub fn mptcpify_audit_get(ctx: *mut c_void) -> i32 {
 /// program an audit rule selects?
 #[inline(always)]
 fn on_tcp_result(raw: *mut c_void, op: u32) {
+    // `sockptr_t`'s `is_kernel` (its second ctx slot): set by the kernel's own callers, e.g.
+    // `bpf_setsockopt` from a sock_ops program, often in softirq, where the current task is
+    // nobody's caller.
+    if op == OPTION_SET && FExitContext::new(raw).arg::<u64>(4) & 0xff != 0 {
+        return;
+    }
     let Some((sk, option, _)) = listed_call(raw, op, |ret| ret == 0) else { return };
     // A plain TCP socket: not an MPTCP subflow, whose options MPTCP itself sets.
     let off = SOCK_OFFSETS.load();

@@ -526,10 +526,10 @@ fn apply_plan(st: &mut State, resolved: &desired::Resolved, synced: bool) -> Res
     });
     log::debug!("reconcile: {} kept, {} covered by CLI rules", plan.kept, plan.covered_by_cli);
     let plan = execute(st, plan)?;
-    // After the whole plan, so a rule replaced by one of another action keeps the guard's
-    // decisions; those of rules gone (pods that left) go with them.
-    let rules = st.entries()?.iter().map(|(k, _)| k.rule_ref()).collect();
-    st.guard_mut().forget_decisions_except(&rules)?;
+    // The guard's decisions of the rules this plan removed for good (pods that left) go with
+    // them; a replaced rule (audit, then enable) keeps them, and so does a CLI rule.
+    let gone = plan.remove.iter().map(Key::rule_ref).collect();
+    st.guard_mut().forget_decisions_of(&gone)?;
     Ok(plan)
 }
 

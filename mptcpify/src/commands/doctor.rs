@@ -174,7 +174,7 @@ fn compatibility_check() -> Check {
         return check(
             "compatibility",
             Level::Warn,
-            "the options MPTCP refuses were not probed at load (no MPTCP socket could be made): refusals are              neither counted nor guarded against",
+            "the options MPTCP refuses were not probed at load (no MPTCP socket could be made): refusals are neither counted nor guarded against",
             Some(
                 "enable MPTCP (net.mptcp.enabled=1) where mptcpify loads, then `mptcpify reset` and enable again"
                     .into(),
@@ -189,11 +189,11 @@ fn compatibility_check() -> Check {
     let mut named: Vec<String> = g
         .kept_tcp
         .iter()
-        .filter(|k| !k.predicted)
         .map(|k| {
+            let result = if k.predicted { "would fail (audit)".to_owned() } else { format!("= {}", k.errno) };
             format!(
-                "{} kept TCP under rule {} {}: {}({}) = {}",
-                k.program, k.rule_kind, k.rule_key, k.call, k.option, k.errno
+                "{} kept TCP under rule {} {}: {}({}) {result}",
+                k.program, k.rule_kind, k.rule_key, k.call, k.option
             )
         })
         .collect();
@@ -213,7 +213,7 @@ fn compatibility_check() -> Check {
         Level::Warn,
         format!("{}; {table}", named.join("; ")),
         Some(
-            "these programs use an option MPTCP does not support: they stay TCP (the guard), or exclude them              (`mptcpify exclude --comm NAME`); `mptcpify guard allow NAME` upgrades one anyway"
+            "these programs use an option MPTCP does not support: they stay TCP (the guard), or exclude them (`mptcpify exclude --comm NAME`); `mptcpify guard allow NAME` upgrades one anyway"
                 .into(),
         ),
     )

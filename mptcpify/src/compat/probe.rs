@@ -74,7 +74,10 @@ fn probe_one(family: i32, level: i32, name: i32, mptcp: BorrowedFd<'_>) -> Resul
     let mut buf = [0u8; 256];
     let tcp_get = sys::getsockopt(tcp.as_fd(), level, name, &mut buf);
     let mptcp_get = sys::getsockopt(mptcp, level, name, &mut [0u8; 256]);
-    let mut bits = if refused(&mptcp_get) && !refused(&tcp_get) { OPTION_GET } else { 0 };
+    // SOL_SOCKET gets are answered by the socket layer for every protocol (`sk_getsockopt`):
+    // MPTCP never sees them, so they cannot be refused because of it.
+    let get_reaches_protocol = level != libc::SOL_SOCKET;
+    let mut bits = if get_reaches_protocol && refused(&mptcp_get) && !refused(&tcp_get) { OPTION_GET } else { 0 };
     // Set what TCP reads back (a no-op set), else a zero int.
     let value = match tcp_get {
         Ok(len) if len > 0 => &buf[..len],

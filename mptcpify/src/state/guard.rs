@@ -113,15 +113,11 @@ impl Guard {
         self.forget_counts_where(|r| !rules.contains(&r))
     }
 
-    /// Drops the guard's decisions under rules not in `rules` (the agent's pods come and go);
-    /// the operator's allowances, under no rule in particular, stay.
-    pub fn forget_decisions_except(&mut self, rules: &HashSet<RuleRef>) -> Result<()> {
-        let gone: Vec<GuardKey> = self
-            .entries
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.rule != RuleRef::ANY && !rules.contains(&k.rule))
-            .collect();
+    /// Drops the guard's decisions under the rules in `rules` (the agent's pods that left); the
+    /// operator's allowances, under no rule in particular, stay.
+    pub fn forget_decisions_of(&mut self, rules: &HashSet<RuleRef>) -> Result<()> {
+        let gone: Vec<GuardKey> =
+            self.entries.keys().filter_map(Result::ok).filter(|k| rules.contains(&k.rule)).collect();
         for key in &gone {
             remove_if_present(&mut self.entries, key)?;
         }

@@ -329,7 +329,9 @@ fn a_landlock_sandbox_that_restricts_tcp_holds_in_an_enabled_cgroup() {
         assert_eq!(counter("kept_tcp_landlock"), 2);
     }
     let doctor = text(&mptcpify(&["doctor"]));
-    assert!(doctor.contains("landlock"), "{doctor}");
+    let line = doctor.lines().find(|l| l.contains(" landlock ")).unwrap_or_else(|| panic!("{doctor}"));
+    let want = if landlock_holds_mptcp { "restricts MPTCP sockets" } else { "keeps TCP sockets" };
+    assert!(line.starts_with("OK") && line.contains(want), "{line}");
 }
 
 /// Under the agent: the guard's decisions survive an agent restart, and its metrics name the
