@@ -344,9 +344,13 @@ impl Snapshot {
         Ok(())
     }
 
-    /// The rule a guard row names (by kind and key, as `status` shows them).
-    fn rule_named(&self, kind: &str, key: u64) -> Option<&RuleRow> {
-        self.rules.iter().find(|r| r.key.kind().name() == kind && r.key.rule_ref().key == key)
+    /// The rule a guard row names: by kind and key, and for command rules (all of key 0) by the
+    /// program, which is the rule's command name.
+    fn rule_named(&self, kind: &str, key: u64, program: &str) -> Option<&RuleRow> {
+        self.rules.iter().find(|r| match r.key {
+            Key::Comm(c) => kind == RuleKind::Comm.name() && comm_str(&c) == program,
+            k => k.kind().name() == kind && k.rule_ref().key == key,
+        })
     }
 
     /// The compatibility guard: options refused on upgraded sockets, programs kept TCP.
@@ -373,7 +377,7 @@ impl Snapshot {
         ] {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
             for f in g.refusals.iter().filter(|f| f.predicted == predicted) {
-                let Some(r) = self.rule_named(f.rule_kind, f.rule_key) else { continue };
+                let Some(r) = self.rule_named(f.rule_kind, f.rule_key, &f.program) else { continue };
                 let labels = r.labels(&[("program", &f.program), ("call", f.call), ("option", &f.option)]);
                 ConstCounter::new(f.count).encode(m.encode_family(&labels)?)?;
             }
@@ -385,7 +389,7 @@ impl Snapshot {
             MetricType::Gauge,
         )?;
         for k in &g.kept_tcp {
-            let Some(r) = self.rule_named(k.rule_kind, k.rule_key) else { continue };
+            let Some(r) = self.rule_named(k.rule_kind, k.rule_key, &k.program) else { continue };
             let labels = r.labels(&[("program", &k.program), ("option", &k.option)]);
             ConstGauge::new(1).encode(m.encode_family(&labels)?)?;
         }

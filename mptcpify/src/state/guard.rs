@@ -13,7 +13,7 @@ use mptcpify_common::{
     RefusalKey, RuleRef, SockOpt,
 };
 
-use super::maps::shaped;
+use super::{maps::shaped, rules::Key};
 use crate::compat::probe::RefusedOptions;
 
 /// Handles on the guard's pinned maps.
@@ -104,13 +104,18 @@ impl Guard {
     /// Drops the refusals counted under `rule`, which is being removed: a rule made again
     /// later starts counting afresh, as its outcome counters do. The guard's decisions stay: a
     /// rule replaced by one of another action (audit, then enable) keeps them.
-    pub fn forget_counts(&mut self, rule: RuleRef) -> Result<()> {
-        self.forget_counts_where(|r| r == rule)
+    pub fn forget_counts(&mut self, key: &Key) -> Result<()> {
+        let rule = key.rule_ref();
+        match key {
+            // Every command rule has the same rule reference (key 0); its program is its name.
+            Key::Comm(name) => self.forget_where(|k| k.rule == rule && &k.comm == name),
+            _ => self.forget_where(|k| k.rule == rule),
+        }
     }
 
     /// Drops the refusals counted under rules not in `rules` (what a removal killed midway left).
     pub fn forget_counts_except(&mut self, rules: &HashSet<RuleRef>) -> Result<()> {
-        self.forget_counts_where(|r| !rules.contains(&r))
+        self.forget_where(|k| !rules.contains(&k.rule))
     }
 
     /// Drops the guard's decisions under the rules in `rules` (the agent's pods that left); the
@@ -124,8 +129,8 @@ impl Guard {
         Ok(())
     }
 
-    fn forget_counts_where(&mut self, gone: impl Fn(RuleRef) -> bool) -> Result<()> {
-        let refusals: Vec<RefusalKey> = self.refusals.keys().filter_map(Result::ok).filter(|k| gone(k.rule)).collect();
+    fn forget_where(&mut self, gone: impl Fn(&RefusalKey) -> bool) -> Result<()> {
+        let refusals: Vec<RefusalKey> = self.refusals.keys().filter_map(Result::ok).filter(|k| gone(k)).collect();
         for key in &refusals {
             remove_if_present(&mut self.refusals, key)?;
         }

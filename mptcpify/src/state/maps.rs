@@ -383,14 +383,14 @@ impl RuleStore for State {
                 config.all = 0;
                 config.all_action = 0;
                 let _ = self.outcomes.remove(&key.rule_ref());
-                self.guard.forget_counts(key.rule_ref())?;
+                self.guard.forget_counts(key)?;
                 return self.set_config(config);
             }
         };
         result.with_context(|| format!("removing the rule of {key}"))?;
         // A rule made again later starts counting afresh; a missing entry is no error.
         let _ = self.outcomes.remove(&key.rule_ref());
-        self.guard.forget_counts(key.rule_ref())?;
+        self.guard.forget_counts(key)?;
         match action {
             // After the removal: killed before it, the count is one too high (a lookup more) and a
             // cached walk may name the removed rule, which then decides nothing.

@@ -411,3 +411,20 @@ fn apparmor_profiles_written_for_tcp_treat_the_upgraded_socket_as_tcp() {
         assert_eq!(denied["udp4"]["proto"], 17, "{denied:?}");
     }
 }
+
+/// Command rules all have rule key 0: removing one command rule leaves another's counts, and the
+/// guard keeps the refused program TCP under its own command rule.
+#[test]
+fn command_rules_keep_their_own_refusal_counts() {
+    let _g = setup();
+    ok(&["enable", "--comm", "sockprobe"]);
+    ok(&["enable", "--comm", "compat-other"]);
+    let out = parse_probe(&run_in(None, &sockprobe_bin(), &[TCP_MD5SIG, "tcp4"]));
+    assert_eq!((out[TCP_MD5SIG]["proto"], out[TCP_MD5SIG]["errno"]), (262, ENOPROTOOPT));
+    assert_eq!(out["tcp4"]["proto"], 6, "kept TCP under its command rule");
+    assert_eq!(kept("sockprobe")[0]["rule_kind"], "comm");
+    ok(&["disable", "--comm", "compat-other"]);
+    assert_eq!(refusals("sockprobe", "TCP_MD5SIG"), 1, "another command rule's removal took them: {}", guard());
+    ok(&["disable", "--comm", "sockprobe"]);
+    assert_eq!(refusals("sockprobe", "TCP_MD5SIG"), 0);
+}
