@@ -6,7 +6,7 @@
 //! answer, nothing is changed or hidden. A refusal counts when the errno is the one MPTCP gives
 //! for options it does not support, the option is one the running kernel accepts on TCP (the
 //! loader's probe, [`REFUSED_OPTIONS`]) and the socket was upgraded by a rule (its outcome
-//! note). Then, unless the guard is off or the operator allowed the program, the program is
+//! note) or, for another MPTCP socket (an accepted one), its caller is one an enable rule selects. Then, unless the guard is off or the operator allowed the program, the program is
 //! kept TCP within that rule from its next `socket()` on ([`GUARD`], read by the hook).
 //!
 //! TCP sockets never reach these functions: unselected programs pay nothing here.
