@@ -300,35 +300,31 @@ mod tests {
 
     #[test]
     fn names_match_the_c_library() {
-        let o = |level: i32, name: i32| option_name(SockOpt { level: level as u32, name: name as u32 });
-        assert_eq!(o(libc::SOL_TCP, libc::TCP_USER_TIMEOUT), "TCP_USER_TIMEOUT");
-        assert_eq!(o(libc::SOL_TCP, libc::TCP_MD5SIG), "TCP_MD5SIG");
-        assert_eq!(o(libc::SOL_TCP, libc::TCP_ULP), "TCP_ULP");
-        assert_eq!(o(libc::SOL_IP, libc::IP_TTL), "IP_TTL");
-        assert_eq!(o(libc::SOL_IP, libc::IP_RECVERR), "IP_RECVERR");
-        assert_eq!(o(libc::SOL_SOCKET, libc::SO_ZEROCOPY), "SO_ZEROCOPY");
-        assert_eq!(o(libc::SOL_SOCKET, libc::SO_MAX_PACING_RATE), "SO_MAX_PACING_RATE");
-        assert_eq!(o(libc::SOL_IPV6, libc::IPV6_RECVERR), "IPV6_RECVERR");
-        for (name, value) in [
-            ("IP_ROUTER_ALERT", libc::IP_ROUTER_ALERT),
-            ("IP_MINTTL", libc::IP_MINTTL),
-            ("IP_NODEFRAG", libc::IP_NODEFRAG),
-            ("IP_BIND_ADDRESS_NO_PORT", libc::IP_BIND_ADDRESS_NO_PORT),
-            ("IP_MULTICAST_TTL", libc::IP_MULTICAST_TTL),
+        use libc::{SOL_IP as IP, SOL_IPV6 as IP6, SOL_SOCKET as SOCK, SOL_TCP as TCP};
+        for (level, value, name) in [
+            (TCP, libc::TCP_USER_TIMEOUT, "TCP_USER_TIMEOUT"),
+            (TCP, libc::TCP_MD5SIG, "TCP_MD5SIG"),
+            (TCP, libc::TCP_ULP, "TCP_ULP"),
+            (IP, libc::IP_TTL, "IP_TTL"),
+            (IP, libc::IP_RECVERR, "IP_RECVERR"),
+            (IP, libc::IP_ROUTER_ALERT, "IP_ROUTER_ALERT"),
+            (IP, libc::IP_MINTTL, "IP_MINTTL"),
+            (IP, libc::IP_NODEFRAG, "IP_NODEFRAG"),
+            (IP, libc::IP_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT"),
+            (IP, libc::IP_MULTICAST_TTL, "IP_MULTICAST_TTL"),
+            (SOCK, libc::SO_ZEROCOPY, "SO_ZEROCOPY"),
+            (SOCK, libc::SO_MAX_PACING_RATE, "SO_MAX_PACING_RATE"),
+            (IP6, libc::IPV6_RECVERR, "IPV6_RECVERR"),
+            (IP6, libc::IPV6_2292PKTOPTIONS, "IPV6_2292PKTOPTIONS"),
+            (IP6, libc::IPV6_FLOWINFO, "IPV6_FLOWINFO"),
+            (IP6, libc::IPV6_MULTICAST_IF, "IPV6_MULTICAST_IF"),
+            (IP6, libc::IPV6_HOPLIMIT, "IPV6_HOPLIMIT"),
+            (IP6, libc::IPV6_TRANSPARENT, "IPV6_TRANSPARENT"),
+            (IP6, libc::IPV6_UNICAST_IF, "IPV6_UNICAST_IF"),
+            (IP6, libc::IPV6_RECVFRAGSIZE, "IPV6_RECVFRAGSIZE"),
+            (IP6, libc::IPV6_FREEBIND, "IPV6_FREEBIND"),
         ] {
-            assert_eq!(o(libc::SOL_IP, value), name);
-        }
-        for (name, value) in [
-            ("IPV6_2292PKTOPTIONS", libc::IPV6_2292PKTOPTIONS),
-            ("IPV6_FLOWINFO", libc::IPV6_FLOWINFO),
-            ("IPV6_MULTICAST_IF", libc::IPV6_MULTICAST_IF),
-            ("IPV6_HOPLIMIT", libc::IPV6_HOPLIMIT),
-            ("IPV6_TRANSPARENT", libc::IPV6_TRANSPARENT),
-            ("IPV6_UNICAST_IF", libc::IPV6_UNICAST_IF),
-            ("IPV6_RECVFRAGSIZE", libc::IPV6_RECVFRAGSIZE),
-            ("IPV6_FREEBIND", libc::IPV6_FREEBIND),
-        ] {
-            assert_eq!(o(libc::SOL_IPV6, value), name);
+            assert_eq!(option_name(SockOpt { level: level as u32, name: value as u32 }), name);
         }
     }
 
