@@ -276,36 +276,32 @@ fn mptcp_enabled_here() -> Option<bool> {
 /// would lift its sandbox. `None` when the check is off or a read fails.
 #[inline(always)]
 fn landlock_restricts_tcp() -> Option<bool> {
+    use outcome::read;
     if LANDLOCK_CHECK.load() == 0 {
         return None;
     }
-    // SAFETY: every kernel pointer is read with bpf_probe_read_kernel, which fails (None here)
-    // instead of faulting; offsets and the address come from the running kernel.
-    unsafe {
-        let task = bpf_get_current_task() as *const u8;
-        let cred: *const u8 = bpf_probe_read_kernel(task.add(OFF_TASK_CRED.load() as usize).cast()).ok()?;
-        let blobs: *const u8 = bpf_probe_read_kernel(cred.add(OFF_CRED_SECURITY.load() as usize).cast()).ok()?;
-        let offset: i32 = bpf_probe_read_kernel(ADDR_LANDLOCK_CRED_BLOB.load() as *const i32).ok()?;
-        let at = blobs.wrapping_add(offset as usize + OFF_LANDLOCK_DOMAIN.load() as usize);
-        let domain: *const u8 = bpf_probe_read_kernel(at.cast()).ok()?;
-        if domain.is_null() {
-            return Some(false);
-        }
-        let layers: u32 = bpf_probe_read_kernel(domain.add(OFF_RULESET_NUM_LAYERS.load() as usize).cast()).ok()?;
-        let masks = domain.add(OFF_RULESET_ACCESS_MASKS.load() as usize);
-        let net_bit = LANDLOCK_NET_BIT.load() & 31;
-        for layer in 0..LANDLOCK_MAX_LAYERS {
-            if layer >= layers {
-                break;
-            }
-            let mask: u32 = bpf_probe_read_kernel(masks.add(layer as usize * 4).cast()).ok()?;
-            // Two bits: LANDLOCK_ACCESS_NET_BIND_TCP and _CONNECT_TCP.
-            if (mask >> net_bit) & 3 != 0 {
-                return Some(true);
-            }
-        }
-        Some(false)
+    // SAFETY: a helper without arguments, callable from any tracing program.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let cred = read::<*const u8>(task, OFF_TASK_CRED.load())?;
+    let blobs = read::<*const u8>(cred, OFF_CRED_SECURITY.load())?;
+    let offset = read::<i32>(ADDR_LANDLOCK_CRED_BLOB.load() as *const u8, 0)?;
+    let domain = read::<*const u8>(blobs.wrapping_add(offset as usize), OFF_LANDLOCK_DOMAIN.load())?;
+    if domain.is_null() {
+        return Some(false);
     }
+    let layers = read::<u32>(domain, OFF_RULESET_NUM_LAYERS.load())?;
+    let net_bit = LANDLOCK_NET_BIT.load() & 31;
+    for layer in 0..LANDLOCK_MAX_LAYERS {
+        if layer >= layers {
+            break;
+        }
+        let mask = read::<u32>(domain, OFF_RULESET_ACCESS_MASKS.load() + layer * 4)?;
+        // Two bits: LANDLOCK_ACCESS_NET_BIND_TCP and _CONNECT_TCP.
+        if (mask >> net_bit) & 3 != 0 {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// The caller's program name: its thread-group leader's `comm`. Threads rename themselves

@@ -93,6 +93,14 @@ const IP: &[(u32, &str)] = &[
     (39, "IP_ADD_SOURCE_MEMBERSHIP"),
     (40, "IP_DROP_SOURCE_MEMBERSHIP"),
     (41, "IP_MSFILTER"),
+    (49, "IP_MULTICAST_ALL"),
+    (50, "IP_UNICAST_IF"),
+    (51, "IP_LOCAL_PORT_RANGE"),
+    (52, "IP_PROTOCOL"),
+];
+
+/// Protocol-independent multicast options, the same numbers at `SOL_IP` and `SOL_IPV6`.
+const MCAST: &[(u32, &str)] = &[
     (42, "MCAST_JOIN_GROUP"),
     (43, "MCAST_BLOCK_SOURCE"),
     (44, "MCAST_UNBLOCK_SOURCE"),
@@ -100,10 +108,6 @@ const IP: &[(u32, &str)] = &[
     (46, "MCAST_JOIN_SOURCE_GROUP"),
     (47, "MCAST_LEAVE_SOURCE_GROUP"),
     (48, "MCAST_MSFILTER"),
-    (49, "IP_MULTICAST_ALL"),
-    (50, "IP_UNICAST_IF"),
-    (51, "IP_LOCAL_PORT_RANGE"),
-    (52, "IP_PROTOCOL"),
 ];
 
 const SOCKET: &[(u32, &str)] = &[
@@ -221,13 +225,6 @@ const IPV6: &[(u32, &str)] = &[
     (34, "IPV6_IPSEC_POLICY"),
     (35, "IPV6_XFRM_POLICY"),
     (36, "IPV6_HDRINCL"),
-    (42, "MCAST_JOIN_GROUP"),
-    (43, "MCAST_BLOCK_SOURCE"),
-    (44, "MCAST_UNBLOCK_SOURCE"),
-    (45, "MCAST_LEAVE_GROUP"),
-    (46, "MCAST_JOIN_SOURCE_GROUP"),
-    (47, "MCAST_LEAVE_SOURCE_GROUP"),
-    (48, "MCAST_MSFILTER"),
     (49, "IPV6_RECVPKTINFO"),
     (50, "IPV6_PKTINFO"),
     (51, "IPV6_RECVHOPLIMIT"),
@@ -267,14 +264,14 @@ pub fn level_name(level: u32) -> String {
 
 /// `TCP_USER_TIMEOUT`, or `SOL_TCP/99` for an option without a name here.
 pub fn option_name(option: SockOpt) -> String {
-    let table = match option.level {
-        SOL_TCP => TCP,
-        SOL_IP => IP,
-        SOL_SOCKET => SOCKET,
-        SOL_IPV6 => IPV6,
+    let tables: &[&[(u32, &str)]] = match option.level {
+        SOL_TCP => &[TCP],
+        SOL_IP => &[IP, MCAST],
+        SOL_SOCKET => &[SOCKET],
+        SOL_IPV6 => &[IPV6, MCAST],
         _ => &[],
     };
-    match table.iter().find(|(n, _)| *n == option.name) {
+    match tables.iter().flat_map(|t| t.iter()).find(|(n, _)| *n == option.name) {
         Some((_, name)) => (*name).into(),
         None => format!("{}/{}", level_name(option.level), option.name),
     }
@@ -312,6 +309,8 @@ mod tests {
             (IP, libc::IP_NODEFRAG, "IP_NODEFRAG"),
             (IP, libc::IP_BIND_ADDRESS_NO_PORT, "IP_BIND_ADDRESS_NO_PORT"),
             (IP, libc::IP_MULTICAST_TTL, "IP_MULTICAST_TTL"),
+            (IP, libc::MCAST_JOIN_GROUP, "MCAST_JOIN_GROUP"),
+            (IP6, libc::MCAST_MSFILTER, "MCAST_MSFILTER"),
             (SOCK, libc::SO_ZEROCOPY, "SO_ZEROCOPY"),
             (SOCK, libc::SO_MAX_PACING_RATE, "SO_MAX_PACING_RATE"),
             (IP6, libc::IPV6_RECVERR, "IPV6_RECVERR"),
@@ -330,7 +329,7 @@ mod tests {
 
     #[test]
     fn every_table_is_sorted_without_duplicates() {
-        for table in [TCP, IP, SOCKET, IPV6] {
+        for table in [TCP, IP, MCAST, SOCKET, IPV6] {
             assert!(table.windows(2).all(|w| w[0].0 < w[1].0), "{table:?}");
         }
     }
