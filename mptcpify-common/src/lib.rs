@@ -801,14 +801,12 @@ impl SockOffsets {
 
 const _: () = assert!(size_of::<SockOffsets>() == 56, "SockOffsets is fourteen u32s, as to_ne_bytes writes them");
 
-/// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
-/// so the program can read the caller's `net.mptcp.enabled` (see `mptcp_enabled_here` in the program).
 /// Names of the globals (`.rodata`) with which the program reads whether the caller is in a
 /// Landlock domain that restricts TCP (see `landlock_restricts_tcp` in the program):
 /// `current->cred->security` at Landlock's blob offset (an `int` the LSM framework keeps in
 /// `landlock_blob_sizes.lbs_cred` once it placed the blobs) is `landlock_cred_security`, whose
-/// `domain` ruleset has `num_layers` entries of `access_masks`, whose `net` bits are Landlock's
-/// handled TCP accesses (bind, connect).
+/// `domain` (a `landlock_ruleset`, or a `landlock_domain` on 7.x) has `num_layers` entries of
+/// `access_masks`, whose `net` bits are Landlock's handled TCP accesses (bind, connect).
 pub mod landlock_globals {
     /// 1 when every offset below was found and this kernel's Landlock does not restrict MPTCP
     /// sockets itself; 0 disables the check.
@@ -827,6 +825,8 @@ pub mod landlock_globals {
 /// Landlock's own bound on a domain's layers (`LANDLOCK_MAX_NUM_LAYERS`).
 pub const LANDLOCK_MAX_LAYERS: u32 = 16;
 
+/// Names of the globals (`.rodata`) the loader sets from the running kernel's BTF and symbols,
+/// so the program can read the caller's `net.mptcp.enabled` (see `mptcp_enabled_here` in the program).
 pub mod netns_globals {
     /// 1 when every offset below was found; 0 disables the check.
     pub const ENABLED: &str = "NETNS_CHECK";

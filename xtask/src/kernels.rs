@@ -1,6 +1,7 @@
-//! Stock Debian cloud kernels for the VM, fetched through the machine's own Debian mirror with a
-//! private apt state (nothing under /etc/apt changes): trixie's 6.12 has the hook, bookworm's
-//! 6.1 does not (the negative case).
+//! Stock Debian cloud kernels for the VM, pinned by exact package in `xtask/kernels.pin` and
+//! fetched through the machine's own Debian mirror with a private apt state (nothing under
+//! /etc/apt changes). Newer Debian kernels split the image into `linux-binary-*`,
+//! `linux-modules-*` and `linux-base-*` packages: all of them are unpacked into one tree.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -10,40 +11,106 @@ use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{process::run, workspace_root};
 
-/// A kernel the VM can boot, by the name used on the command line.
-pub struct Kernel {
-    pub name: &'static str,
-    suite: &'static str,
+/// The suite that holds every newer kernel Debian builds (6.16 … 7.x), for kernels named by version.
+const BACKPORTS: &str = "trixie-backports";
+
+/// One kernel the VM can boot: a line of `kernels.pin`, or a version asked for by hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub name: String,
+    suite: String,
+    package: String,
+    version: String,
 }
 
-pub const KERNELS: &[Kernel] = &[Kernel { name: "6.12", suite: "trixie" }, Kernel { name: "6.1", suite: "bookworm" }];
+impl Pin {
+    /// The kernel's release, as `uname -r` and `lib/modules/` name it.
+    pub fn release(&self) -> &str {
+        self.package.strip_prefix("linux-image-").unwrap_or(&self.package)
+    }
+
+    fn line(&self) -> String {
+        format!("{:<7} {:<17} {:<39} {}", self.name, self.suite, self.package, self.version)
+    }
+
+    /// What `ready` records: a tree fetched for another pin is fetched again.
+    fn stamp(&self) -> String {
+        format!("{}={}\n", self.package, self.version)
+    }
+}
+
+fn pin_file() -> PathBuf {
+    workspace_root().join("xtask/kernels.pin")
+}
+
+/// Parses `kernels.pin`: comments and blank lines aside, four words per line.
+pub fn parse_pins(text: &str) -> Result<Vec<Pin>> {
+    let mut pins = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let [name, suite, package, version] = w[..] else {
+            bail!("kernels.pin line {}: want NAME SUITE PACKAGE VERSION, got {line:?}", n + 1);
+        };
+        if !package.starts_with("linux-image-") {
+            bail!("kernels.pin line {}: {package} is not a linux-image-* package", n + 1);
+        }
+        pins.push(Pin { name: name.into(), suite: suite.into(), package: package.into(), version: version.into() });
+    }
+    Ok(pins)
+}
+
+pub fn pins() -> Result<Vec<Pin>> {
+    let path = pin_file();
+    parse_pins(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)
+}
+
+/// A pinned kernel by name (`6.12`, `6.1`, `newest`).
+pub fn pinned(name: &str) -> Result<Pin> {
+    pins()?.into_iter().find(|p| p.name == name).ok_or_else(|| anyhow!("no kernel named {name} in kernels.pin"))
+}
 
 pub fn dir() -> PathBuf {
     workspace_root().join("target/vm/kernels")
 }
 
-/// Directory of an unpacked kernel (`boot/vmlinuz-*`, `lib/modules/*`), by name or path.
+/// Directory of an unpacked kernel (`boot/vmlinuz-*`, `lib/modules/*`): a pinned name, a version
+/// Debian's backports ship (`6.18.15`, `7.3`: the newest of that line), or a directory.
 pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
-    if let Some(k) = KERNELS.iter().find(|k| k.name == name_or_path) {
-        let d = dir().join(k.name);
-        if !d.join("ready").exists() {
-            fetch(k)?;
+    let pin = match pins()?.into_iter().find(|p| p.name == name_or_path) {
+        Some(pin) => pin,
+        None if Path::new(name_or_path).is_dir() => return Ok(PathBuf::from(name_or_path)),
+        None if is_version(name_or_path) => backports_kernel(name_or_path)?,
+        None => {
+            let names: Vec<String> = pins()?.into_iter().map(|p| p.name).collect();
+            bail!(
+                "unknown kernel {name_or_path}: give {}, a version from {BACKPORTS} (e.g. 6.18) or a directory with boot/vmlinuz-*",
+                names.join(", ")
+            )
         }
-        return Ok(d);
+    };
+    ensure(&pin)
+}
+
+fn is_version(s: &str) -> bool {
+    s.split('.').count() >= 2 && s.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The tree of `pin`, fetched unless it is there already for exactly this package and version.
+fn ensure(pin: &Pin) -> Result<PathBuf> {
+    let d = dir().join(&pin.name);
+    if std::fs::read_to_string(d.join("ready")).ok().as_deref() != Some(pin.stamp().as_str()) {
+        fetch(pin)?;
     }
-    let p = PathBuf::from(name_or_path);
-    if p.is_dir() {
-        Ok(p)
-    } else {
-        bail!("unknown kernel {name_or_path}: give 6.12, 6.1 or a directory with boot/vmlinuz-*")
-    }
+    Ok(d)
 }
 
 pub fn fetch_all() -> Result<()> {
-    for k in KERNELS {
-        if !dir().join(k.name).join("ready").exists() {
-            fetch(k)?;
-        }
+    for pin in pins()? {
+        ensure(&pin)?;
     }
     Ok(())
 }
@@ -74,62 +141,223 @@ pub fn mirror() -> Result<String> {
         .ok_or_else(|| anyhow!("no Debian mirror in /etc/apt/sources.list{{,.d}}"))
 }
 
-fn fetch(k: &Kernel) -> Result<()> {
-    let base = dir();
-    let state = base.join(format!("apt-{}", k.suite));
-    std::fs::create_dir_all(state.join("lists/partial"))?;
-    let sources = state.join("sources.list");
-    std::fs::write(
-        &sources,
-        format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {} main\n", mirror()?, k.suite),
-    )?;
-    let opts = |c: &mut Command| {
+/// apt-get/apt-cache on a private state for one Debian suite.
+struct Apt {
+    state: PathBuf,
+}
+
+impl Apt {
+    /// The suite's package lists, fetched once per xtask run.
+    fn updated(suite: &str) -> Result<Apt> {
+        let state = dir().join(format!("apt-{suite}"));
+        std::fs::create_dir_all(state.join("lists/partial"))?;
+        std::fs::write(
+            state.join("sources.list"),
+            format!("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {} {suite} main\n", mirror()?),
+        )?;
+        let apt = Apt { state };
+        run(apt.cmd("apt-get").arg("update"))?;
+        Ok(apt)
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         c.arg("-o")
-            .arg(format!("Dir::Etc::SourceList={}", sources.display()))
+            .arg(format!("Dir::Etc::SourceList={}", self.state.join("sources.list").display()))
             .args(["-o", "Dir::Etc::SourceParts=/dev/null"])
             .arg("-o")
-            .arg(format!("Dir::State::Lists={}", state.join("lists").display()))
+            .arg(format!("Dir::State::Lists={}", self.state.join("lists").display()))
             .arg("-o")
-            .arg(format!("Dir::Cache={}", state.join("cache").display()))
+            .arg(format!("Dir::Cache={}", self.state.join("cache").display()))
             .args(["-o", "APT::Sandbox::User=root", "-qq"]);
-    };
-    eprintln!("kernels: fetching Debian {}'s cloud kernel ({})", k.suite, k.name);
-    let mut update = Command::new("apt-get");
-    opts(&mut update);
-    run(update.arg("update"))?;
-    let mut depends = Command::new("apt-cache");
-    opts(&mut depends);
-    let out = depends.args(["depends", "linux-image-cloud-amd64"]).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let pkg = text
+        c
+    }
+
+    fn query(&self, args: &[&str]) -> Result<String> {
+        let out = self.cmd("apt-cache").args(args).output()?;
+        if !out.status.success() {
+            bail!("apt-cache {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The newest version of `package` the suite has.
+    fn candidate(&self, package: &str) -> Result<String> {
+        let text = self.query(&["madison", package])?;
+        text.lines()
+            .find_map(|l| l.split('|').nth(1).map(|v| v.trim().to_owned()))
+            .ok_or_else(|| anyhow!("{package} is not in the suite"))
+    }
+
+    /// `package=version` and the split parts it depends on, as `.deb` files in the state's cache.
+    fn download(&self, pin: &Pin) -> Result<Vec<PathBuf>> {
+        let wanted = format!("{}={}", pin.package, pin.version);
+        let depends = self.query(&["depends", &wanted])?;
+        let mut packages = vec![pin.package.clone()];
+        packages.extend(split_parts(&depends, pin.release()));
+        let debs = self.state.join("debs");
+        let _ = std::fs::remove_dir_all(&debs);
+        std::fs::create_dir_all(&debs)?;
+        let mut download = self.cmd("apt-get");
+        download.current_dir(&debs).arg("download");
+        for p in &packages {
+            download.arg(format!("{p}={}", pin.version));
+        }
+        run(&mut download).with_context(|| {
+            format!("{wanted} is not on the mirror any more: `cargo xtask kernels pin {}` moves the pin", pin.name)
+        })?;
+        Ok(std::fs::read_dir(&debs)?.flatten().map(|e| e.path()).collect())
+    }
+}
+
+/// The packages a split kernel image depends on for its binary, modules and base files.
+fn split_parts(depends: &str, release: &str) -> Vec<String> {
+    depends
         .lines()
-        .find_map(|l| l.trim().strip_prefix("Depends: linux-image-6"))
-        .map(|rest| format!("linux-image-6{}", rest.split_whitespace().next().unwrap_or("")))
-        .ok_or_else(|| anyhow!("no linux-image-6.* dependency of linux-image-cloud-amd64 in {}", k.suite))?;
-    let debs = state.join("debs");
-    std::fs::create_dir_all(&debs)?;
-    let mut download = Command::new("apt-get");
-    opts(&mut download);
-    run(download.current_dir(&debs).args(["download", &pkg]))?;
-    let deb = std::fs::read_dir(&debs)?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_"))))
-        .with_context(|| format!("downloaded {pkg} not found in {}", debs.display()))?;
-    let out_dir = base.join(k.name);
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .filter(|p| ["linux-binary-", "linux-modules-", "linux-base-"].iter().any(|pre| p.starts_with(pre)))
+        .filter(|p| p.ends_with(release))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn fetch(pin: &Pin) -> Result<()> {
+    eprintln!("kernels: fetching {}={} from Debian {} ({})", pin.package, pin.version, pin.suite, pin.name);
+    let debs = Apt::updated(&pin.suite)?.download(pin)?;
+    let out_dir = dir().join(&pin.name);
     let _ = std::fs::remove_dir_all(&out_dir);
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&out_dir))?;
+    for deb in &debs {
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&out_dir))?;
+    }
     // Merged /usr: modules may sit in usr/lib/modules.
     let lib = out_dir.join("lib");
     if !lib.join("modules").exists() && out_dir.join("usr/lib/modules").exists() {
         let _ = std::fs::remove_dir(&lib);
         std::os::unix::fs::symlink("usr/lib", &lib)?;
     }
-    let version = module_version(&out_dir)?;
-    run(Command::new("depmod").arg("-a").arg("-b").arg(&out_dir).arg(&version))?;
-    std::fs::write(out_dir.join("ready"), format!("{pkg}\n"))?;
-    eprintln!("kernels: {pkg} -> {}", out_dir.display());
+    let release = module_version(&out_dir)?;
+    place_vmlinuz(&out_dir, &release)?;
+    run(Command::new("depmod").arg("-a").arg("-b").arg(&out_dir).arg(&release))?;
+    std::fs::write(out_dir.join("ready"), pin.stamp())?;
+    eprintln!("kernels: {} {} -> {}", pin.package, pin.version, out_dir.display());
     Ok(())
+}
+
+/// Split packages keep the image as `lib/modules/REL/vmlinuz`: the VM looks in `boot/`.
+fn place_vmlinuz(tree: &Path, release: &str) -> Result<()> {
+    let boot = tree.join("boot").join(format!("vmlinuz-{release}"));
+    if boot.exists() {
+        return Ok(());
+    }
+    let moddir = tree.join("lib/modules").join(release);
+    let image = ["vmlinuz", "vmlinuz.unsigned", "vmlinuz.efi"]
+        .iter()
+        .map(|n| moddir.join(n))
+        .find(|p| p.exists())
+        .with_context(|| format!("no boot/vmlinuz-{release} nor {}/vmlinuz*", moddir.display()))?;
+    std::fs::create_dir_all(tree.join("boot"))?;
+    std::fs::copy(&image, &boot)?;
+    Ok(())
+}
+
+/// A kernel of Debian's backports by version: `6.18.15` exactly, or `6.18` for its newest.
+fn backports_kernel(version: &str) -> Result<Pin> {
+    let apt = Apt::updated(BACKPORTS)?;
+    let names = apt.query(&["pkgnames", &format!("linux-image-{version}")])?;
+    let package = names
+        .lines()
+        .filter(|n| n.ends_with("-cloud-amd64"))
+        .filter(|n| {
+            let rest = &n["linux-image-".len()..];
+            rest.strip_prefix(version).is_some_and(|r| r.starts_with('+') || r.starts_with('.'))
+        })
+        .max_by(|a, b| release_order(a, b))
+        .with_context(|| format!("{BACKPORTS} has no cloud kernel {version}"))?
+        .to_owned();
+    let version_of_package = apt.candidate(&package)?;
+    let name = package["linux-image-".len()..].split('+').next().unwrap_or(version).to_owned();
+    Ok(Pin { name, suite: BACKPORTS.into(), package, version: version_of_package })
+}
+
+/// Orders `linux-image-6.18.9+…` before `linux-image-6.18.15+…` (numbers, not text).
+fn release_order(a: &str, b: &str) -> std::cmp::Ordering {
+    let key = |s: &str| -> Vec<u64> {
+        s.trim_start_matches("linux-image-")
+            .split(['+', '-'])
+            .next()
+            .unwrap_or("")
+            .split('.')
+            .map(|p| p.parse().unwrap_or(0))
+            .collect()
+    };
+    key(a).cmp(&key(b))
+}
+
+/// `cargo xtask kernels`: the pins, and where each tree is.
+pub fn list() -> Result<()> {
+    for pin in pins()? {
+        let d = dir().join(&pin.name);
+        let here = std::fs::read_to_string(d.join("ready")).ok().as_deref() == Some(pin.stamp().as_str());
+        println!("{}  ({})", pin.line(), if here { "fetched" } else { "not fetched yet" });
+    }
+    Ok(())
+}
+
+/// `cargo xtask kernels pin [NAME]`: moves pins to what each suite's `linux-image-cloud-amd64`
+/// depends on today, rewrites `kernels.pin` and fetches the new trees.
+pub fn move_pins(only: Option<&str>) -> Result<()> {
+    let text = std::fs::read_to_string(pin_file())?;
+    let pins = parse_pins(&text)?;
+    if let Some(name) = only
+        && !pins.iter().any(|p| p.name == name)
+    {
+        bail!("no kernel named {name} in kernels.pin");
+    }
+    let mut moved = Vec::new();
+    for pin in pins.into_iter().filter(|p| only.is_none_or(|n| n == p.name)) {
+        let new = Pin { version: String::new(), ..pin.clone() }.newest_of_suite()?;
+        if new == pin {
+            println!("kernels: {} stays at {} {}", pin.name, pin.package, pin.version);
+        } else {
+            println!(
+                "kernels: {} moves from {} {} to {} {}",
+                pin.name, pin.package, pin.version, new.package, new.version
+            );
+            moved.push((pin, new));
+        }
+    }
+    let out: String = text
+        .lines()
+        .map(|l| match moved.iter().find(|(old, _)| same_pin_line(l, old)) {
+            Some((_, new)) => new.line() + "\n",
+            None => format!("{l}\n"),
+        })
+        .collect();
+    std::fs::write(pin_file(), out)?;
+    for (_, new) in &moved {
+        ensure(new)?;
+    }
+    Ok(())
+}
+
+impl Pin {
+    /// This pin moved to what its suite's `linux-image-cloud-amd64` depends on today.
+    fn newest_of_suite(self) -> Result<Pin> {
+        let apt = Apt::updated(&self.suite)?;
+        let depends = apt.query(&["depends", "linux-image-cloud-amd64"])?;
+        let package = depends
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Depends: "))
+            .find(|p| p.starts_with("linux-image-"))
+            .ok_or_else(|| anyhow!("linux-image-cloud-amd64 of {} depends on no linux-image-*", self.suite))?
+            .to_owned();
+        let version = apt.candidate(&package)?;
+        Ok(Pin { package, version, ..self })
+    }
+}
+
+fn same_pin_line(line: &str, pin: &Pin) -> bool {
+    parse_pins(line).is_ok_and(|p| p.first() == Some(pin))
 }
 
 pub fn module_version(kernel_dir: &Path) -> Result<String> {
@@ -140,4 +368,44 @@ pub fn module_version(kernel_dir: &Path) -> Result<String> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .with_context(|| format!("no module tree in {}", modules.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pin_file_parses_and_rejects_what_is_not_a_pin() {
+        let pins = parse_pins("# c\n\n6.12 trixie linux-image-6.12.117+deb13-cloud-amd64 6.12.117-1 # x\n").unwrap();
+        assert_eq!(pins.len(), 1);
+        assert_eq!(pins[0].release(), "6.12.117+deb13-cloud-amd64");
+        assert!(parse_pins("6.12 trixie linux-image-6.12\n").is_err());
+        assert!(parse_pins("6.12 trixie linux-headers-6.12 1\n").is_err());
+        assert!(parse_pins(&std::fs::read_to_string(pin_file()).unwrap()).unwrap().iter().any(|p| p.name == "newest"));
+    }
+
+    #[test]
+    fn a_split_image_names_its_binary_modules_and_base() {
+        let depends = "linux-image-7.3.4+deb13-cloud-amd64\n  PreDepends: linux-base\n |Depends: <dracut>\n  \
+                       Depends: linux-base-7.3.4+deb13-cloud-amd64\n  Depends: linux-binary-7.3.4+deb13-cloud-amd64\n  \
+                       Depends: linux-modules-7.3.4+deb13-cloud-amd64\n  Recommends: apparmor\n";
+        assert_eq!(
+            split_parts(depends, "7.3.4+deb13-cloud-amd64"),
+            [
+                "linux-base-7.3.4+deb13-cloud-amd64",
+                "linux-binary-7.3.4+deb13-cloud-amd64",
+                "linux-modules-7.3.4+deb13-cloud-amd64"
+            ]
+        );
+        assert!(
+            split_parts("  PreDepends: linux-base\n  Depends: initramfs-tools\n", "6.12.117+deb13-cloud-amd64")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn versions_order_as_numbers() {
+        assert!(release_order("linux-image-6.18.9+deb13-cloud-amd64", "linux-image-6.18.15+deb13-cloud-amd64").is_lt());
+        assert!(is_version("6.18") && is_version("7.3.4") && !is_version("newest") && !is_version("6."));
+    }
 }

@@ -37,7 +37,8 @@ enum Cmd {
     },
     /// Run CMD as root in a VM with the host filesystem visible; exit with CMD's status.
     Vm {
-        /// 6.12 (Debian trixie, has the hook), 6.1 (bookworm, lacks it) or a kernel directory.
+        /// A pinned kernel (6.12: Debian trixie, has the hook; 6.1: bookworm, lacks it; newest:
+        /// the newest Debian ships), a version from trixie-backports (6.18, 7.3.4) or a directory.
         #[arg(long, default_value = "6.12")]
         kernel: String,
         /// Host directory to share writable (repeatable); everything else is read-only.
@@ -45,6 +46,11 @@ enum Cmd {
         rw: Vec<PathBuf>,
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
+    },
+    /// The VM's kernels, pinned by exact Debian package in xtask/kernels.pin.
+    Kernels {
+        #[command(subcommand)]
+        action: Option<KernelsCmd>,
     },
     /// rustfmt and clippy (warnings are errors) on the host crates and the kernel program.
     Lint,
@@ -78,6 +84,12 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum KernelsCmd {
+    /// Move a pin (or all) to what its Debian suite ships today, and fetch it.
+    Pin { name: Option<String> },
+}
+
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is in the workspace").to_path_buf()
 }
@@ -88,6 +100,8 @@ fn main() -> ExitCode {
         Cmd::Setup { build_only: true } => setup::rust_tools().map(|()| 0),
         Cmd::Setup { build_only: false } => setup::all().map(|()| 0),
         Cmd::Vm { kernel, rw, cmd } => vm::cli(&kernel, &cmd, &rw),
+        Cmd::Kernels { action: None } => kernels::list().map(|()| 0),
+        Cmd::Kernels { action: Some(KernelsCmd::Pin { name }) } => kernels::move_pins(name.as_deref()).map(|()| 0),
         Cmd::Lint => lint::all().map(|()| 0),
         Cmd::Fuzz => fuzz::all().map(|ran| {
             fuzz::print_summary(&ran);

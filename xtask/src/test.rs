@@ -40,8 +40,9 @@ pub enum Where {
 
 /// Runs one libtest binary as root where asked, and insists that it ran tests, all passed and
 /// none was skipped.
-pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)]) -> Result<Counts> {
-    let argv = vec![exe.display().to_string(), "--test-threads=1".into()];
+pub fn run_suite(name: &str, exe: &Path, place: &Where, env: &[(String, String)], filters: &[&str]) -> Result<Counts> {
+    let mut argv = vec![exe.display().to_string(), "--test-threads=1".into()];
+    argv.extend(filters.iter().map(|f| f.to_string()));
     let (status, output) = match place {
         Where::Host => {
             // A private mount namespace with bpffs mounted, so the host's mounts stay as they are.
@@ -110,6 +111,9 @@ fn render_chart(dir: &str, values: Option<&str>) -> Result<std::path::PathBuf> {
     Ok(out)
 }
 
+/// The privileged tests that also run on the newest kernel (libtest filters).
+const NEWEST_KERNEL_TESTS: [&str; 2] = ["core::", "compat::"];
+
 /// A privileged suite that ran, for the summary.
 struct Ran {
     /// `privileged suite (6.12 VM)`.
@@ -122,14 +126,21 @@ impl Where {
     fn describe(self) -> String {
         match self {
             Where::Host => "this kernel".to_owned(),
-            Where::Vm(k) => format!("{k} VM"),
+            Where::Vm(k) => match kernels::pinned(k) {
+                Ok(pin) if pin.name != pin.release() => format!("{k} VM, {}", pin.release()),
+                _ => format!("{k} VM"),
+            },
         }
     }
 }
 
 fn timed_suite(name: &str, exe: &Path, place: Where, a: &Artifacts) -> Result<Ran> {
+    filtered_suite(name, exe, place, a, &[])
+}
+
+fn filtered_suite(name: &str, exe: &Path, place: Where, a: &Artifacts, filters: &[&str]) -> Result<Ran> {
     let t = Instant::now();
-    let counts = run_suite(name, exe, &place, &a.env())?;
+    let counts = run_suite(name, exe, &place, &a.env(), filters)?;
     Ok(Ran { title: format!("{name} ({})", place.describe()), counts, secs: t.elapsed().as_secs() })
 }
 
@@ -141,6 +152,11 @@ fn privileged_suites(a: &Artifacts) -> Result<Vec<Ran>> {
     eprintln!("== privileged suite ({})", place.describe());
     let mut ran = vec![timed_suite("privileged suite", &a.privileged, place, a)?];
     if let Where::Vm(_) = place {
+        // Which options MPTCP refuses differs between kernels (TCP_MAXSEG, TCP_AO_*, …), and the
+        // hook's surroundings move: the core and compatibility tests also run on the newest kernel.
+        let newest = Where::Vm("newest");
+        eprintln!("== core and compatibility tests ({})", newest.describe());
+        ran.push(filtered_suite("core and compatibility tests", &a.privileged, newest, a, &NEWEST_KERNEL_TESTS)?);
         eprintln!("== this host's refusal of fmod_ret programs, as a user meets it");
         ran.push(timed_suite("host refusal suite", &a.host_refuses, Where::Host, a)?);
     }

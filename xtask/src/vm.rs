@@ -319,7 +319,7 @@ pub fn run_in_vm(opts: &VmOptions, cwd: &Path, argv: &[String]) -> Result<VmOutp
 /// `cargo xtask vm`: run a command in the VM, exit with its status.
 pub fn cli(kernel: &str, argv: &[String], rw: &[PathBuf]) -> Result<i32> {
     if argv.is_empty() {
-        bail!("usage: cargo xtask vm [--kernel 6.12|6.1|PATH] -- CMD [ARGS...]");
+        bail!("usage: cargo xtask vm [--kernel 6.12|6.1|newest|VERSION|PATH] -- CMD [ARGS...]");
     }
     let mut opts = VmOptions::new(kernels::resolve(kernel)?);
     opts.rw_dirs = rw.to_vec();

@@ -16,6 +16,7 @@ const TYPE_HEADER_LEN: usize = 12;
 
 // BTF kinds (`BTF_KIND_*`).
 const INT: u32 = 1;
+const PTR: u32 = 2;
 const ARRAY: u32 = 3;
 const STRUCT: u32 = 4;
 const UNION: u32 = 5;
@@ -167,18 +168,67 @@ impl KernelBtf {
 
     /// Bit offset of `member` in `struct name`: where a bitfield starts.
     pub fn member_bit_offset(&self, name: &str, member: &str) -> Result<u32> {
-        let id = self
-            .ids(STRUCT, name)
+        Ok(self.member(name, member)?.0)
+    }
+
+    /// The struct that `member` of `struct name` points to (`struct x *member`), by name: how a
+    /// caller follows a pointer whose type changed between kernels.
+    pub fn member_pointee(&self, name: &str, member: &str) -> Result<String> {
+        let ty = self.skip_modifiers(self.member(name, member)?.1);
+        match self.header(ty) {
+            Some((_, h)) if h.kind == PTR => self.struct_name(h.size_or_type),
+            _ => None,
+        }
+        .ok_or_else(|| anyhow!("{name}.{member} is not a pointer to a named struct"))
+    }
+
+    /// The named struct that `member` of `struct name` is an array of (`struct x member[]`).
+    pub fn member_array_of(&self, name: &str, member: &str) -> Result<String> {
+        let ty = self.skip_modifiers(self.member(name, member)?.1);
+        match self.header(ty) {
+            // An array's trailer: element type, index type, number of elements.
+            Some((at, h)) if h.kind == ARRAY => self.u32_at(at + TYPE_HEADER_LEN).and_then(|e| self.struct_name(e)),
+            _ => None,
+        }
+        .ok_or_else(|| anyhow!("{name}.{member} is not an array of a named struct"))
+    }
+
+    /// Size in bytes of `struct name`.
+    pub fn struct_size(&self, name: &str) -> Result<u32> {
+        let id = self.struct_id(name)?;
+        Ok(self.header(id).map_or(0, |(_, h)| h.size_or_type))
+    }
+
+    fn struct_name(&self, id: u32) -> Option<String> {
+        let (_, h) = self.header(self.skip_modifiers(id))?;
+        let name = self.name(h.name_off);
+        (h.kind == STRUCT && !name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
+    }
+
+    /// The first definition (with members) of `struct name`; forward declarations are skipped.
+    fn struct_id(&self, name: &str) -> Result<u32> {
+        self.ids(STRUCT, name)
             .find(|&id| self.header(id).is_some_and(|(_, h)| h.vlen > 0))
-            .ok_or_else(|| anyhow!("struct {name} is not in this kernel's BTF"))?;
+            .ok_or_else(|| anyhow!("struct {name} is not in this kernel's BTF"))
+    }
+
+    /// Bit offset and type id of `member` in `struct name`.
+    fn member(&self, name: &str, member: &str) -> Result<(u32, u32)> {
+        let id = self.struct_id(name)?;
         self.find_member(id, member, 0, &mut std::collections::HashSet::new())
             .ok_or_else(|| anyhow!("struct {name} has no member {member} in this kernel"))
     }
 
-    /// Bit offset of `member` in the struct or union `id`. Each type is searched once (`seen`),
-    /// so malformed BTF whose anonymous members nest into themselves, or fan out level after
-    /// level, costs one visit per type; `depth` bounds the stack.
-    fn find_member(&self, id: u32, member: &str, depth: u32, seen: &mut std::collections::HashSet<u32>) -> Option<u32> {
+    /// Bit offset and type of `member` in the struct or union `id`. Each type is searched once
+    /// (`seen`), so malformed BTF whose anonymous members nest into themselves, or fan out level
+    /// after level, costs one visit per type; `depth` bounds the stack.
+    fn find_member(
+        &self,
+        id: u32,
+        member: &str,
+        depth: u32,
+        seen: &mut std::collections::HashSet<u32>,
+    ) -> Option<(u32, u32)> {
         let (at, h) = self.header(id)?;
         if !matches!(h.kind, STRUCT | UNION) || depth > 32 || !seen.insert(id) {
             return None;
@@ -190,13 +240,13 @@ impl KernelBtf {
             let bits = if h.kind_flag { offset & 0xff_ffff } else { offset };
             let name = self.name(name_off);
             if name == member.as_bytes() {
-                return Some(bits);
+                return Some((bits, ty));
             }
             if name.is_empty()
-                && let Some(inner) = self.find_member(self.skip_modifiers(ty), member, depth + 1, seen)
+                && let Some((inner, inner_ty)) = self.find_member(self.skip_modifiers(ty), member, depth + 1, seen)
             {
                 // An offset past 4 Gbit is malformed: not found, rather than wrapped.
-                return bits.checked_add(inner);
+                return Some((bits.checked_add(inner)?, inner_ty));
             }
         }
         None
@@ -322,6 +372,11 @@ mod tests {
 
     /// BTF of `structs`, ids from 1.
     fn synthetic(structs: &[Struct<'_>]) -> Vec<u8> {
+        synthetic_with(structs, &[])
+    }
+
+    /// BTF of `structs`, ids from 1, then anonymous types given as raw words (header and trailer).
+    fn synthetic_with(structs: &[Struct<'_>], raw: &[&[u32]]) -> Vec<u8> {
         let mut strings = vec![0u8];
         let mut string = |s: &str| {
             if s.is_empty() {
@@ -339,6 +394,9 @@ mod tests {
             for (member, ty, offset) in *members {
                 types.extend([string(member), *ty, *offset].iter().flat_map(|w| w.to_ne_bytes()));
             }
+        }
+        for words in raw {
+            types.extend(words.iter().flat_map(|w| w.to_ne_bytes()));
         }
         let mut data = MAGIC.to_ne_bytes().to_vec();
         data.extend([1, 0]);
@@ -368,5 +426,44 @@ mod tests {
         // Offsets that overflow are refused, not wrapped.
         let huge = synthetic(&[("o", &[("", 2, u32::MAX)]), ("i", &[("m", 1, u32::MAX)])]);
         assert!(KernelBtf::parse(huge).unwrap().member_offset("o", "m").is_err());
+    }
+
+    /// Pointers and arrays are followed to the struct they name, through typedefs; anything else
+    /// is refused, as is a pointer to an anonymous struct.
+    #[test]
+    fn pointers_and_arrays_name_their_struct() {
+        // 1 cred { ptr domain (4); masks[] (5); anon (6) }, 2 domain (size 8), 3 access_masks,
+        // 4 PTR -> 2, 5 ARRAY of 7, 6 PTR -> anonymous struct 8, 7 TYPEDEF -> 3, 8 anonymous struct.
+        let btf = KernelBtf::parse(synthetic_with(
+            &[
+                ("cred", &[("domain", 4, 0), ("masks", 5, 64), ("anon", 6, 128), ("plain", 3, 192)]),
+                ("domain", &[("x", 3, 0)]),
+                ("access_masks", &[("net", 3, 0)]),
+            ],
+            &[
+                &[0, PTR << 24, 2],
+                &[0, ARRAY << 24, 0, 7, 3, 0],
+                &[0, PTR << 24, 8],
+                &[0, TYPEDEF << 24, 3],
+                &[0, STRUCT << 24 | 1, 4, 0, 3, 0],
+            ],
+        ))
+        .unwrap();
+        assert_eq!(btf.member_pointee("cred", "domain").unwrap(), "domain");
+        assert_eq!(btf.member_array_of("cred", "masks").unwrap(), "access_masks");
+        assert!(btf.member_pointee("cred", "anon").is_err());
+        assert!(btf.member_pointee("cred", "masks").is_err());
+        assert!(btf.member_array_of("cred", "domain").is_err());
+        assert!(btf.member_pointee("cred", "plain").is_err());
+        assert_eq!(btf.struct_size("domain").unwrap(), 8);
+        assert_eq!(btf.member_offset("cred", "masks").unwrap(), 8);
+    }
+
+    #[test]
+    fn pointees_agree_with_the_running_kernel() {
+        let (btf, _) = kernels();
+        assert_eq!(btf.member_pointee("task_struct", "mm").unwrap(), "mm_struct");
+        assert_eq!(btf.member_pointee("task_struct", "cred").unwrap(), "cred");
+        assert!(btf.struct_size("task_struct").unwrap() > 1000);
     }
 }

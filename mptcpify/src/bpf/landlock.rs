@@ -22,15 +22,29 @@ pub struct LandlockOffsets {
     pub net_bit: u32,
 }
 
+/// The layers' access masks: `landlock_ruleset.access_masks[]` until Landlock split the domain
+/// off (7.x: `landlock_domain.handled_masks[]`); followed from the cred's `domain` pointer, so a
+/// kernel that renames them again is found out here, not misread in the program.
+const LAYER_MASKS: [&str; 2] = ["access_masks", "handled_masks"];
+
 pub fn find(btf: &KernelBtf) -> Result<LandlockOffsets> {
     let sizes = kallsyms::address("landlock_blob_sizes")?;
+    let domain = btf.member_pointee("landlock_cred_security", "domain")?;
+    let masks = LAYER_MASKS
+        .iter()
+        .find(|m| btf.member_array_of(&domain, m).is_ok_and(|of| of == "access_masks"))
+        .ok_or_else(|| anyhow!("struct {domain} has no array of access_masks per layer ({LAYER_MASKS:?})"))?;
+    // The program reads one u32 per layer.
+    if btf.struct_size("access_masks")? != 4 {
+        return Err(anyhow!("struct access_masks is not 4 bytes in this kernel"));
+    }
     Ok(LandlockOffsets {
         task_cred: btf.member_offset("task_struct", "cred")?,
         cred_security: btf.member_offset("cred", "security")?,
         blob_offset_addr: sizes + u64::from(btf.member_offset("lsm_blob_sizes", "lbs_cred")?),
         domain: btf.member_offset("landlock_cred_security", "domain")?,
-        num_layers: btf.member_offset("landlock_ruleset", "num_layers")?,
-        access_masks: btf.member_offset("landlock_ruleset", "access_masks")?,
+        num_layers: btf.member_offset(&domain, "num_layers")?,
+        access_masks: btf.member_offset(&domain, masks)?,
         net_bit: btf.member_bit_offset("access_masks", "net")?,
     })
 }
