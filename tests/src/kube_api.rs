@@ -1,6 +1,7 @@
 //! A real HTTP server that speaks the part of the Kubernetes API the agent uses: list and watch
 //! of pods (honouring `fieldSelector=spec.nodeName=…`) and namespaces, with resource versions
-//! and streamed watch events. The agent's unchanged kube-rs client talks to it over loopback.
+//! and streamed watch events, and the creation of Events (`events.k8s.io/v1`), kept for the
+//! test to read. The agent's unchanged kube-rs client talks to it over loopback.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -40,6 +41,8 @@ struct State {
     namespaces: BTreeMap<String, Value>,
     watchers: Vec<Watcher>,
     requests: Vec<String>,
+    /// Events created, as posted.
+    events: Vec<Value>,
     /// Serve every pod whatever `fieldSelector` asks: a server (or proxy) the agent must not
     /// trust to filter by node.
     ignore_field_selectors: bool,
@@ -125,6 +128,33 @@ fn handle(state: &Arc<Mutex<State>>, req: &Request<hyper::body::Incoming>) -> Re
     )
 }
 
+/// `POST /apis/events.k8s.io/v1/namespaces/NS/events`: kept, and returned as created.
+async fn create(state: &Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let namespace = path
+        .strip_prefix("/apis/events.k8s.io/v1/namespaces/")
+        .and_then(|rest| rest.strip_suffix("/events"))
+        .map(str::to_owned);
+    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let mut st = state.lock().unwrap();
+    st.requests.push(format!("POST {path}"));
+    let Some(namespace) = namespace else {
+        return full(405, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 405}));
+    };
+    let Ok(mut event) = serde_json::from_slice::<Value>(&body) else {
+        return full(400, json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 400}));
+    };
+    if event["metadata"]["namespace"].as_str() != Some(namespace.as_str()) {
+        return full(
+            422,
+            json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": "namespace does not match", "code": 422}),
+        );
+    }
+    st.stamp(&mut event);
+    st.events.push(event.clone());
+    full(201, event)
+}
+
 impl FakeApi {
     /// Serves on a loopback port from a thread of its own.
     pub fn start() -> Self {
@@ -149,8 +179,15 @@ impl FakeApi {
                     let state = shared.clone();
                     tokio::spawn(async move {
                         let svc = service_fn(move |req| {
-                            let resp = handle(&state, &req);
-                            async move { Ok::<_, Infallible>(resp) }
+                            let state = state.clone();
+                            async move {
+                                let resp = if req.method() == hyper::Method::POST {
+                                    create(&state, req).await
+                                } else {
+                                    handle(&state, &req)
+                                };
+                                Ok::<_, Infallible>(resp)
+                            }
                         });
                         let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
                     });
@@ -200,6 +237,11 @@ impl FakeApi {
         let event = if st.namespaces.contains_key(name) { "MODIFIED" } else { "ADDED" };
         st.namespaces.insert(name.to_owned(), ns.clone());
         st.notify(Kind::Namespaces, event, &ns);
+    }
+
+    /// Every Event created so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.state.lock().unwrap().events.clone()
     }
 
     /// `path query` of every request so far.

@@ -66,16 +66,29 @@ fn check(o: &Objects) {
     let rolling = spec.update_strategy.as_ref().unwrap().rolling_update.as_ref().unwrap();
     assert_eq!(rolling.max_surge, Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(0)));
 
-    // RBAC: the account the pods run as is bound to a read-only role over pods and namespaces.
+    // RBAC: the account the pods run as is bound to a read-only role over pods and namespaces,
+    // and may create Events (nothing else of any other group).
     let sa = pod.service_account_name.as_deref().unwrap();
     assert!(o.accounts.iter().any(|a| a.metadata.name.as_deref() == Some(sa)));
     let binding = o.bindings.iter().find(|b| b.subjects.iter().flatten().any(|s| s.name == sa)).expect("a binding");
     let role = o.roles.iter().find(|r| r.metadata.name.as_deref() == Some(&binding.role_ref.name)).expect("its role");
+    let mut events = false;
     for rule in role.rules.iter().flatten() {
-        assert!(rule.verbs.iter().all(|v| ["get", "list", "watch"].contains(&v.as_str())), "{:?}", rule.verbs);
         let resources = rule.resources.clone().unwrap();
-        assert!(resources.iter().all(|r| r == "pods" || r == "namespaces"), "{resources:?}");
+        let verbs: Vec<&str> = rule.verbs.iter().map(String::as_str).collect();
+        match rule.api_groups.as_deref() {
+            Some([g]) if g.is_empty() => {
+                assert!(verbs.iter().all(|v| ["get", "list", "watch"].contains(v)), "{verbs:?}");
+                assert!(resources.iter().all(|r| r == "pods" || r == "namespaces"), "{resources:?}");
+            }
+            Some([g]) if g == "events.k8s.io" => {
+                assert_eq!((&resources[..], &verbs[..]), (&["events".to_owned()][..], &["create", "patch"][..]));
+                events = true;
+            }
+            other => panic!("a rule over {other:?}"),
+        }
     }
+    assert!(events, "the agent records Events on pods");
 
     let c = &pod.containers[0];
     let args = c.args.clone().unwrap();

@@ -23,6 +23,8 @@ use crate::{
 pub struct PodCoverage {
     pub namespace: String,
     pub name: String,
+    /// The API object's UID, for Events about it.
+    pub uid: Option<String>,
     pub cgroup: Option<u64>,
     /// Its cgroup's path relative to the cgroup2 root, when it exists.
     pub path: Option<String>,
@@ -177,7 +179,13 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
             r.pending.push(format!("{label}: its cgroup does not exist yet"));
         }
         let (cgroup, path) = cgroup.map_or((None, None), |(id, path)| (Some(id), Some(path)));
-        r.pods.push(PodCoverage { namespace: pod.namespace.clone(), name: pod.name.clone(), cgroup, path });
+        r.pods.push(PodCoverage {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            uid: pod.uid.clone(),
+            cgroup,
+            path,
+        });
     }
     r
 }
@@ -224,6 +232,7 @@ mod tests {
         let pod = |qos| PodInfo {
             namespace: "ns".into(),
             name: "p".into(),
+            uid: None,
             cgroup_uid: uid.into(),
             qos,
             annotation: None,
@@ -233,7 +242,10 @@ mod tests {
         };
         let r = resolve(&Policy::default(), &[pod(Qos::BestEffort)], t.path()).await;
         let path = Some("/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555".to_string());
-        assert_eq!(r.pods, [PodCoverage { namespace: "ns".into(), name: "p".into(), cgroup: Some(id), path }]);
+        assert_eq!(
+            r.pods,
+            [PodCoverage { namespace: "ns".into(), name: "p".into(), uid: None, cgroup: Some(id), path }]
+        );
         assert_eq!(r.desired[0].key, Key::Cgroup(id));
         assert!(r.desired[0].label.starts_with("pod ns/p"), "{}", r.desired[0].label);
         // A pod whose cgroup is not there yet waits, watched where it will appear.
@@ -265,6 +277,7 @@ mod tests {
         let pod = |uid: &str, qos| PodInfo {
             namespace: "ns".into(),
             name: "evil".into(),
+            uid: None,
             cgroup_uid: uid.into(),
             qos,
             annotation: Some("true".into()),

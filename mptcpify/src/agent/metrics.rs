@@ -579,7 +579,13 @@ mod tests {
             reconcile_runs: 3,
             reconcile_errors: 1,
             kubernetes_synced: Some(true),
-            pods: vec![PodCoverage { namespace: "shop".into(), name: "web".into(), cgroup: None, path: None }],
+            pods: vec![PodCoverage {
+                namespace: "shop".into(),
+                name: "web".into(),
+                uid: None,
+                cgroup: None,
+                path: None,
+            }],
             ..Default::default()
         }));
         let text = render(&h);

@@ -59,6 +59,8 @@ const SETTLE: Duration = Duration::from_millis(20);
 /// How often the rules of `mptcpify run`s that were killed are looked for (as `sync` removes
 /// them): a read of the cgroup rules' origins.
 const RUN_SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often the guard's decisions are looked at for pods' Events (a read of two pinned maps).
+const GUARD_EVENTS_EVERY: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -89,6 +91,8 @@ struct Agent {
     /// The policy's `[paths]`, handed to their keeper ([`paths`]).
     paths: tokio::sync::watch::Sender<Option<AutoOptions>>,
     pod_paths: pod_paths::PodPaths,
+    /// With `--kubernetes`: Events on pods whose programs the guard keeps TCP.
+    guard_events: Option<kubernetes::events::GuardEvents>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -121,6 +125,10 @@ pub async fn run(opts: Options) -> Result<()> {
     health.lock().expect("health lock").attached = true;
 
     let (tx, rx) = mpsc::unbounded_channel();
+    let guard_events = match (&client, &node) {
+        (Some(c), Some(n)) => Some(kubernetes::events::GuardEvents::new(c.clone(), n)),
+        _ => None,
+    };
     let cluster = node.map(|node| {
         let shared: kubernetes::watch::Shared =
             Arc::new(Mutex::new(Cluster { node: node.clone(), ..Default::default() }));
@@ -149,6 +157,7 @@ pub async fn run(opts: Options) -> Result<()> {
         watcher: drift::Watcher::new(Instant::now()),
         paths: paths_tx,
         pod_paths: Default::default(),
+        guard_events,
     };
     let agent = serve(agent, watches, rx).await?;
     if agent.opts.cleanup_on_exit {
@@ -198,6 +207,8 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut sweep = tokio::time::interval(RUN_SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut guard_events = tokio::time::interval(GUARD_EVENTS_EVERY);
+    guard_events.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut due = Some(Instant::now());
     loop {
         let wake = due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -213,6 +224,7 @@ async fn serve(mut agent: Agent, mut watches: Watches, mut changed: mpsc::Unboun
                 agent.sweep_runs();
                 agent.sync_pod_paths().await;
             }
+            _ = guard_events.tick(), if agent.guard_events.is_some() => agent.tell_guard_decisions(),
             _ = check.tick(), if due.is_none() && agent.settled => {
                 if agent.changed_under_it() {
                     due = Some(Instant::now());
@@ -406,6 +418,15 @@ impl Agent {
             if self.policy.pod_paths { self.health.lock().expect("health lock").pods.clone() } else { Vec::new() };
         let opts = pod_paths::options(self.policy.paths.as_ref());
         self.pod_paths.sync(&pods, &self.root, &opts).await;
+    }
+
+    /// Records an Event on each selected pod whose program the guard newly keeps TCP.
+    fn tell_guard_decisions(&mut self) {
+        let Some(events) = self.guard_events.as_mut() else { return };
+        let status = State::open().and_then(|st| crate::commands::guard::guard_status(&st));
+        let Ok(status) = status.inspect_err(|e| log::debug!("reading the guard's decisions: {e:#}")) else { return };
+        let pods = self.health.lock().expect("health lock").pods.clone();
+        events.sync(&pods, &status.kept_tcp);
     }
 
     /// Removes the rules (and cgroups) that killed `mptcpify run`s left once their commands

@@ -281,6 +281,23 @@ fn pod_paths_are_made_inside_the_pods_namespace_and_go_with_the_pod() {
     }
 }
 
+/// The agent of this node, with `cgroup_driver = "auto"`, watching `api` (its files in `dir`),
+/// once it has enabled the pod `namespace/name`.
+fn agent_enabling(api: &FakeApi, dir: &std::path::Path, namespace: &str, name: &str) -> AgentProcess {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "[kubernetes]\ncgroup_driver = \"auto\"\n").unwrap();
+    let kubeconfig = api.kubeconfig(dir);
+    let agent = AgentProcess::start(
+        &policy,
+        &["--kubernetes"],
+        &[("NODE_NAME", NODE), ("KUBECONFIG", kubeconfig.to_str().unwrap())],
+    );
+    let series = format!("mptcpify_pod_enabled{{namespace=\"{namespace}\",pod=\"{name}\"}}");
+    let enabled = || (metric(&agent.metrics(), &series) == Some(1.0)).then_some(());
+    assert!(wait_for(Duration::from_secs(15), enabled).is_some(), "{}", agent.log());
+    agent
+}
+
 #[test]
 fn a_pods_connections_are_counted_per_pod_and_an_audited_pod_stays_tcp() {
     let _g = setup();
@@ -292,22 +309,13 @@ fn a_pods_connections_are_counted_per_pod_and_an_audited_pod_stays_tcp() {
     }
     let api = FakeApi::start();
     let dir = tempfile::tempdir().unwrap();
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, "[kubernetes]\ncgroup_driver = \"auto\"\n").unwrap();
-    let kubeconfig = api.kubeconfig(dir.path());
     api.ignore_field_selectors();
     let (web, dry) = ("0a000000-0000-4000-8000-0000000000c1", "0a000000-0000-4000-8000-0000000000c2");
     api.put_namespace("shop", json!({}));
     api.put_pod(pod("shop", "web", web, NODE, "Burstable", Some("true")));
     api.put_pod(pod("shop", "dry", dry, NODE, "Burstable", Some("audit")));
     let (web_cg, dry_cg) = (container_cgroup("Burstable", web), container_cgroup("Burstable", dry));
-    let agent = AgentProcess::start(
-        &policy,
-        &["--kubernetes"],
-        &[("NODE_NAME", NODE), ("KUBECONFIG", kubeconfig.to_str().unwrap())],
-    );
-    let enabled = |m: &str| metric(m, "mptcpify_pod_enabled{namespace=\"shop\",pod=\"web\"}") == Some(1.0);
-    assert!(wait_for(Duration::from_secs(15), || enabled(&agent.metrics()).then_some(())).is_some(), "{}", agent.log());
+    let agent = agent_enabling(&api, dir.path(), "shop", "web");
 
     // A server and a client of the pod, over the pod's own loopback: both ends upgraded.
     let probe = pathprobe_bin().display().to_string();
@@ -355,4 +363,67 @@ fn a_pods_connections_are_counted_per_pod_and_an_audited_pod_stays_tcp() {
         let _ = std::fs::remove_dir(cgroup_root().join(d));
     }
     let _ = std::process::Command::new("ip").args(["netns", "del", ns]).output();
+}
+
+/// The guard keeps a pod's program TCP after MPTCP refused it an option, and the agent says so
+/// on the pod: one Warning Event naming the program, the option and the way back, recorded once;
+/// decided again after the operator forgot it, recorded again.
+#[test]
+fn a_pod_whose_program_the_guard_keeps_tcp_gets_an_event() {
+    const USER_TIMEOUT: &str = "setopt4:6:18";
+    const ENOPROTOOPT: i64 = 92;
+    let _g = setup();
+    let api = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let uid = "0a000000-0000-4000-8000-0000000000d1";
+    api.put_namespace("shop", json!({}));
+    api.put_pod(pod("shop", "db", uid, NODE, "Burstable", Some("true")));
+    let cg = container_cgroup("Burstable", uid);
+    let agent = agent_enabling(&api, dir.path(), "shop", "db");
+    assert!(api.events().is_empty(), "nothing to tell yet: {:?}", api.events());
+
+    let refused = |cg: &TestCgroup| {
+        let out = parse_probe(&run_in(Some(cg), &sockprobe_bin(), &[USER_TIMEOUT, "tcp4"]));
+        assert_eq!((out[USER_TIMEOUT]["proto"], out[USER_TIMEOUT]["errno"]), (262, ENOPROTOOPT), "upgraded, refused");
+        assert_eq!(out["tcp4"]["proto"], 6, "kept TCP from its next socket: {out:?}");
+    };
+    refused(&cg);
+    let told = |n: usize| wait_for(Duration::from_secs(15), || (api.events().len() >= n).then(|| api.events()));
+    let events = told(1).unwrap_or_else(|| panic!("no Event on the pod: {}", agent.log()));
+    let e = &events[0];
+    assert_eq!(
+        (e["type"].as_str(), e["reason"].as_str(), e["action"].as_str()),
+        (Some("Warning"), Some("MptcpKeptTcp"), Some("KeepTcp")),
+        "{e}"
+    );
+    let r = &e["regarding"];
+    assert_eq!(
+        (r["kind"].as_str(), r["namespace"].as_str(), r["name"].as_str(), r["uid"].as_str()),
+        (Some("Pod"), Some("shop"), Some("db"), Some(uid)),
+        "{e}"
+    );
+    assert_eq!(e["metadata"]["namespace"], "shop");
+    assert_eq!(e["reportingController"], "mptcpify");
+    let note = e["note"].as_str().unwrap_or_default();
+    assert!(
+        note.starts_with(
+            "sockprobe stays TCP in this pod: MPTCP refused its setsockopt TCP_USER_TIMEOUT (ENOPROTOOPT)"
+        ) && note.contains("mptcpify guard allow sockprobe"),
+        "{note}"
+    );
+    let m = agent.metrics();
+    let kept =
+        "mptcpify_pod_guard_kept_tcp{namespace=\"shop\",pod=\"db\",program=\"sockprobe\",option=\"TCP_USER_TIMEOUT\"}";
+    assert_eq!(metric(&m, kept), Some(1.0), "{m}");
+
+    // Told once: later looks (every 2 s) find nothing new.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(api.events().len(), 1, "{:?}", api.events());
+    // Forgotten, refused again, decided again: told again.
+    ok(&["guard", "forget", "sockprobe"]);
+    refused(&cg);
+    assert!(told(2).is_some(), "the new decision is told: {}", agent.log());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(api.events().len(), 2, "{:?}", api.events());
+    drop(agent);
 }

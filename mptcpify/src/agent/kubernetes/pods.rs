@@ -24,6 +24,8 @@ pub enum Qos {
 pub struct PodInfo {
     pub namespace: String,
     pub name: String,
+    /// The API object's UID: what Events about the pod name (`kubectl describe` matches it).
+    pub uid: Option<String>,
     /// The UID its cgroup is named after (the mirror UID for static pods).
     pub cgroup_uid: String,
     pub qos: Qos,
@@ -82,6 +84,7 @@ impl PodInfo {
         Ok(Self {
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
             cgroup_uid: uid,
             qos,
             annotation: annotations.and_then(|a| a.get(SELECT_KEY)).cloned(),
@@ -207,6 +210,7 @@ mod tests {
         PodInfo {
             namespace: ns.into(),
             name: "web".into(),
+            uid: Some(UID.into()),
             cgroup_uid: UID.into(),
             qos: Qos::Burstable,
             annotation: annotation.map(Into::into),
