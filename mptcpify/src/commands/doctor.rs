@@ -166,10 +166,14 @@ fn landlock_check() -> Check {
 /// The compatibility guard: this kernel's refused options, and every program kept TCP (or that
 /// would have failed, with the guard off) with the option and the fix.
 fn compatibility_check() -> Check {
-    let g = match State::open().and_then(|st| super::guard::guard_status(&st)) {
-        Ok(g) => g,
+    let read = State::open().and_then(|st| Ok((super::guard::guard_status(&st)?, st.config()?.audits)));
+    let (g, audits) = match read {
+        Ok(read) => read,
         Err(e) => return check("compatibility", Level::Warn, format!("not read: {e:#}"), None),
     };
+    if let Some((detail, fix)) = guard_trouble(g.kept_tcp.len() + g.allowed.len(), audits, g.audit_watchers) {
+        return check("compatibility", Level::Warn, detail, Some(fix));
+    }
     if g.refused_options.is_empty() {
         return check(
             "compatibility",
@@ -217,6 +221,28 @@ fn compatibility_check() -> Check {
                 .into(),
         ),
     )
+}
+
+/// What keeps the guard from doing its job: a full table of decisions (a newly refused program
+/// is then counted but upgraded again), or audit rules whose option watchers are not attached
+/// (then audit predicts nothing). Each with its fix.
+fn guard_trouble(decisions: usize, audits: u32, watchers: bool) -> Option<(String, String)> {
+    let max = mptcpify_common::MAX_GUARD_ENTRIES as usize;
+    if decisions >= max {
+        return Some((
+            format!(
+                "the guard holds {decisions} decisions, its most: a newly refused program is counted but not kept TCP"
+            ),
+            "`mptcpify guard forget NAME` for programs that no longer run, or `guard forget --all`".into(),
+        ));
+    }
+    if audits > 0 && !watchers {
+        return Some((
+            format!("{audits} audit rule(s), but the option watchers are not attached: audit predicts no failing option"),
+            "any rule edit attaches them again (e.g. the audit rule's `enable … --audit` once more); see the load's warning in the journal".into(),
+        ));
+    }
+    None
 }
 
 /// Upgraded connections a workload needs before doctor judges its fallbacks.
@@ -563,6 +589,16 @@ pub async fn doctor(json: bool) -> Result<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_guard_or_audit_without_watchers_is_trouble() {
+        assert_eq!(guard_trouble(0, 0, false), None);
+        assert_eq!(guard_trouble(10, 2, true), None);
+        let full = guard_trouble(mptcpify_common::MAX_GUARD_ENTRIES as usize, 0, false).unwrap();
+        assert!(full.0.contains("not kept TCP") && full.1.contains("guard forget"), "{full:?}");
+        let blind = guard_trouble(0, 1, false).unwrap();
+        assert!(blind.0.starts_with("1 audit rule(s), but the option watchers are not attached"), "{blind:?}");
+    }
 
     #[test]
     fn a_workload_is_named_only_when_most_of_enough_connections_fell_back() {

@@ -428,3 +428,31 @@ fn command_rules_keep_their_own_refusal_counts() {
     ok(&["disable", "--comm", "sockprobe"]);
     assert_eq!(refusals("sockprobe", "TCP_MD5SIG"), 0);
 }
+
+/// A watcher's link lost (an edit killed between attaching two watchers, or a hand's `rm`)
+/// leaves audit predicting nothing: doctor says so and how to repair it, and the next edit does.
+#[test]
+fn doctor_says_when_audit_predicts_nothing_and_an_edit_repairs_it() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-test/compat-blind");
+    ok(&["enable", "--cgroup", &cg.relative, "--audit"]);
+    assert_eq!(guard()["audit_watchers"], true);
+    let compat = || {
+        let d: serde_json::Value = serde_json::from_str(&ok(&["doctor", "--json"])).unwrap();
+        let checks = d["checks"].as_array().cloned().unwrap_or_default();
+        checks
+            .into_iter()
+            .find(|c| c["name"] == "compatibility")
+            .unwrap_or_else(|| panic!("no compatibility check: {d}"))
+    };
+    assert!(!compat()["detail"].as_str().unwrap().contains("not attached"), "{}", compat());
+    std::fs::remove_file(Path::new(mptcpify_common::PIN_DIR).join("audit_setsockopt_link")).unwrap();
+    assert_eq!(guard()["audit_watchers"], false, "detached with its pin");
+    let c = compat();
+    assert_eq!(c["level"], "WARN", "{c}");
+    assert!(c["detail"].as_str().unwrap().contains("option watchers are not attached"), "{c}");
+    assert!(c["fix"].as_str().unwrap().contains("--audit"), "{c}");
+    ok(&["enable", "--cgroup", &cg.relative, "--audit"]);
+    assert_eq!(guard()["audit_watchers"], true, "the edit attached it again");
+    assert!(!compat()["detail"].as_str().unwrap().contains("not attached"), "{}", compat());
+}
