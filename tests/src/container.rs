@@ -110,8 +110,13 @@ fn security(container: &Container, o: &mut Vec<String>) -> Result<(), String> {
         Some("Unconfined") => o.push("--security-opt=seccomp=unconfined".into()),
         Some(other) => return Err(format!("seccompProfile {other} is not translated")),
     }
-    if sc.run_as_group.is_some() || sc.se_linux_options.is_some() || sc.app_armor_profile.is_some() {
-        return Err("runAsGroup, SELinux and AppArmor options are not translated".into());
+    match sc.app_armor_profile.as_ref().map(|p| p.type_.as_str()) {
+        None | Some("RuntimeDefault") => {}
+        Some("Unconfined") => o.push("--security-opt=apparmor=unconfined".into()),
+        Some(other) => return Err(format!("appArmorProfile {other} is not translated")),
+    }
+    if sc.run_as_group.is_some() || sc.se_linux_options.is_some() {
+        return Err("runAsGroup and SELinux options are not translated".into());
     }
     Ok(())
 }

@@ -250,5 +250,7 @@ fn the_container_suite_runs_what_the_manifest_and_every_chart_rendering_say() {
     assert_eq!(runtime_options(&rendered("MPTCPIFY_RENDERED_CHART").daemonsets[0]), plain, "the chart's default");
     let pod_paths = runtime_options(&rendered("MPTCPIFY_RENDERED_CHART_POD_PATHS").daemonsets[0]);
     assert!(pod_paths.contains(&"--pid=host".to_owned()), "{pod_paths:?}");
+    assert!(pod_paths.contains(&"--security-opt=apparmor=unconfined".to_owned()), "PID 1 readable: {pod_paths:?}");
+    assert!(!plain.iter().any(|o| o.contains("apparmor")), "only podPaths needs it: {plain:?}");
     runtime_options(&rendered("MPTCPIFY_RENDERED_CHART_NETPOL").daemonsets[0]);
 }

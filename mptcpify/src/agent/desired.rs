@@ -25,6 +25,10 @@ pub struct PodCoverage {
     pub name: String,
     /// The API object's UID, for Events about it.
     pub uid: Option<String>,
+    /// Enable, or audit (a dry run: nothing in the pod changes, its paths neither).
+    pub action: Action,
+    /// `spec.hostNetwork`: its network namespace is the node's.
+    pub host_network: bool,
     pub cgroup: Option<u64>,
     /// Its cgroup's path relative to the cgroup2 root, when it exists.
     pub path: Option<String>,
@@ -183,6 +187,8 @@ pub async fn resolve(policy: &Policy, pods: &[PodInfo], root: &Path) -> Resolved
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
             uid: pod.uid.clone(),
+            action: pod.action,
+            host_network: pod.host_network,
             cgroup,
             path,
         });
@@ -233,6 +239,7 @@ mod tests {
             namespace: "ns".into(),
             name: "p".into(),
             uid: None,
+            host_network: false,
             cgroup_uid: uid.into(),
             qos,
             annotation: None,
@@ -244,7 +251,15 @@ mod tests {
         let path = Some("/kubepods/besteffort/pod11111111-2222-3333-4444-555555555555".to_string());
         assert_eq!(
             r.pods,
-            [PodCoverage { namespace: "ns".into(), name: "p".into(), uid: None, cgroup: Some(id), path }]
+            [PodCoverage {
+                namespace: "ns".into(),
+                name: "p".into(),
+                uid: None,
+                action: Action::Enable,
+                host_network: false,
+                cgroup: Some(id),
+                path
+            }]
         );
         assert_eq!(r.desired[0].key, Key::Cgroup(id));
         assert!(r.desired[0].label.starts_with("pod ns/p"), "{}", r.desired[0].label);
@@ -278,6 +293,7 @@ mod tests {
             namespace: "ns".into(),
             name: "evil".into(),
             uid: None,
+            host_network: false,
             cgroup_uid: uid.into(),
             qos,
             annotation: Some("true".into()),

@@ -583,6 +583,8 @@ mod tests {
                 namespace: "shop".into(),
                 name: "web".into(),
                 uid: None,
+                action: crate::state::rules::Action::Enable,
+                host_network: false,
                 cgroup: None,
                 path: None,
             }],

@@ -2,25 +2,33 @@
 //! an endpoint for every interface (a second network attached by Multus, say), as `paths auto
 //! --all-interfaces` would make them. The namespace is entered through a process of the pod's
 //! cgroup; what is made there is recorded per namespace like the host's, cleared when the pod
-//! is no longer selected while it runs, and forgotten when its namespace has gone with it. A
-//! pod on the node's own network namespace (hostNetwork) is left alone: the node's paths are
-//! `[paths]`'s.
+//! is no longer selected while it runs, and forgotten when its namespace has gone with it. Only
+//! a namespace proven to be the pod's own is touched (see [`not_a_pods`]): the node's paths are
+//! `[paths]`'s. Audited pods are a dry run and get nothing.
 use std::{
     collections::BTreeMap,
+    fs::File,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::{Context as _, Result, bail};
+use nix::{
+    fcntl::{OFlag, openat},
+    sys::stat::Mode,
+};
 use tokio::time::Instant;
 
 use super::desired::PodCoverage;
-use crate::paths::{
-    apply,
-    connection::{Netlink, Netns},
-    plan::AutoOptions,
-    record::{Record, RecordFile},
+use crate::{
+    paths::{
+        apply,
+        connection::Netlink,
+        plan::AutoOptions,
+        record::{Record, RecordFile},
+    },
+    state::rules::Action,
 };
 
 /// Interfaces a CNI plugin adds after the pod's first process started are caught this late.
@@ -39,28 +47,72 @@ pub struct PodPaths {
     checked: Option<Instant>,
 }
 
-/// The first process found in `dir` or below (a pod's cgroup holds its containers' cgroups).
-fn first_pid(dir: &Path) -> Option<u32> {
+/// The processes in `dir` and below (a pod's cgroup holds its containers' cgroups), those of
+/// `dir` first, then of each subdirectory in name order.
+fn pids_below(dir: &Path, out: &mut Vec<u32>) {
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-    if let Some(pid) = procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).find(|p| *p > 0) {
-        return Some(pid);
-    }
-    let mut subdirs: Vec<PathBuf> =
-        std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).filter(|p| *p > 0));
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut subdirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     subdirs.sort();
-    subdirs.iter().find_map(|d| first_pid(d))
+    for d in subdirs {
+        pids_below(&d, out);
+    }
 }
 
-/// The network namespace of a process of the pod, unless it is the node's own.
-fn pod_netns(root: &Path, cgroup: &str) -> Result<Option<(PathBuf, u64)>> {
-    let Some(pid) = first_pid(&root.join(cgroup.trim_start_matches('/'))) else { return Ok(None) };
-    let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
-    let inode = std::fs::metadata(&path).with_context(|| format!("{} (needs CAP_SYS_PTRACE)", path.display()))?.ino();
-    let node = [Path::new("/proc/1/ns/net"), Path::new("/proc/self/ns/net")];
-    if node.iter().any(|n| std::fs::metadata(n).is_ok_and(|m| m.ino() == inode)) {
+/// The first process found in `dir` or below.
+fn first_pid(dir: &Path) -> Option<u32> {
+    let mut pids = Vec::new();
+    pids_below(dir, &mut pids);
+    pids.first().copied()
+}
+
+/// The network namespaces a pod's must not be, by inode: the node's (PID 1's, with hostPID)
+/// and the agent's own. Both must be known: a namespace that cannot be told from the node's is
+/// never touched (under a runtime's default AppArmor profile, or without CAP_SYS_PTRACE, PID 1's
+/// is unreadable, and the agent's own alone proves nothing).
+fn not_a_pods(pod: u64, node: std::io::Result<u64>, own: std::io::Result<u64>) -> Result<()> {
+    let node = node.map_err(|e| {
+        anyhow::anyhow!(
+            "/proc/1/ns/net: {e}: the node's network namespace cannot be told from a pod's, so none is touched \
+             (pod_paths needs hostPID and CAP_SYS_PTRACE, and no AppArmor profile that hides PID 1)"
+        )
+    })?;
+    let own = own.context("/proc/self/ns/net")?;
+    if pod == node {
         bail!("it is on the node's network namespace (hostNetwork): left to [paths]");
     }
-    Ok(Some((path, inode)))
+    if pod == own {
+        bail!("it shares the agent's network namespace: left alone");
+    }
+    Ok(())
+}
+
+fn netns_inode(path: &str) -> std::io::Result<u64> {
+    std::fs::metadata(path).map(|m| m.ino())
+}
+
+/// The network namespace of a process of the pod, opened once: through a handle on its
+/// `/proc/PID` directory, which stops answering once that process ends (a reused PID gets a
+/// directory of its own). The pod's cgroup is read again after the namespace is opened and must
+/// still list the PID while the handle still answers: then the namespace opened is that of a
+/// process of the pod, whatever became of the PID before or after.
+fn pod_netns(root: &Path, cgroup: &str) -> Result<Option<(File, u64)>> {
+    let dir = root.join(cgroup.trim_start_matches('/'));
+    let Some(pid) = first_pid(&dir) else { return Ok(None) };
+    let proc_dir = File::open(format!("/proc/{pid}")).with_context(|| format!("/proc/{pid}"))?;
+    let ns = openat(&proc_dir, "ns/net", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("/proc/{pid}/ns/net (needs CAP_SYS_PTRACE)"))?;
+    let mut pids = Vec::new();
+    pids_below(&dir, &mut pids);
+    let still_there = openat(&proc_dir, "stat", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).is_ok();
+    if !pids.contains(&pid) || !still_there {
+        bail!("its process {pid} ended or left while its namespace was opened; trying again later");
+    }
+    let ns = File::from(ns);
+    let inode = ns.metadata()?.ino();
+    not_a_pods(inode, netns_inode("/proc/1/ns/net"), netns_inode("/proc/self/ns/net"))?;
+    Ok(Some((ns, inode)))
 }
 
 impl PodPaths {
@@ -78,7 +130,9 @@ impl PodPaths {
             self.checked = Some(now);
         }
         let mut wanted = BTreeMap::new();
-        for pod in pods {
+        // Audited pods are a dry run (nothing of theirs changes); hostNetwork pods are on the
+        // node's namespace by the API's word (checked again from the kernel's when entering).
+        for pod in pods.iter().filter(|p| p.action == Action::Enable && !p.host_network) {
             let Some(cgroup) = &pod.path else { continue };
             wanted.insert(format!("{}/{}", pod.namespace, pod.name), cgroup.clone());
         }
@@ -104,8 +158,8 @@ impl PodPaths {
     }
 
     async fn make(&self, label: &str, cgroup: &str, root: &Path, opts: &AutoOptions) -> Result<Option<Made>> {
-        let Some((path, inode)) = pod_netns(root, cgroup)? else { return Ok(None) };
-        let nl = Netlink::open(&Netns::File(path)).await?;
+        let Some((ns, inode)) = pod_netns(root, cgroup)? else { return Ok(None) };
+        let nl = Netlink::open_file(ns)?;
         let plan = apply::auto(&nl, opts, &format!("pod {label}")).await?;
         for e in &plan.add_endpoints {
             log::info!("pod {label}: endpoint {} id {} {}", e.ip, e.id, e.flags.names().join(" "));
@@ -119,10 +173,10 @@ impl PodPaths {
     /// Clears the namespace while a process of the pod still holds it; otherwise it went with
     /// the pod, and only its record is left to remove.
     async fn unmake(label: &str, made: &Made, root: &Path) -> Result<()> {
-        if let Ok(Some((path, inode))) = pod_netns(root, &made.cgroup)
+        if let Ok(Some((ns, inode))) = pod_netns(root, &made.cgroup)
             && inode == made.inode
         {
-            let plan = apply::clear(&Netlink::open(&Netns::File(path)).await?).await?;
+            let plan = apply::clear(&Netlink::open_file(ns)?).await?;
             log::info!("pod {label}: removed {} endpoint(s) mptcpify made", plan.remove_endpoints.len());
             return Ok(());
         }
@@ -151,6 +205,17 @@ mod tests {
         std::fs::write(pod.join("cri-b.scope/cgroup.procs"), "4242\n4243\n").unwrap();
         assert_eq!(first_pid(&pod), Some(4242));
         assert_eq!(first_pid(&t.path().join("nothing")), None);
+    }
+
+    #[test]
+    fn a_namespace_is_a_pods_only_when_proven_not_the_nodes_nor_the_agents() {
+        let denied = || Err(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(not_a_pods(7, Ok(1), Ok(2)).is_ok());
+        let e = not_a_pods(7, denied(), Ok(2)).unwrap_err().to_string();
+        assert!(e.contains("cannot be told from a pod's") && e.contains("CAP_SYS_PTRACE"), "{e}");
+        assert!(not_a_pods(1, Ok(1), Ok(2)).unwrap_err().to_string().contains("hostNetwork"));
+        assert!(not_a_pods(2, Ok(1), Ok(2)).unwrap_err().to_string().contains("agent's"));
+        assert!(not_a_pods(7, Ok(1), denied()).is_err());
     }
 
     #[test]

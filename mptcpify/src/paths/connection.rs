@@ -58,16 +58,26 @@ impl Netlink {
             Netns::Current => Self::open_here(inode),
             Netns::File(path) => {
                 let ns = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                let runtime = tokio::runtime::Handle::current();
-                let entered = std::thread::spawn(move || -> Result<Self> {
-                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| anyhow!("entering the network namespace: {e} (needs CAP_SYS_ADMIN)"))?;
-                    let _in_runtime = runtime.enter();
-                    Self::open_here(inode)
-                });
-                entered.join().map_err(|_| anyhow!("the thread entering the network namespace panicked"))?
+                Self::open_in(ns, inode)
             }
         }
+    }
+
+    /// Sockets into the namespace `ns` names, already open: what was opened is what is entered.
+    pub fn open_file(ns: File) -> Result<Self> {
+        let inode = ns.metadata().context("the network namespace's file")?.ino();
+        Self::open_in(ns, inode)
+    }
+
+    fn open_in(ns: File, inode: u64) -> Result<Self> {
+        let runtime = tokio::runtime::Handle::current();
+        let entered = std::thread::spawn(move || -> Result<Self> {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| anyhow!("entering the network namespace: {e} (needs CAP_SYS_ADMIN)"))?;
+            let _in_runtime = runtime.enter();
+            Self::open_here(inode)
+        });
+        entered.join().map_err(|_| anyhow!("the thread entering the network namespace panicked"))?
     }
 
     fn open_here(inode: u64) -> Result<Self> {

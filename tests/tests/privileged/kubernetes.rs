@@ -427,3 +427,103 @@ fn a_pod_whose_program_the_guard_keeps_tcp_gets_an_event() {
     assert_eq!(api.events().len(), 2, "{:?}", api.events());
     drop(agent);
 }
+
+/// A network namespace with one interface up and addressed (`10.76.N.1/24`), made afresh.
+fn addressed_netns(name: &str, n: u8) {
+    let _ = std::process::Command::new("ip").args(["netns", "del", name]).output();
+    let addr = format!("10.76.{n}.1/24");
+    for args in [
+        &["netns", "add", name][..],
+        &["-n", name, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"],
+        &["-n", name, "addr", "add", &addr, "dev", "eth0"],
+        &["-n", name, "link", "set", "peer0", "up"],
+        &["-n", name, "link", "set", "eth0", "up"],
+    ] {
+        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    }
+}
+
+/// The endpoints mptcpify made in the namespace `ns`, and its limits.
+fn pod_paths_of(ns: &str) -> (Vec<String>, serde_json::Value) {
+    let v: serde_json::Value = serde_json::from_str(&ok(&["paths", "--netns", ns, "--json"])).unwrap();
+    let ours = v["endpoints"].as_array().unwrap().iter().filter(|e| e["owner"] == "mptcpify");
+    (ours.map(|e| e["ip"].as_str().unwrap().to_string()).collect(), v["limits"].clone())
+}
+
+/// A pod's process (`sleep`) in its container cgroup, then in the network namespace `ns`, with
+/// `wrapper` (e.g. fewer capabilities) around it; returned once the cgroup lists it.
+fn pod_process(cg: &TestCgroup, wrapper: &[&str], ns: &str) -> std::process::Child {
+    let mut args: Vec<&str> = wrapper.to_vec();
+    args.extend(["/usr/sbin/ip", "netns", "exec", ns, "sleep", "600"]);
+    let (program, rest) = args.split_first().unwrap();
+    let child = command_in(Some(cg), std::path::Path::new(program), rest).spawn().unwrap();
+    let listed = || (!std::fs::read_to_string(cg.procs()).unwrap().trim().is_empty()).then_some(());
+    assert!(wait_for(Duration::from_secs(5), listed).is_some());
+    child
+}
+
+/// `pod_paths` touches only a namespace proven to be the pod's own and a pod that asked for it:
+/// not a pod whose spec says hostNetwork (whatever namespace its process is in), not an audited
+/// pod (a dry run), and nothing at all when the node's namespace cannot be read (an agent
+/// without CAP_SYS_PTRACE, as under a runtime's default AppArmor profile): fail closed.
+#[test]
+fn pod_paths_touch_only_namespaces_proven_a_pods_own() {
+    let _g = setup();
+    let pods = [("ok", "true", false, 1u8), ("hn", "true", true, 2), ("dry", "audit", false, 3)];
+    let api = FakeApi::start();
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[kubernetes]\ncgroup_driver = \"auto\"\npod_paths = true\n").unwrap();
+    let kubeconfig = api.kubeconfig(dir.path());
+    api.put_namespace("safe", json!({}));
+    let mut cgroups = Vec::new();
+    let mut children = Vec::new();
+    for (i, (name, selected, host_network, n)) in pods.iter().enumerate() {
+        let uid = format!("0a000000-0000-4000-8000-0000000000e{i}");
+        let ns = format!("mpt-{name}");
+        addressed_netns(&ns, *n);
+        let mut p = pod("safe", name, &uid, NODE, "Burstable", Some(selected));
+        p["spec"]["hostNetwork"] = json!(host_network);
+        api.put_pod(p);
+        let cg = container_cgroup("Burstable", &uid);
+        // Fewer capabilities than PID 1, as the agent below: readable by it without CAP_SYS_PTRACE.
+        children.push(pod_process(&cg, &["/usr/bin/setpriv", "--bounding-set=-sys_ptrace", "--"], &ns));
+        cgroups.push(cg);
+    }
+    let envs = [("NODE_NAME", NODE), ("KUBECONFIG", kubeconfig.to_str().unwrap())];
+    let untouched = json!({"subflows": 2, "add_addr_accepted": 0});
+
+    let agent = AgentProcess::start(&policy, &["--kubernetes"], &envs);
+    let made = wait_for(Duration::from_secs(15), || (!pod_paths_of("mpt-ok").0.is_empty()).then_some(()));
+    assert!(made.is_some(), "the selected pod gets its paths: {}", agent.log());
+    // One pass goes over every pod: the others were looked at before the first got its paths.
+    for ns in ["mpt-hn", "mpt-dry"] {
+        assert_eq!(pod_paths_of(ns), (Vec::new(), untouched.clone()), "{ns}: {}", agent.log());
+    }
+    drop(agent);
+    ok(&["paths", "--netns", "mpt-ok", "clear"]);
+
+    // Without CAP_SYS_PTRACE PID 1's namespace is unreadable: no pod's is touched, and it says why.
+    let drop_ptrace = ["/usr/bin/setpriv", "--bounding-set=-sys_ptrace", "--"];
+    let agent = AgentProcess::start_with(&drop_ptrace, &policy, &["--kubernetes"], &envs);
+    let said = || agent.log().contains("cannot be told from a pod's").then_some(());
+    assert!(wait_for(Duration::from_secs(15), said).is_some(), "{}", agent.log());
+    assert_eq!(pod_paths_of("mpt-ok"), (Vec::new(), untouched), "{}", agent.log());
+    drop(agent);
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    for cg in cgroups {
+        let pod_dir = cg.path.parent().unwrap().to_path_buf();
+        drop(cg);
+        let _ = std::fs::remove_dir(pod_dir);
+    }
+    for d in ["kubepods.slice/kubepods-burstable.slice", "kubepods.slice"] {
+        let _ = std::fs::remove_dir(cgroup_root().join(d));
+    }
+    for (name, ..) in pods {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &format!("mpt-{name}")]).output();
+    }
+}

@@ -157,6 +157,8 @@ mod tests {
             namespace: "shop".into(),
             name: name.into(),
             uid: Some(format!("uid-{name}")),
+            action: crate::state::rules::Action::Enable,
+            host_network: false,
             cgroup,
             path: None,
         }

@@ -26,6 +26,9 @@ pub struct PodInfo {
     pub name: String,
     /// The API object's UID: what Events about the pod name (`kubectl describe` matches it).
     pub uid: Option<String>,
+    /// `spec.hostNetwork`: the pod is on the node's network namespace, whose paths are not the
+    /// pod's to have.
+    pub host_network: bool,
     /// The UID its cgroup is named after (the mirror UID for static pods).
     pub cgroup_uid: String,
     pub qos: Qos,
@@ -85,6 +88,7 @@ impl PodInfo {
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             name: meta.name.clone().unwrap_or_default(),
             uid: meta.uid.clone(),
+            host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
             cgroup_uid: uid,
             qos,
             annotation: annotations.and_then(|a| a.get(SELECT_KEY)).cloned(),
@@ -211,6 +215,7 @@ mod tests {
             namespace: ns.into(),
             name: "web".into(),
             uid: Some(UID.into()),
+            host_network: false,
             cgroup_uid: UID.into(),
             qos: Qos::Burstable,
             annotation: annotation.map(Into::into),
