@@ -4,6 +4,7 @@
 //! The tests assume root in a kernel with the hook (`cargo xtask test` boots one); they fail,
 //! never skip, anywhere else.
 pub mod container;
+pub mod kill;
 pub mod kube_api;
 pub mod two_paths;
 

@@ -90,7 +90,24 @@ impl TwoPaths {
                 ip(&["-n", &t.cli, "route", "add", "default", "via", &gw, "dev", &dev, "metric", metric]);
             }
         }
+        t.wait_for_links();
         t
+    }
+
+    /// Until every path's two ends are operationally up (`state UP`): the kernel's link watcher
+    /// sets that a moment after the carrier came, and a test must start from the state it needs.
+    fn wait_for_links(&self) {
+        let up = |ns: &str, dev: &str| {
+            let out = Command::new("ip").args(["-n", ns, "-j", "link", "show", "dev", dev]).output().unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            v[0]["operstate"] == "UP"
+        };
+        let all_up =
+            || (1..=2).all(|p| up(&self.cli, &format!("c{p}")) && up(&self.srv, &format!("s{p}"))).then_some(());
+        assert!(
+            crate::wait_for(std::time::Duration::from_secs(10), all_up).is_some(),
+            "the paths' links never came up"
+        );
     }
 
     pub fn cli_addr(&self, path: u8) -> String {

@@ -3,7 +3,7 @@
 //! what this run made is taken back, so a namespace is left as it was found or as planned.
 use std::path::Path;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 
 use super::{
     connection::Netlink,
@@ -11,14 +11,16 @@ use super::{
     model::{Endpoint, Link, Snapshot, SourceRule, TableRoute},
     plan::{self, AutoOptions, Plan},
     read,
-    record::{RECORD_DIR, Record, RecordFile},
+    record::{self, RECORD_DIR, Record, RecordFile},
     routing,
 };
 use crate::state::pins::Lock;
 
-fn lock() -> Result<Lock> {
-    std::fs::create_dir_all(RECORD_DIR).with_context(|| format!("creating {RECORD_DIR}"))?;
-    Lock::on(Path::new(RECORD_DIR))
+/// The lock on the records, on a directory only root can open (another user could otherwise
+/// hold it and stall every `paths` command and the agent's passes).
+async fn lock() -> Result<Lock> {
+    record::private_dir(Path::new(RECORD_DIR))?;
+    Lock::on_async(Path::new(RECORD_DIR)).await
 }
 
 /// The snapshot, and the record checked against it (what is gone from the kernel forgotten).
@@ -32,7 +34,7 @@ pub async fn current(nl: &Netlink) -> Result<(Snapshot, Record, RecordFile)> {
 
 /// `paths auto`: plans from the namespace as it is now and carries the plan out.
 pub async fn auto(nl: &Netlink, opts: &AutoOptions, label: &str) -> Result<Plan> {
-    let _lock = lock()?;
+    let _lock = lock().await?;
     let (snap, mut record, file) = current(nl).await?;
     let plan = plan::auto(&snap, opts, &record)?;
     record.label = label.to_string();
@@ -42,7 +44,7 @@ pub async fn auto(nl: &Netlink, opts: &AutoOptions, label: &str) -> Result<Plan>
 
 /// `paths clear`: removes what mptcpify made and forgets the namespace.
 pub async fn clear(nl: &Netlink) -> Result<Plan> {
-    let _lock = lock()?;
+    let _lock = lock().await?;
     let (snap, mut record, file) = current(nl).await?;
     let plan = plan::clear(&snap, &record);
     execute(nl, &snap, &plan, &mut record, &file).await?;
@@ -112,14 +114,30 @@ async fn add(
         }
         made.endpoints.push(e.clone());
     }
+    step!(set_limits(nl, plan, record, file).await);
+    Ok(())
+}
+
+/// Sets the plan's limits with the record saying "raised by mptcpify" for as long as they may
+/// be: before raising them, and until after putting them back. A run killed in between leaves
+/// a record that claims limits the kernel may not have yet (checked and put back by the next
+/// run), never raised limits that no record claims and nobody would lower.
+async fn set_limits(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFile) -> Result<()> {
     let previous = record.limits;
-    record.limits = plan.raised;
-    step!(file.save(record));
+    let putting_back = plan.raised.is_none();
+    if !putting_back {
+        record.limits = plan.raised;
+        file.save(record)?;
+    }
     if let Some(limits) = plan.limits
         && let Err(e) = endpoints::set_limits(nl, limits).await
     {
         record.limits = previous;
-        return Err((e, made));
+        return Err(e);
+    }
+    if putting_back {
+        record.limits = None;
+        file.save(record)?;
     }
     Ok(())
 }

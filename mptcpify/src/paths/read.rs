@@ -69,10 +69,17 @@ fn link(m: LinkMessage) -> Link {
         hardware: hardware.unwrap_or_default().iter().map(|b| format!("{b:02x}")).collect(),
         index: m.header.index,
         name: name.unwrap_or_else(|| format!("if{}", m.header.index)),
-        // Administratively up and with a carrier (a veth whose peer is down has none).
-        up: m.header.flags.contains(LinkFlags::Up | LinkFlags::Running),
+        up: usable(m.header.flags),
         loopback: m.header.flags.contains(LinkFlags::Loopback),
     }
+}
+
+/// Administratively up, with a carrier (a veth whose peer is down has none) and not dormant
+/// (802.1X not yet authenticated). Judged by the carrier, not by `IFF_RUNNING`: the kernel sets
+/// that from the operational state, which its link watcher updates up to a second after the
+/// carrier came (events are batched), so a link just brought up read as down.
+fn usable(flags: LinkFlags) -> bool {
+    flags.contains(LinkFlags::Up | LinkFlags::LowerUp) && !flags.contains(LinkFlags::Dormant)
 }
 
 fn address(m: &AddressMessage) -> Option<Address> {
@@ -205,4 +212,19 @@ async fn limits(nl: &Netlink) -> Result<Limits> {
         }
     }
     Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_is_usable_by_its_carrier_before_its_operational_state_follows() {
+        // Just up: the carrier is there, the link watcher has not set RUNNING yet.
+        assert!(usable(LinkFlags::Up | LinkFlags::LowerUp));
+        assert!(usable(LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Running));
+        assert!(!usable(LinkFlags::Up), "no carrier");
+        assert!(!usable(LinkFlags::LowerUp | LinkFlags::Running), "administratively down");
+        assert!(!usable(LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Dormant), "dormant");
+    }
 }

@@ -79,6 +79,36 @@ pub struct RecordFile {
     path: PathBuf,
 }
 
+/// `dir` and each missing parent made 0700, and `dir` (with `/run/mptcpify` for the records'
+/// own directory) left open to its owner alone: records and their lock are root's, as the pinned state is. One
+/// made 0755 by an older mptcpify is closed; one another user owns is refused.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    let parent = dir.parent().filter(|_| dir == Path::new(RECORD_DIR));
+    for d in [Some(dir), parent].into_iter().flatten() {
+        let meta = fs::metadata(d).with_context(|| format!("reading {}", d.display()))?;
+        if meta.uid() != me {
+            anyhow::bail!(
+                "{} belongs to uid {}, not to this user: mptcpify keeps its records where only it can write; \
+                 remove it (nothing of it is mptcpify's) and run again",
+                d.display(),
+                meta.uid()
+            );
+        }
+        if meta.mode() & 0o077 != 0 {
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("closing {} to other users", d.display()))?;
+        }
+    }
+    Ok(())
+}
+
 impl RecordFile {
     pub fn for_netns(inode: u64) -> Self {
         Self::at(Path::new(RECORD_DIR), inode)
@@ -114,8 +144,7 @@ impl RecordFile {
                 _ => Ok(()),
             };
         }
-        let dir = self.path.parent().expect("a record file has a directory");
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        private_dir(self.path.parent().expect("a record file has a directory"))?;
         let tmp = self.path.with_extension(format!("tmp{}", std::process::id()));
         let mut f = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(record)?)?;

@@ -28,22 +28,46 @@ impl Lock {
         let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
         let deadline = Instant::now() + LOCK_TIMEOUT;
         loop {
-            match f.try_lock() {
-                Ok(()) => return Ok(Self(f)),
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(TryLockError::WouldBlock) => bail!(
-                    "another invocation has held the lock on {} for {}s: {}; wait for it, or stop it",
-                    parent.display(),
-                    LOCK_TIMEOUT.as_secs(),
-                    holders(&f).unwrap_or_else(|| "its process is unknown".into())
-                ),
-                Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", parent.display())),
+            if Self::attempt(&f, parent, deadline)? {
+                return Ok(Self(f));
             }
+            std::thread::sleep(LOCK_POLL);
+        }
+    }
+
+    /// [`on`](Self::on) without blocking the thread while it waits: on the agent's one runtime
+    /// thread the holder may be another of its tasks, which a sleeping thread would never let
+    /// finish, and the health endpoints must keep answering meanwhile.
+    pub async fn on_async(parent: &Path) -> Result<Self> {
+        let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
+        let deadline = Instant::now() + LOCK_TIMEOUT;
+        loop {
+            if Self::attempt(&f, parent, deadline)? {
+                return Ok(Self(f));
+            }
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+    }
+
+    /// One try: locked, `false` to wait and try again, or the error naming the holder once
+    /// `deadline` has passed.
+    fn attempt(f: &File, parent: &Path, deadline: Instant) -> Result<bool> {
+        match f.try_lock() {
+            Ok(()) => Ok(true),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => Ok(false),
+            Err(TryLockError::WouldBlock) => bail!(
+                "another invocation has held the lock on {} for {}s: {}; wait for it, or stop it",
+                parent.display(),
+                LOCK_TIMEOUT.as_secs(),
+                holders(f).unwrap_or_else(|| "its process is unknown".into())
+            ),
+            Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", parent.display())),
         }
     }
 }
+
+/// How often a waiting invocation tries the lock again.
+const LOCK_POLL: Duration = Duration::from_millis(20);
 
 /// The processes other than this one that hold (or wait for) a lock on `f`, from `/proc/locks`.
 fn holders(f: &File) -> Option<String> {

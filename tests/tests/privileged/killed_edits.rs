@@ -3,7 +3,7 @@
 //! and after the next command the state is whole: the counts equal the maps, no origin without
 //! its rule, the journal clear, one program attached, no leftover pins, and the next socket at
 //! every cgroup depth decided as the user-space model decides for the rules the maps hold.
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf, process::Command};
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use mptcpify::state::{
     maps::State,
@@ -16,34 +16,12 @@ const PROBE: &str = "killprobe";
 
 /// The bpf(2) commands one run of `mptcpify ARGS` makes, in order (it must succeed).
 fn bpf_calls(args: &[&str]) -> Vec<String> {
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let out = Command::new("strace")
-        .args(["-qq", "-f", "-e", "trace=bpf", "-o"])
-        .arg(log.path())
-        .arg(mptcpify_bin())
-        .args(args)
-        .output()
-        .expect("strace (cargo xtask setup installs it)");
-    assert!(out.status.success(), "mptcpify {args:?} under strace: {}", text(&out));
-    let calls: Vec<String> = std::fs::read_to_string(log.path())
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once("bpf(").map(|(_, rest)| rest.split(',').next().unwrap_or("").to_owned()))
-        .collect();
-    assert!(!calls.is_empty(), "no bpf(2) call seen for {args:?}");
-    calls
+    kill::calls("bpf", args).iter().map(|c| c.trim_start_matches("bpf(").to_owned()).collect()
 }
 
 /// Runs `mptcpify ARGS`, killed on entering its `n`th bpf(2) call (1-based); whether it died.
 fn killed_at(n: usize, args: &[&str]) -> bool {
-    let out = Command::new("strace")
-        .args(["-qq", "-f", "-o", "/dev/null", "-e", "trace=bpf", "-e"])
-        .arg(format!("inject=bpf:signal=KILL:when={n}"))
-        .arg(mptcpify_bin())
-        .args(args)
-        .output()
-        .unwrap();
-    !out.status.success()
+    kill::killed_at("bpf", n, args)
 }
 
 /// Kill points for a command whose bpf(2) calls are `calls`: before each write, after the last,

@@ -265,3 +265,121 @@ fn the_agent_follows_addresses_and_leaves_what_others_made() {
     let _ = Command::new("ip").args(["link", "del", "mpt0"]).output();
     let _ = Command::new("ip").args(["netns", "del", peer]).output();
 }
+
+/// The records' lock is root's alone: another user cannot even open its directory (it could
+/// hold the lock and stall every `paths` command and the agent). One held by root elsewhere
+/// delays the agent's `[paths]` pass, never its health endpoints (the wait used to put the
+/// agent's one runtime thread to sleep for up to 10 s).
+#[test]
+fn the_paths_lock_is_roots_alone_and_a_held_one_never_freezes_the_agent() {
+    let _g = setup();
+    let peer = "mpt-lk-peer";
+    let _ = Command::new("ip").args(["netns", "del", peer]).output();
+    let _ = Command::new("ip").args(["link", "del", "mpt2"]).output();
+    sh(&["ip", "netns", "add", peer]);
+    sh(&["ip", "link", "add", "mpt2", "type", "veth", "peer", "name", "mpt2p", "netns", peer]);
+    sh(&["ip", "addr", "add", "10.74.1.1/24", "dev", "mpt2"]);
+    sh(&["ip", "link", "set", "mpt2", "up"]);
+    sh(&["ip", "-n", peer, "link", "set", "mpt2p", "up"]);
+    // An older mptcpify made the directories 0755.
+    std::fs::create_dir_all("/run/mptcpify/paths").unwrap();
+    for d in ["/run/mptcpify", "/run/mptcpify/paths"] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    ok(&["paths", "auto", "--dev", "mpt2"]);
+    let nobody = |args: &[&str]| {
+        let mut cmd = Command::new("/usr/bin/setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]).args(args);
+        cmd.output().unwrap()
+    };
+    let out = nobody(&["flock", "-n", "/run/mptcpify/paths", "true"]);
+    assert!(!out.status.success() && text(&out).contains("Permission denied"), "{}", text(&out));
+    for d in ["/run/mptcpify", "/run/mptcpify/paths"] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(d).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700, "{d}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[paths]\nauto = true\ndevs = [\"mpt2\"]\n").unwrap();
+    let agent = AgentProcess::start(&policy, &[], &[]);
+    let mut holder = Command::new("flock")
+        .args(["/run/mptcpify/paths", "sh", "-c", "echo held; sleep 6"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut held = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.take().unwrap()), &mut held).unwrap();
+    assert_eq!(held, "held\n");
+    // A new address: the agent's keeper wants the lock now.
+    sh(&["ip", "addr", "add", "10.74.2.1/24", "dev", "mpt2"]);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        let asked = Instant::now();
+        let answer = agent.get("/healthz");
+        assert!(matches!(answer, Ok((200, _))), "{answer:?}: {}", agent.log());
+        assert!(
+            asked.elapsed() < Duration::from_secs(1),
+            "/healthz took {:?} while the lock was held",
+            asked.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(holder.wait().unwrap().success());
+    let made = |m: &std::collections::BTreeMap<String, bool>| m.get("10.74.2.1") == Some(&true);
+    assert!(until(Duration::from_secs(15), made).is_some(), "made once the lock was free: {}", agent.log());
+    agent.stop(libc::SIGTERM);
+    ok(&["paths", "clear"]);
+    let _ = Command::new("ip").args(["link", "del", "mpt2"]).output();
+    let _ = Command::new("ip").args(["netns", "del", peer]).output();
+}
+
+/// The calls that change the kernel or a record: netlink sends, the record's renames and removal.
+const CHANGE_CALLS: &str = "sendto,sendmsg,rename,renameat,renameat2,unlink,unlinkat";
+
+/// `paths auto` (raising the limits, adding an endpoint) and `paths clear` killed at each call
+/// that changes the kernel or the record: the next `clear` always leaves the namespace as it was
+/// (the record used to stop claiming the raised limits before they were put back, so a kill in
+/// between left them raised for good).
+#[test]
+fn paths_auto_and_clear_killed_at_every_step_are_repaired_by_the_next_clear() {
+    let _g = setup();
+    let (ns, peer) = ("mpt-kill", "mpt-kill-peer");
+    for n in [ns, peer] {
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+        sh(&["ip", "netns", "add", n]);
+    }
+    sh(&["ip", "-n", ns, "link", "add", "k1", "type", "veth", "peer", "name", "k1p", "netns", peer]);
+    sh(&["ip", "-n", ns, "addr", "add", "10.78.1.1/24", "dev", "k1"]);
+    sh(&["ip", "-n", ns, "link", "set", "k1", "up"]);
+    sh(&["ip", "-n", peer, "link", "set", "k1p", "up"]);
+    let auto = ["paths", "--netns", ns, "auto", "--dev", "k1", "--subflows", "4", "--add-addr-accepted", "3"];
+    let clear = ["paths", "--netns", ns, "clear"];
+    let pristine = |what: &str| {
+        let v: serde_json::Value = serde_json::from_str(&ok(&["paths", "--netns", ns, "--json"])).unwrap();
+        assert_eq!(v["limits"], serde_json::json!({"subflows": 2, "add_addr_accepted": 0}), "{what}: {v}");
+        assert_eq!(v["endpoints"], serde_json::json!([]), "{what}: {v}");
+    };
+    pristine("before");
+    let auto_calls = kill::calls(CHANGE_CALLS, &auto).len();
+    let clear_calls = kill::calls(CHANGE_CALLS, &clear).len();
+    pristine("after auto and clear");
+    let mut rounds = 0;
+    for n in 1..=auto_calls {
+        let died = kill::killed_at(CHANGE_CALLS, n, &auto);
+        ok(&clear);
+        pristine(&format!("auto killed at call {n} (died: {died}), then clear"));
+        rounds += 1;
+    }
+    for n in 1..=clear_calls {
+        ok(&auto);
+        let died = kill::killed_at(CHANGE_CALLS, n, &clear);
+        ok(&clear);
+        pristine(&format!("clear killed at call {n} (died: {died}), then clear"));
+        rounds += 1;
+    }
+    eprintln!("{rounds} killed runs repaired ({auto_calls} calls in auto, {clear_calls} in clear)");
+    for n in [ns, peer] {
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+    }
+}
