@@ -45,6 +45,35 @@ struct Made {
 pub struct PodPaths {
     made: BTreeMap<String, Made>,
     checked: Option<Instant>,
+    /// Pods whose paths could not be made, by label.
+    failing: BTreeMap<String, Failing>,
+}
+
+/// A pod whose paths could not be made: tried again after a wait that doubles with each
+/// failure, and its error logged once until it says something else.
+#[derive(Debug)]
+struct Failing {
+    next: Instant,
+    delay: Duration,
+    said: String,
+}
+
+const RETRY_FIRST: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
+impl Failing {
+    fn new(now: Instant, said: String) -> Self {
+        Self { next: now + RETRY_FIRST, delay: RETRY_FIRST, said }
+    }
+
+    /// Failed again: the wait doubles (to [`RETRY_MAX`]); whether `said` is news to log.
+    fn again(&mut self, now: Instant, said: String) -> bool {
+        self.delay = (self.delay * 2).min(RETRY_MAX);
+        self.next = now + self.delay;
+        let news = self.said != said;
+        self.said = said;
+        news
+    }
 }
 
 /// The processes in `dir` and below (a pod's cgroup holds its containers' cgroups), those of
@@ -136,16 +165,23 @@ impl PodPaths {
             let Some(cgroup) = &pod.path else { continue };
             wanted.insert(format!("{}/{}", pod.namespace, pod.name), cgroup.clone());
         }
+        self.failing.retain(|label, _| wanted.contains_key(label));
         for (label, cgroup) in &wanted {
             if !recheck && self.made.get(label).is_some_and(|m| m.cgroup == *cgroup) {
                 continue;
             }
+            if self.failing.get(label).is_some_and(|f| now < f.next) {
+                continue;
+            }
             match self.make(label, cgroup, root, opts).await {
                 Ok(Some(made)) => {
+                    if self.failing.remove(label).is_some() {
+                        log::info!("pod {label}: paths made after earlier failures");
+                    }
                     self.made.insert(label.clone(), made);
                 }
                 Ok(None) => {}
-                Err(e) => log::warn!("pod {label}: paths: {e:#}"),
+                Err(e) => self.failed(label, now, format!("{e:#}")),
             }
         }
         let gone: Vec<String> = self.made.keys().filter(|l| !wanted.contains_key(*l)).cloned().collect();
@@ -154,6 +190,22 @@ impl PodPaths {
             if let Err(e) = Self::unmake(&label, &made, root).await {
                 log::warn!("pod {label}: clearing its paths: {e:#}");
             }
+        }
+    }
+
+    /// Notes a failure; logged when it is the pod's first or says something new.
+    fn failed(&mut self, label: &str, now: Instant, said: String) {
+        let news = match self.failing.get_mut(label) {
+            Some(f) => f.again(now, said.clone()),
+            None => {
+                self.failing.insert(label.to_string(), Failing::new(now, said.clone()));
+                true
+            }
+        };
+        if news {
+            log::warn!(
+                "pod {label}: paths: {said} (tried again later, less and less often; logged again if this changes)"
+            );
         }
     }
 
@@ -216,6 +268,23 @@ mod tests {
         assert!(not_a_pods(1, Ok(1), Ok(2)).unwrap_err().to_string().contains("hostNetwork"));
         assert!(not_a_pods(2, Ok(1), Ok(2)).unwrap_err().to_string().contains("agent's"));
         assert!(not_a_pods(7, Ok(1), denied()).is_err());
+    }
+
+    #[test]
+    fn a_failing_pod_is_tried_less_and_less_often_and_logged_once_per_error() {
+        let t0 = Instant::now();
+        let mut p = PodPaths::default();
+        p.failed("ns/web", t0, "denied".into());
+        let f = &p.failing["ns/web"];
+        assert_eq!(f.next, t0 + RETRY_FIRST);
+        let mut f = Failing::new(t0, "denied".into());
+        assert!(!f.again(t0, "denied".into()), "the same error is not news");
+        assert_eq!(f.next, t0 + RETRY_FIRST * 2);
+        assert!(f.again(t0, "gone".into()), "another error is");
+        for _ in 0..10 {
+            f.again(t0, "gone".into());
+        }
+        assert_eq!(f.next, t0 + RETRY_MAX);
     }
 
     #[test]
