@@ -83,6 +83,10 @@ pub fn resolve(name_or_path: &str) -> Result<PathBuf> {
     let pin = match pins()?.into_iter().find(|p| p.name == name_or_path) {
         Some(pin) => pin,
         None if Path::new(name_or_path).is_dir() => return Ok(PathBuf::from(name_or_path)),
+        // An exact version fetched before boots without the network.
+        None if is_version(name_or_path) && dir().join(name_or_path).join("ready").exists() => {
+            return Ok(dir().join(name_or_path));
+        }
         None if is_version(name_or_path) => backports_kernel(name_or_path)?,
         None => {
             let names: Vec<String> = pins()?.into_iter().map(|p| p.name).collect();

@@ -91,6 +91,12 @@ fn host_tests() -> Result<()> {
             r#"{"podPaths": {"enabled": true}, "policy": "[kubernetes]\ncgroup_driver = \"auto\"\npod_paths = true\n"}"#,
         ),
     )?;
+    // `pod_paths = true` only in a comment is not the policy saying it.
+    eprintln!("== the chart refuses podPaths without `pod_paths = true` in the policy (a render error follows)");
+    let commented = r#"{"podPaths": {"enabled": true}, "policy": "[kubernetes]\n# pod_paths = true\n"}"#;
+    if render_chart("helm-rendered-refused", Some(commented)).is_ok() {
+        bail!("the chart rendered podPaths.enabled with `pod_paths = true` only in a comment of the policy");
+    }
     run(Command::new("cargo")
         .args(["test", "-q", "-p", "mptcpify-tests", "--test", "deploy"])
         .env("MPTCPIFY_RENDERED_CHART", &rendered)

@@ -484,7 +484,7 @@ impl Snapshot {
             )?;
             for p in pods {
                 let Some(id) = p.cgroup else { continue };
-                for k in g.kept_tcp.iter().filter(|k| k.rule_kind == "cgroup" && k.rule_key == id) {
+                for k in g.kept_tcp.iter().filter(|k| k.is_under_cgroup(id)) {
                     let labels = [
                         ("namespace", p.namespace.as_str()),
                         ("pod", p.name.as_str()),

@@ -20,6 +20,8 @@ use nix::{
 };
 use tokio::time::Instant;
 
+use mptcpify_common::MAX_CGROUP_DEPTH;
+
 use super::desired::PodCoverage;
 use crate::{
     paths::{
@@ -53,6 +55,8 @@ pub struct PodPaths {
 /// failure, and its error logged once until it says something else.
 #[derive(Debug)]
 struct Failing {
+    /// The pod's cgroup then: a pod made anew under the same name starts afresh.
+    cgroup: String,
     next: Instant,
     delay: Duration,
     said: String,
@@ -62,8 +66,8 @@ const RETRY_FIRST: Duration = Duration::from_secs(10);
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
 impl Failing {
-    fn new(now: Instant, said: String) -> Self {
-        Self { next: now + RETRY_FIRST, delay: RETRY_FIRST, said }
+    fn new(cgroup: &str, now: Instant, said: String) -> Self {
+        Self { cgroup: cgroup.to_string(), next: now + RETRY_FIRST, delay: RETRY_FIRST, said }
     }
 
     /// Failed again: the wait doubles (to [`RETRY_MAX`]); whether `said` is news to log.
@@ -77,24 +81,31 @@ impl Failing {
 }
 
 /// The processes in `dir` and below (a pod's cgroup holds its containers' cgroups), those of
-/// `dir` first, then of each subdirectory in name order.
-fn pids_below(dir: &Path, out: &mut Vec<u32>) {
+/// `dir` first, then of each subdirectory in name order; at most [`PIDS_LOOKED_AT`], and no
+/// deeper than [`MAX_CGROUP_DEPTH`] levels (a pod may make cgroups of its own below).
+fn pids_below(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    collect_pids(dir, 0, &mut out);
+    out
+}
+
+fn collect_pids(dir: &Path, depth: u32, out: &mut Vec<u32>) {
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
     out.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()).filter(|p| *p > 0));
+    out.truncate(PIDS_LOOKED_AT);
+    if depth >= MAX_CGROUP_DEPTH || out.len() >= PIDS_LOOKED_AT {
+        return;
+    }
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     let mut subdirs: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
     subdirs.sort();
     for d in subdirs {
-        pids_below(&d, out);
+        collect_pids(&d, depth + 1, out);
     }
 }
 
-/// The first process found in `dir` or below.
-fn first_pid(dir: &Path) -> Option<u32> {
-    let mut pids = Vec::new();
-    pids_below(dir, &mut pids);
-    pids.first().copied()
-}
+/// How many of a pod's processes are looked at for its namespace.
+const PIDS_LOOKED_AT: usize = 64;
 
 /// The network namespaces a pod's must not be, by inode: the node's (PID 1's, with hostPID)
 /// and the agent's own. Both must be known: a namespace that cannot be told from the node's is
@@ -121,27 +132,39 @@ fn netns_inode(path: &str) -> std::io::Result<u64> {
     std::fs::metadata(path).map(|m| m.ino())
 }
 
-/// The network namespace of a process of the pod, opened once: through a handle on its
-/// `/proc/PID` directory, which stops answering once that process ends (a reused PID gets a
-/// directory of its own). The pod's cgroup is read again after the namespace is opened and must
-/// still list the PID while the handle still answers: then the namespace opened is that of a
-/// process of the pod, whatever became of the PID before or after.
+/// The pod's own network namespace, from the first of its processes in one (a runtime may keep
+/// a process of its own in the pod's cgroup on the node's namespace, as CRI-O's conmon); `None`
+/// when the pod has no process left.
 fn pod_netns(root: &Path, cgroup: &str) -> Result<Option<(File, u64)>> {
     let dir = root.join(cgroup.trim_start_matches('/'));
-    let Some(pid) = first_pid(&dir) else { return Ok(None) };
+    let mut last = None;
+    for pid in pids_below(&dir) {
+        match netns_of(&dir, pid) {
+            Ok(found) => return Ok(Some(found)),
+            Err(e) => last = Some(e),
+        }
+    }
+    last.map_or(Ok(None), Err)
+}
+
+/// The network namespace of process `pid` of the pod's cgroup `dir`, opened once: through a
+/// handle on its `/proc/PID` directory, which stops answering once that process ends (a reused
+/// PID gets a directory of its own). The pod's cgroup is read again after the namespace is
+/// opened and must still list the PID while the handle still answers: then the namespace opened
+/// is that of a process of the pod, whatever became of the PID before or after.
+fn netns_of(dir: &Path, pid: u32) -> Result<(File, u64)> {
     let proc_dir = File::open(format!("/proc/{pid}")).with_context(|| format!("/proc/{pid}"))?;
     let ns = openat(&proc_dir, "ns/net", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
         .with_context(|| format!("/proc/{pid}/ns/net (needs CAP_SYS_PTRACE)"))?;
-    let mut pids = Vec::new();
-    pids_below(&dir, &mut pids);
+    let listed = pids_below(dir).contains(&pid);
     let still_there = openat(&proc_dir, "stat", OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty()).is_ok();
-    if !pids.contains(&pid) || !still_there {
+    if !listed || !still_there {
         bail!("its process {pid} ended or left while its namespace was opened; trying again later");
     }
     let ns = File::from(ns);
     let inode = ns.metadata()?.ino();
     not_a_pods(inode, netns_inode("/proc/1/ns/net"), netns_inode("/proc/self/ns/net"))?;
-    Ok(Some((ns, inode)))
+    Ok((ns, inode))
 }
 
 impl PodPaths {
@@ -153,6 +176,10 @@ impl PodPaths {
     /// Makes the paths of newly selected pods (all of them again every [`RECHECK_EVERY`]),
     /// and clears or forgets those of pods no longer selected.
     pub async fn sync(&mut self, pods: &[PodCoverage], root: &Path, opts: &AutoOptions) {
+        if apply::records_busy() {
+            log::debug!("pod paths: the records are being edited; at the next look");
+            return;
+        }
         let now = Instant::now();
         let recheck = self.checked.is_none_or(|t| now.duration_since(t) >= RECHECK_EVERY);
         if recheck {
@@ -165,12 +192,16 @@ impl PodPaths {
             let Some(cgroup) = &pod.path else { continue };
             wanted.insert(format!("{}/{}", pod.namespace, pod.name), cgroup.clone());
         }
-        self.failing.retain(|label, _| wanted.contains_key(label));
+        // A pod's failures are kept while it is wanted (to make) or made (to clear), and only
+        // for the cgroup they were about.
+        let current = |label: &String| wanted.get(label).or_else(|| self.made.get(label).map(|m| &m.cgroup));
+        let failing = std::mem::take(&mut self.failing);
+        self.failing = failing.into_iter().filter(|(l, f)| current(l) == Some(&f.cgroup)).collect();
         for (label, cgroup) in &wanted {
             if !recheck && self.made.get(label).is_some_and(|m| m.cgroup == *cgroup) {
                 continue;
             }
-            if self.failing.get(label).is_some_and(|f| now < f.next) {
+            if !self.due(label, now) {
                 continue;
             }
             match self.make(label, cgroup, root, opts).await {
@@ -181,24 +212,34 @@ impl PodPaths {
                     self.made.insert(label.clone(), made);
                 }
                 Ok(None) => {}
-                Err(e) => self.failed(label, now, format!("{e:#}")),
+                Err(e) => self.failed(label, cgroup, now, format!("{e:#}")),
             }
         }
-        let gone: Vec<String> = self.made.keys().filter(|l| !wanted.contains_key(*l)).cloned().collect();
+        let gone: Vec<String> =
+            self.made.keys().filter(|l| !wanted.contains_key(*l) && self.due(l, now)).cloned().collect();
         for label in gone {
             let made = self.made.remove(&label).expect("listed");
             if let Err(e) = Self::unmake(&label, &made, root).await {
-                log::warn!("pod {label}: clearing its paths: {e:#}");
+                // Not proven gone: kept, to clear at a later look.
+                self.failed(&label, &made.cgroup, now, format!("clearing its paths: {e:#}"));
+                self.made.insert(label, made);
+            } else {
+                self.failing.remove(&label);
             }
         }
     }
 
+    /// Whether a pod that failed before may be tried again now.
+    fn due(&self, label: &str, now: Instant) -> bool {
+        self.failing.get(label).is_none_or(|f| now >= f.next)
+    }
+
     /// Notes a failure; logged when it is the pod's first or says something new.
-    fn failed(&mut self, label: &str, now: Instant, said: String) {
+    fn failed(&mut self, label: &str, cgroup: &str, now: Instant, said: String) {
         let news = match self.failing.get_mut(label) {
             Some(f) => f.again(now, said.clone()),
             None => {
-                self.failing.insert(label.to_string(), Failing::new(now, said.clone()));
+                self.failing.insert(label.to_string(), Failing::new(cgroup, now, said.clone()));
                 true
             }
         };
@@ -222,17 +263,19 @@ impl PodPaths {
         Ok(Some(Made { inode, cgroup: cgroup.to_string() }))
     }
 
-    /// Clears the namespace while a process of the pod still holds it; otherwise it went with
-    /// the pod, and only its record is left to remove.
+    /// Clears the namespace while a process of the pod still holds it; when none is left (or
+    /// the pod's processes are in another namespace now) it went with the pod, and only its
+    /// record is left to remove. A namespace that cannot be looked at now is an error: the
+    /// record stays, and so does what it lists.
     async fn unmake(label: &str, made: &Made, root: &Path) -> Result<()> {
-        if let Ok(Some((ns, inode))) = pod_netns(root, &made.cgroup)
-            && inode == made.inode
-        {
-            let plan = apply::clear(&Netlink::open_file(ns)?).await?;
-            log::info!("pod {label}: removed {} endpoint(s) mptcpify made", plan.remove_endpoints.len());
-            return Ok(());
+        match pod_netns(root, &made.cgroup)? {
+            Some((ns, inode)) if inode == made.inode => {
+                let plan = apply::clear(&Netlink::open_file(ns)?).await?;
+                log::info!("pod {label}: removed {} endpoint(s) mptcpify made", plan.remove_endpoints.len());
+                Ok(())
+            }
+            _ => RecordFile::for_netns(made.inode).save(&Record::default()),
         }
-        RecordFile::for_netns(made.inode).save(&Record::default())
     }
 }
 
@@ -255,8 +298,8 @@ mod tests {
         std::fs::write(pod.join("cgroup.procs"), "").unwrap();
         std::fs::write(pod.join("cri-a.scope/cgroup.procs"), "0\n").unwrap();
         std::fs::write(pod.join("cri-b.scope/cgroup.procs"), "4242\n4243\n").unwrap();
-        assert_eq!(first_pid(&pod), Some(4242));
-        assert_eq!(first_pid(&t.path().join("nothing")), None);
+        assert_eq!(pids_below(&pod), [4242, 4243]);
+        assert!(pids_below(&t.path().join("nothing")).is_empty());
     }
 
     #[test]
@@ -274,10 +317,10 @@ mod tests {
     fn a_failing_pod_is_tried_less_and_less_often_and_logged_once_per_error() {
         let t0 = Instant::now();
         let mut p = PodPaths::default();
-        p.failed("ns/web", t0, "denied".into());
-        let f = &p.failing["ns/web"];
-        assert_eq!(f.next, t0 + RETRY_FIRST);
-        let mut f = Failing::new(t0, "denied".into());
+        p.failed("ns/web", "/pod1", t0, "denied".into());
+        assert_eq!(p.failing["ns/web"].next, t0 + RETRY_FIRST);
+        assert!(!p.due("ns/web", t0) && p.due("ns/web", t0 + RETRY_FIRST) && p.due("ns/db", t0));
+        let mut f = Failing::new("/pod1", t0, "denied".into());
         assert!(!f.again(t0, "denied".into()), "the same error is not news");
         assert_eq!(f.next, t0 + RETRY_FIRST * 2);
         assert!(f.again(t0, "gone".into()), "another error is");

@@ -193,6 +193,16 @@ impl KernelBtf {
         .ok_or_else(|| anyhow!("{name}.{member} is not an array of a named struct"))
     }
 
+    /// Size in bytes of `member` of `struct name`, when it is an integer, enum, struct or union.
+    pub fn member_size(&self, name: &str, member: &str) -> Result<u32> {
+        let ty = self.skip_modifiers(self.member(name, member)?.1);
+        match self.header(ty) {
+            Some((_, h)) if matches!(h.kind, INT | ENUM | ENUM64 | STRUCT | UNION) => Some(h.size_or_type),
+            _ => None,
+        }
+        .ok_or_else(|| anyhow!("{name}.{member} has no size of its own (a pointer or an array)"))
+    }
+
     /// Size in bytes of `struct name`.
     pub fn struct_size(&self, name: &str) -> Result<u32> {
         let id = self.struct_id(name)?;
@@ -456,6 +466,8 @@ mod tests {
         assert!(btf.member_array_of("cred", "domain").is_err());
         assert!(btf.member_pointee("cred", "plain").is_err());
         assert_eq!(btf.struct_size("domain").unwrap(), 8);
+        assert_eq!(btf.member_size("cred", "plain").unwrap(), 8, "a struct member");
+        assert!(btf.member_size("cred", "domain").is_err(), "a pointer");
         assert_eq!(btf.member_offset("cred", "masks").unwrap(), 8);
     }
 
@@ -465,5 +477,6 @@ mod tests {
         assert_eq!(btf.member_pointee("task_struct", "mm").unwrap(), "mm_struct");
         assert_eq!(btf.member_pointee("task_struct", "cred").unwrap(), "cred");
         assert!(btf.struct_size("task_struct").unwrap() > 1000);
+        assert_eq!(btf.member_size("task_struct", "pid").unwrap(), 4);
     }
 }

@@ -34,9 +34,9 @@ pub fn find(btf: &KernelBtf) -> Result<LandlockOffsets> {
         .iter()
         .find(|m| btf.member_array_of(&domain, m).is_ok_and(|of| of == "access_masks"))
         .ok_or_else(|| anyhow!("struct {domain} has no array of access_masks per layer ({LAYER_MASKS:?})"))?;
-    // The program reads one u32 per layer.
-    if btf.struct_size("access_masks")? != 4 {
-        return Err(anyhow!("struct access_masks is not 4 bytes in this kernel"));
+    // The program reads the number of layers and one mask per layer, each as a u32.
+    if btf.struct_size("access_masks")? != 4 || btf.member_size(&domain, "num_layers")? != 4 {
+        return Err(anyhow!("struct access_masks or {domain}.num_layers is not 4 bytes in this kernel"));
     }
     Ok(LandlockOffsets {
         task_cred: btf.member_offset("task_struct", "cred")?,

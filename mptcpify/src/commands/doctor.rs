@@ -171,9 +171,20 @@ fn compatibility_check() -> Check {
         Ok(read) => read,
         Err(e) => return check("compatibility", Level::Warn, format!("not read: {e:#}"), None),
     };
-    if let Some((detail, fix)) = guard_trouble(g.kept_tcp.len() + g.allowed.len(), audits, g.audit_watchers) {
-        return check("compatibility", Level::Warn, detail, Some(fix));
+    let report = compatibility_report(&g);
+    match guard_trouble(g.kept_tcp.len() + g.allowed.len(), audits, g.audit_watchers) {
+        None => report,
+        Some((detail, fix)) => Check {
+            level: Level::Warn,
+            detail: format!("{detail}; {}", report.detail),
+            fix: Some(report.fix.map_or(fix.clone(), |f| format!("{fix}; {f}"))),
+            ..report
+        },
     }
+}
+
+/// The refused options, and the programs kept TCP or predicted to fail.
+fn compatibility_report(g: &super::guard::GuardStatus) -> Check {
     if g.refused_options.is_empty() {
         return check(
             "compatibility",

@@ -86,6 +86,13 @@ pub struct Refusal {
     pub count: u64,
 }
 
+impl KeptTcp {
+    /// A decision within the cgroup rule of cgroup `id` (a pod's, for the agent).
+    pub fn is_under_cgroup(&self, id: u64) -> bool {
+        self.rule_kind == RuleKind::Cgroup.name() && self.rule_key == id
+    }
+}
+
 fn kind_name(rule: RuleRef) -> &'static str {
     RuleKind::from_u8(rule.kind as u8).map_or("unknown", RuleKind::name)
 }

@@ -11,7 +11,7 @@ use super::{
     model::{Endpoint, Link, Snapshot, SourceRule, TableRoute},
     plan::{self, AutoOptions, Plan},
     read,
-    record::{self, RECORD_DIR, Record, RecordFile},
+    record::{self, RECORD_DIR, RaisedLimits, Record, RecordFile},
     routing,
 };
 use crate::state::pins::Lock;
@@ -21,6 +21,12 @@ use crate::state::pins::Lock;
 async fn lock() -> Result<Lock> {
     record::private_dir(Path::new(RECORD_DIR))?;
     Lock::on_async(Path::new(RECORD_DIR)).await
+}
+
+/// Whether another command or task holds the records' lock now: the agent's pod pass then
+/// waits for its next turn rather than wait for the lock once per pod.
+pub fn records_busy() -> bool {
+    std::fs::metadata(RECORD_DIR).is_ok() && matches!(Lock::try_on(Path::new(RECORD_DIR)), Ok(None))
 }
 
 /// The snapshot, and the record checked against it (what is gone from the kernel forgotten).
@@ -125,8 +131,10 @@ async fn add(
 async fn set_limits(nl: &Netlink, plan: &Plan, record: &mut Record, file: &RecordFile) -> Result<()> {
     let previous = record.limits;
     let putting_back = plan.raised.is_none();
-    if !putting_back {
-        record.limits = plan.raised;
+    if let Some(raised) = plan.raised {
+        // Moving from limits it raised to others: both claimed until the kernel has the new.
+        let moving_from = previous.map(|p| p.set).filter(|set| *set != raised.set);
+        record.limits = Some(RaisedLimits { moving_from, ..raised });
         file.save(record)?;
     }
     if let Some(limits) = plan.limits
@@ -137,6 +145,9 @@ async fn set_limits(nl: &Netlink, plan: &Plan, record: &mut Record, file: &Recor
     }
     if putting_back {
         record.limits = None;
+        file.save(record)?;
+    } else if record.limits != plan.raised {
+        record.limits = plan.raised;
         file.save(record)?;
     }
     Ok(())

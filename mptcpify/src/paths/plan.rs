@@ -204,7 +204,7 @@ pub fn clear(snap: &Snapshot, record: &Record) -> Plan {
         ..Default::default()
     };
     if let Some(raised) = record.limits {
-        if snap.limits == raised.set {
+        if raised.holds(snap.limits) {
             plan.limits = (raised.before != snap.limits).then_some(raised.before);
         } else {
             plan.notes.push(Note::LimitsChangedSince { set: raised.set, now: snap.limits });
@@ -310,7 +310,7 @@ fn plan_endpoints(
 /// what mptcpify set, they may come back down to what they were before it.
 fn plan_limits(now: Limits, opts: &AutoOptions, raised: Option<RaisedLimits>, paths: usize, plan: &mut Plan) {
     let floor = match raised {
-        Some(r) if r.set == now => r.before,
+        Some(r) if r.holds(now) => r.before,
         _ => now,
     };
     let wanted_subflows = opts.subflows.unwrap_or((paths as u32).clamp(2, KERNEL_LIMIT_MAX));
@@ -328,7 +328,7 @@ fn plan_limits(now: Limits, opts: &AutoOptions, raised: Option<RaisedLimits>, pa
         }
     }
     plan.limits = (target != now).then_some(target);
-    plan.raised = (target != floor).then_some(RaisedLimits { before: floor, set: target });
+    plan.raised = (target != floor).then_some(RaisedLimits::new(floor, target));
 }
 
 /// A table per interface ([`TABLE_BASE`] + its index) with its subnets and its default route,
@@ -568,17 +568,32 @@ mod tests {
     fn limits_mptcpify_raised_come_back_down_to_what_they_were_and_only_then() {
         let before = Limits { subflows: 2, add_addr_accepted: 0 };
         let set = Limits { subflows: 3, add_addr_accepted: 3 };
-        let record = Record { limits: Some(RaisedLimits { before, set }), ..Default::default() };
+        let record = Record { limits: Some(RaisedLimits::new(before, set)), ..Default::default() };
         let snap = Snapshot { limits: set, ..host() };
         let one_dev = AutoOptions { devs: vec!["wlan0".into()], ..Default::default() };
         let plan = auto(&snap, &one_dev, &record).unwrap();
         assert_eq!(plan.limits, Some(Limits { subflows: 2, add_addr_accepted: 2 }));
-        assert_eq!(plan.raised, Some(RaisedLimits { before, set: Limits { subflows: 2, add_addr_accepted: 2 } }));
+        assert_eq!(plan.raised, Some(RaisedLimits::new(before, Limits { subflows: 2, add_addr_accepted: 2 })));
         assert_eq!(clear(&snap, &record).limits, Some(before));
         let changed = Snapshot { limits: Limits { subflows: 5, add_addr_accepted: 3 }, ..host() };
         let cleared = clear(&changed, &record);
         assert_eq!(cleared.limits, None);
         assert_eq!(cleared.notes, [Note::LimitsChangedSince { set, now: changed.limits }]);
+    }
+
+    /// A run killed while moving raised limits to others leaves both claimed: whichever the
+    /// kernel has, they come back down to what they were before mptcpify.
+    #[test]
+    fn limits_mid_move_are_still_mptcpifys() {
+        let before = Limits { subflows: 2, add_addr_accepted: 0 };
+        let (old, new) = (Limits { subflows: 4, add_addr_accepted: 3 }, Limits { subflows: 6, add_addr_accepted: 5 });
+        let moving = RaisedLimits { moving_from: Some(old), ..RaisedLimits::new(before, new) };
+        let record = Record { limits: Some(moving), ..Default::default() };
+        for now in [old, new] {
+            assert_eq!(clear(&Snapshot { limits: now, ..host() }, &record).limits, Some(before), "{now:?}");
+        }
+        let someone_elses = Snapshot { limits: Limits { subflows: 5, add_addr_accepted: 5 }, ..host() };
+        assert_eq!(clear(&someone_elses, &record).limits, None);
     }
 
     #[test]

@@ -22,6 +22,21 @@ pub const RECORD_DIR: &str = "/run/mptcpify/paths";
 pub struct RaisedLimits {
     pub before: Limits,
     pub set: Limits,
+    /// While mptcpify moves limits it raised to other raised ones: what it had set. Until the
+    /// move is done either value is its own, so a run killed midway loses no claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving_from: Option<Limits>,
+}
+
+impl RaisedLimits {
+    pub fn new(before: Limits, set: Limits) -> Self {
+        Self { before, set, moving_from: None }
+    }
+
+    /// Whether `now` is what mptcpify set (or, mid-move, had set).
+    pub fn holds(&self, now: Limits) -> bool {
+        self.set == now || self.moving_from == Some(now)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,7 +193,7 @@ mod tests {
         let record = Record {
             label: "host".into(),
             endpoints: vec![endpoint(7, "10.0.0.1")],
-            limits: Some(RaisedLimits { before: limits, set: Limits { subflows: 4, add_addr_accepted: 4 } }),
+            limits: Some(RaisedLimits::new(limits, Limits { subflows: 4, add_addr_accepted: 4 })),
             links: [(3, "02aabbccddee".to_string())].into(),
         };
         file.save(&record).unwrap();

@@ -49,6 +49,12 @@ impl Lock {
         }
     }
 
+    /// The lock on `parent` if it is free now, without waiting.
+    pub fn try_on(parent: &Path) -> Result<Option<Self>> {
+        let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
+        Ok(Self::attempt(&f, parent, Instant::now())?.then_some(Self(f)))
+    }
+
     /// One try: locked, `false` to wait and try again, or the error naming the holder once
     /// `deadline` has passed.
     fn attempt(f: &File, parent: &Path, deadline: Instant) -> Result<bool> {

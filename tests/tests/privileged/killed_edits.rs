@@ -16,7 +16,9 @@ const PROBE: &str = "killprobe";
 
 /// The bpf(2) commands one run of `mptcpify ARGS` makes, in order (it must succeed).
 fn bpf_calls(args: &[&str]) -> Vec<String> {
-    kill::calls("bpf", args).iter().map(|c| c.trim_start_matches("bpf(").to_owned()).collect()
+    let calls: Vec<String> = kill::calls("bpf", args).iter().map(|c| c.trim_start_matches("bpf(").to_owned()).collect();
+    assert!(calls.iter().all(|c| c.starts_with("BPF_")), "bpf(2) commands, each named: {calls:?}");
+    calls
 }
 
 /// Runs `mptcpify ARGS`, killed on entering its `n`th bpf(2) call (1-based); whether it died.
@@ -30,6 +32,7 @@ fn kill_points(calls: &[String], rng: &mut u64, random: usize) -> Vec<usize> {
     let writes = ["BPF_MAP_UPDATE_ELEM", "BPF_MAP_DELETE_ELEM", "BPF_OBJ_PIN"];
     let mut points: Vec<usize> =
         calls.iter().enumerate().filter(|(_, c)| writes.contains(&c.as_str())).map(|(i, _)| i + 1).collect();
+    assert!(!points.is_empty(), "no write among {calls:?}");
     if let Some(&last) = points.last() {
         points.push(last + 1);
     }

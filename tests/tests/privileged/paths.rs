@@ -334,6 +334,10 @@ fn the_paths_lock_is_roots_alone_and_a_held_one_never_freezes_the_agent() {
     let _ = Command::new("ip").args(["netns", "del", peer]).output();
 }
 
+/// A command killed at each of its calls: what it is, its arguments, its calls by system call,
+/// and what runs before each kill (none: the namespace as it was).
+type KilledRun<'a> = (&'a str, &'a [&'a str], &'a [(String, usize)], Option<&'a [&'a str]>);
+
 /// The calls that change the kernel or a record: netlink sends, the record's renames and removal.
 const CHANGE_CALLS: &str = "sendto,sendmsg,rename,renameat,renameat2,unlink,unlinkat";
 
@@ -355,30 +359,45 @@ fn paths_auto_and_clear_killed_at_every_step_are_repaired_by_the_next_clear() {
     sh(&["ip", "-n", peer, "link", "set", "k1p", "up"]);
     let auto = ["paths", "--netns", ns, "auto", "--dev", "k1", "--subflows", "4", "--add-addr-accepted", "3"];
     let clear = ["paths", "--netns", ns, "clear"];
+    // Raised limits moved to other raised ones.
+    let more = ["paths", "--netns", ns, "auto", "--dev", "k1", "--subflows", "6", "--add-addr-accepted", "5"];
     let pristine = |what: &str| {
         let v: serde_json::Value = serde_json::from_str(&ok(&["paths", "--netns", ns, "--json"])).unwrap();
         assert_eq!(v["limits"], serde_json::json!({"subflows": 2, "add_addr_accepted": 0}), "{what}: {v}");
         assert_eq!(v["endpoints"], serde_json::json!([]), "{what}: {v}");
     };
     pristine("before");
-    let auto_calls = kill::calls(CHANGE_CALLS, &auto).len();
-    let clear_calls = kill::calls(CHANGE_CALLS, &clear).len();
+    let auto_calls = kill::per_syscall(&kill::calls(CHANGE_CALLS, &auto));
+    let clear_calls = kill::per_syscall(&kill::calls(CHANGE_CALLS, &clear));
+    ok(&auto);
+    let more_calls = kill::per_syscall(&kill::calls(CHANGE_CALLS, &more));
+    ok(&clear);
+    for calls in [&auto_calls, &clear_calls] {
+        let names: Vec<&str> = calls.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.iter().any(|n| n.starts_with("rename")) && names.contains(&"sendto"), "{calls:?}");
+    }
     pristine("after auto and clear");
+    // Each run killed at each call, after `set_up` (none: the namespace as it was), then `clear`.
     let mut rounds = 0;
-    for n in 1..=auto_calls {
-        let died = kill::killed_at(CHANGE_CALLS, n, &auto);
-        ok(&clear);
-        pristine(&format!("auto killed at call {n} (died: {died}), then clear"));
-        rounds += 1;
+    let runs: [KilledRun; 3] = [
+        ("auto", &auto, &auto_calls, None),
+        ("clear", &clear, &clear_calls, Some(&auto)),
+        ("auto moving the limits", &more, &more_calls, Some(&auto)),
+    ];
+    for (what, run, calls, set_up) in runs {
+        for (syscall, count) in calls {
+            for n in 1..=*count {
+                if let Some(set_up) = set_up {
+                    ok(set_up);
+                }
+                let died = kill::killed_at(syscall, n, run);
+                ok(&clear);
+                pristine(&format!("{what} killed at {syscall} {n} (died: {died}), then clear"));
+                rounds += 1;
+            }
+        }
     }
-    for n in 1..=clear_calls {
-        ok(&auto);
-        let died = kill::killed_at(CHANGE_CALLS, n, &clear);
-        ok(&clear);
-        pristine(&format!("clear killed at call {n} (died: {died}), then clear"));
-        rounds += 1;
-    }
-    eprintln!("{rounds} killed runs repaired ({auto_calls} calls in auto, {clear_calls} in clear)");
+    eprintln!("{rounds} killed runs repaired (auto: {auto_calls:?}; clear: {clear_calls:?}; moving: {more_calls:?})");
     for n in [ns, peer] {
         let _ = Command::new("ip").args(["netns", "del", n]).output();
     }

@@ -14,7 +14,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 
-use crate::{agent::desired::PodCoverage, commands::guard::KeptTcp};
+use crate::{agent::desired::PodCoverage, commands::guard::KeptTcp, state::rules::Action};
 
 /// `reason` of the Event (PascalCase, as kubelet's own).
 pub const REASON: &str = "MptcpKeptTcp";
@@ -46,7 +46,7 @@ fn to_tell(pods: &[PodCoverage], kept: &[KeptTcp], told: &BTreeSet<Told>) -> Vec
     let mut out = Vec::new();
     for p in pods {
         let Some(id) = p.cgroup else { continue };
-        for k in kept.iter().filter(|k| k.rule_kind == "cgroup" && k.rule_key == id) {
+        for k in kept.iter().filter(|k| k.is_under_cgroup(id)) {
             let t = Told {
                 namespace: p.namespace.clone(),
                 pod: p.name.clone(),
@@ -56,7 +56,7 @@ fn to_tell(pods: &[PodCoverage], kept: &[KeptTcp], told: &BTreeSet<Told>) -> Vec
                 pid: k.pid,
             };
             if !told.contains(&t) {
-                out.push(Tell { told: t, regarding: pod_reference(p), note: note(k) });
+                out.push(Tell { told: t, regarding: pod_reference(p), note: note(k, p.action == Action::Audit) });
             }
         }
     }
@@ -74,15 +74,17 @@ fn pod_reference(p: &PodCoverage) -> ObjectReference {
     }
 }
 
-/// What the pod's owner reads: which program, why, and how to change it.
-fn note(k: &KeptTcp) -> String {
+/// What the pod's owner reads: which program, why, and how to change it. In an audited pod
+/// (where every socket is TCP anyway) it is what enforcing will do.
+fn note(k: &KeptTcp, audited: bool) -> String {
     let why = if k.predicted {
         format!("audit saw it {} {}, which MPTCP refuses on this kernel", k.call, k.option)
     } else {
         format!("MPTCP refused its {} {} ({})", k.call, k.option, k.errno)
     };
+    let stays = if audited { "will stay TCP in this pod once it is enforced" } else { "stays TCP in this pod" };
     format!(
-        "{} stays TCP in this pod: {why}. Its other sockets keep working as TCP; on the node, \
+        "{} {stays}: {why}. Its other sockets keep working as TCP; on the node, \
          `mptcpify guard allow {}` upgrades it anyway",
         k.program, k.program
     )
@@ -132,7 +134,8 @@ impl GuardEvents {
                     secondary: None,
                 };
                 // A recorder of its own: kube's recorder merges Events with the same reason about
-                // the same pod into one series, which would hide a second program's note.
+                // the same pod into one series, which would hide a second program's note
+                // (and needs `patch`: a fresh one only creates).
                 let recorder = Recorder::new(client.clone(), reporter.clone());
                 let (ns, pod) = (&tell.told.namespace, &tell.told.pod);
                 match tokio::time::timeout(PUBLISH_TIMEOUT, recorder.publish(&event, &tell.regarding)).await {
@@ -157,7 +160,7 @@ mod tests {
             namespace: "shop".into(),
             name: name.into(),
             uid: Some(format!("uid-{name}")),
-            action: crate::state::rules::Action::Enable,
+            action: Action::Enable,
             host_network: false,
             cgroup,
             path: None,
@@ -201,13 +204,17 @@ mod tests {
     }
 
     #[test]
-    fn a_prediction_says_audit_saw_it() {
-        let pods = [pod("web", Some(10))];
+    fn a_prediction_says_audit_saw_it_and_an_audited_pod_hears_what_enforcing_will_do() {
+        let mut pods = [pod("web", Some(10))];
         let tell = to_tell(&pods, &[kept("psql", "cgroup", 10, true)], &BTreeSet::new());
+        let note = &tell[0].note;
         assert!(
-            tell[0].note.contains("audit saw it setsockopt TCP_USER_TIMEOUT, which MPTCP refuses"),
-            "{}",
-            tell[0].note
+            note.starts_with("psql stays TCP in this pod: audit saw it setsockopt TCP_USER_TIMEOUT, which"),
+            "{note}"
         );
+        pods[0].action = Action::Audit;
+        let tell = to_tell(&pods, &[kept("psql", "cgroup", 10, true)], &BTreeSet::new());
+        let note = &tell[0].note;
+        assert!(note.starts_with("psql will stay TCP in this pod once it is enforced: audit saw it"), "{note}");
     }
 }
