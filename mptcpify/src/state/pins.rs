@@ -52,7 +52,11 @@ impl Lock {
     /// The lock on `parent` if it is free now, without waiting.
     pub fn try_on(parent: &Path) -> Result<Option<Self>> {
         let f = File::open(parent).with_context(|| format!("opening {}", parent.display()))?;
-        Ok(Self::attempt(&f, parent, Instant::now())?.then_some(Self(f)))
+        match f.try_lock() {
+            Ok(()) => Ok(Some(Self(f))),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", parent.display())),
+        }
     }
 
     /// One try: locked, `false` to wait and try again, or the error naming the holder once
@@ -167,4 +171,19 @@ pub fn remove_all() -> Result<bool> {
         std::fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_lock_is_seen_without_waiting_and_a_free_one_taken() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Lock::on(dir.path()).unwrap();
+        assert!(Lock::try_on(dir.path()).unwrap().is_none(), "held by another open file");
+        drop(held);
+        assert!(Lock::try_on(dir.path()).unwrap().is_some());
+        assert!(Lock::try_on(&dir.path().join("absent")).is_err());
+    }
 }
