@@ -200,18 +200,26 @@ fn until(limit: Duration, check: impl Fn(&std::collections::BTreeMap<String, boo
     wait_for(limit, || check(&host_endpoints(&rt)).then(|| t0.elapsed()))
 }
 
+/// A link `dev` of this host (made afresh) with `addrs`, up, whose far end `{dev}p` is up in the
+/// namespace `peer` (made afresh too).
+fn host_link(dev: &str, peer: &str, addrs: &[&str]) {
+    let _ = Command::new("ip").args(["netns", "del", peer]).output();
+    let _ = Command::new("ip").args(["link", "del", dev]).output();
+    let far = format!("{dev}p");
+    sh(&["ip", "netns", "add", peer]);
+    sh(&["ip", "link", "add", dev, "type", "veth", "peer", "name", &far, "netns", peer]);
+    for a in addrs {
+        sh(&["ip", "addr", "add", a, "dev", dev]);
+    }
+    sh(&["ip", "link", "set", dev, "up"]);
+    sh(&["ip", "-n", peer, "link", "set", &far, "up"]);
+}
+
 #[test]
 fn the_agent_follows_addresses_and_leaves_what_others_made() {
     let _g = setup();
     let peer = "mpt-ag-peer";
-    let _ = Command::new("ip").args(["netns", "del", peer]).output();
-    let _ = Command::new("ip").args(["link", "del", "mpt0"]).output();
-    sh(&["ip", "netns", "add", peer]);
-    sh(&["ip", "link", "add", "mpt0", "type", "veth", "peer", "name", "mpt0p", "netns", peer]);
-    sh(&["ip", "addr", "add", "10.73.1.1/24", "dev", "mpt0"]);
-    sh(&["ip", "addr", "add", "10.73.9.1/24", "dev", "mpt0"]);
-    sh(&["ip", "link", "set", "mpt0", "up"]);
-    sh(&["ip", "-n", peer, "link", "set", "mpt0p", "up"]);
+    host_link("mpt0", peer, &["10.73.1.1/24", "10.73.9.1/24"]);
     let kernel_limits = Limits { subflows: 2, add_addr_accepted: 0 };
     let theirs = Endpoint {
         id: 50,
@@ -274,13 +282,7 @@ fn the_agent_follows_addresses_and_leaves_what_others_made() {
 fn the_paths_lock_is_roots_alone_and_a_held_one_never_freezes_the_agent() {
     let _g = setup();
     let peer = "mpt-lk-peer";
-    let _ = Command::new("ip").args(["netns", "del", peer]).output();
-    let _ = Command::new("ip").args(["link", "del", "mpt2"]).output();
-    sh(&["ip", "netns", "add", peer]);
-    sh(&["ip", "link", "add", "mpt2", "type", "veth", "peer", "name", "mpt2p", "netns", peer]);
-    sh(&["ip", "addr", "add", "10.74.1.1/24", "dev", "mpt2"]);
-    sh(&["ip", "link", "set", "mpt2", "up"]);
-    sh(&["ip", "-n", peer, "link", "set", "mpt2p", "up"]);
+    host_link("mpt2", peer, &["10.74.1.1/24"]);
     // An older mptcpify made the directories 0755.
     std::fs::create_dir_all("/run/mptcpify/paths").unwrap();
     for d in ["/run/mptcpify", "/run/mptcpify/paths"] {
