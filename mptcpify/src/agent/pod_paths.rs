@@ -28,7 +28,7 @@ use crate::{
         apply,
         connection::Netlink,
         plan::AutoOptions,
-        record::{Record, RecordFile},
+        record::{Record, RecordFile, same_namespace},
     },
     state::rules::Action,
 };
@@ -40,6 +40,8 @@ pub const RECHECK_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 struct Made {
     inode: u64,
+    /// The namespace's cookie: the inode alone may name a later namespace.
+    cookie: Option<u64>,
     cgroup: String,
 }
 
@@ -260,22 +262,30 @@ impl PodPaths {
         if let Some(l) = plan.limits {
             log::info!("pod {label}: limits subflows {} add_addr_accepted {}", l.subflows, l.add_addr_accepted);
         }
-        Ok(Some(Made { inode, cgroup: cgroup.to_string() }))
+        Ok(Some(Made { inode, cookie: nl.cookie, cgroup: cgroup.to_string() }))
     }
 
     /// Clears the namespace while a process of the pod still holds it; when none is left (or
     /// the pod's processes are in another namespace now) it went with the pod, and only its
-    /// record is left to remove. A namespace that cannot be looked at now is an error: the
-    /// record stays, and so does what it lists.
+    /// record is left to remove, if it is still the one written for that namespace (the kernel
+    /// gives a freed inode to the next namespace, perhaps another pod's). A namespace that
+    /// cannot be looked at now is an error: the record stays, and so does what it lists.
     async fn unmake(label: &str, made: &Made, root: &Path) -> Result<()> {
-        match pod_netns(root, &made.cgroup)? {
-            Some((ns, inode)) if inode == made.inode => {
-                let plan = apply::clear(&Netlink::open_file(ns)?).await?;
+        if let Some((ns, inode)) = pod_netns(root, &made.cgroup)?
+            && inode == made.inode
+        {
+            let nl = Netlink::open_file(ns)?;
+            if same_namespace(made.cookie, nl.cookie) {
+                let plan = apply::clear(&nl).await?;
                 log::info!("pod {label}: removed {} endpoint(s) mptcpify made", plan.remove_endpoints.len());
-                Ok(())
+                return Ok(());
             }
-            _ => RecordFile::for_netns(made.inode).save(&Record::default()),
         }
+        let file = RecordFile::for_netns(made.inode);
+        if file.load()?.is_for(made.cookie) {
+            file.save(&Record::default())?;
+        }
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ pub fn records_busy() -> bool {
 /// The snapshot, and the record checked against it (what is gone from the kernel forgotten).
 pub async fn current(nl: &Netlink) -> Result<(Snapshot, Record, RecordFile)> {
     let file = RecordFile::for_netns(nl.inode);
-    let mut record = file.load()?;
+    let mut record = file.load()?.for_namespace(nl.cookie);
     let snap = read::snapshot(nl).await?;
     record.forget_missing(&snap.endpoints, &snap.links);
     Ok((snap, record, file))

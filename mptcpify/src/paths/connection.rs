@@ -4,6 +4,7 @@
 //! the thread makes them there and hands them back, and the caller's threads never move.
 use std::{
     fs::File,
+    os::fd::AsFd as _,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
@@ -12,6 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use caps::{CapSet, Capability};
 
 use super::model::PathManager;
+use crate::bpf::sys;
 
 /// Which network namespace: the caller's, or one named by a file (`/run/netns/NAME`,
 /// `/proc/PID/ns/net`).
@@ -35,8 +37,12 @@ impl Netns {
 pub struct Netlink {
     pub route: rtnetlink::Handle,
     pub pm: mptcp_pm::MptcpPathManagerHandle,
-    /// The namespace's nsfs inode: its identity while it lives (the record's name).
+    /// The namespace's nsfs inode: its identity while it lives (the record's name). The kernel
+    /// gives a freed inode to the next namespace at once.
     pub inode: u64,
+    /// The namespace's cookie (`SO_NETNS_COOKIE`): never given to another namespace while the
+    /// system runs, so it tells a namespace from a later one with the same inode.
+    pub cookie: Option<u64>,
     pub path_manager: PathManager,
 }
 
@@ -85,8 +91,17 @@ impl Netlink {
         let (pm_conn, pm, _) = mptcp_pm::new_connection().context("opening a generic netlink socket")?;
         tokio::spawn(route_conn);
         tokio::spawn(pm_conn);
-        Ok(Self { route, pm, inode, path_manager: path_manager_here() })
+        Ok(Self { route, pm, inode, cookie: netns_cookie_here(), path_manager: path_manager_here() })
     }
+}
+
+/// The calling thread's namespace's cookie, from a socket made there; `None` where the kernel
+/// has no `SO_NETNS_COOKIE` (before 5.14).
+fn netns_cookie_here() -> Option<u64> {
+    let socket = sys::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0).ok()?;
+    let mut cookie = [0u8; 8];
+    let len = sys::getsockopt(socket.as_fd(), libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, &mut cookie).ok()?;
+    (len == cookie.len()).then(|| u64::from_ne_bytes(cookie))
 }
 
 /// Read in the calling thread's namespace: `/proc/sys/net` shows the reader's own.

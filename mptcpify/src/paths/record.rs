@@ -53,9 +53,26 @@ pub struct Record {
     /// what the record lists is not mptcpify's.
     #[serde(default)]
     pub links: BTreeMap<u32, String>,
+    /// The cookie of the namespace it was written for: a record left by a namespace that has
+    /// gone never speaks for the next one the kernel gives its inode. (None from an mptcpify
+    /// that did not write it, or a kernel without cookies: then the inode alone.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
 }
 
 impl Record {
+    /// This record as the namespace with `cookie` sees it: empty when it was written for
+    /// another namespace that had the same inode.
+    pub fn for_namespace(self, cookie: Option<u64>) -> Self {
+        let record = if self.is_for(cookie) { self } else { Record::default() };
+        Record { netns_cookie: cookie.or(record.netns_cookie), ..record }
+    }
+
+    /// Whether this record was written for the namespace with `cookie` (or cannot tell).
+    pub fn is_for(&self, cookie: Option<u64>) -> bool {
+        same_namespace(self.netns_cookie, cookie)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty() && self.limits.is_none()
     }
@@ -86,6 +103,12 @@ impl Record {
         }
         self.endpoints.push(e.clone());
     }
+}
+
+/// Whether two namespace cookies name the same namespace, as far as they tell (a missing one,
+/// from a kernel without cookies, cannot tell them apart).
+pub fn same_namespace(a: Option<u64>, b: Option<u64>) -> bool {
+    !matches!((a, b), (Some(a), Some(b)) if a != b)
 }
 
 /// The record file of one network namespace, named after its nsfs inode.
@@ -195,6 +218,7 @@ mod tests {
             endpoints: vec![endpoint(7, "10.0.0.1")],
             limits: Some(RaisedLimits::new(limits, Limits { subflows: 4, add_addr_accepted: 4 })),
             links: [(3, "02aabbccddee".to_string())].into(),
+            netns_cookie: Some(4096),
         };
         file.save(&record).unwrap();
         assert_eq!(file.load().unwrap(), record);
@@ -219,6 +243,22 @@ mod tests {
         assert!(!record.made(&endpoint(9, "10.0.0.1")), "same address, another id: someone else's");
         record.forget_missing(&[endpoint(8, "10.0.0.2")], &links);
         assert_eq!(record.endpoints, vec![endpoint(8, "10.0.0.2")]);
+    }
+
+    #[test]
+    fn a_record_written_for_a_gone_namespace_with_the_same_inode_is_empty_for_the_next() {
+        let limits = Limits { subflows: 2, add_addr_accepted: 0 };
+        let raised = Record {
+            limits: Some(RaisedLimits::new(limits, Limits { subflows: 4, add_addr_accepted: 3 })),
+            netns_cookie: Some(7),
+            ..Default::default()
+        };
+        assert_eq!(raised.clone().for_namespace(Some(7)), raised);
+        assert!(raised.is_for(Some(7)) && !raised.is_for(Some(8)));
+        assert_eq!(raised.clone().for_namespace(Some(8)), Record { netns_cookie: Some(8), ..Default::default() });
+        let unknown = Record { netns_cookie: None, ..raised.clone() };
+        assert_eq!(unknown.clone().for_namespace(Some(8)), Record { netns_cookie: Some(8), ..unknown.clone() });
+        assert!(raised.is_for(None), "a kernel without cookies: the inode alone");
     }
 
     #[test]

@@ -404,3 +404,47 @@ fn paths_auto_and_clear_killed_at_every_step_are_repaired_by_the_next_clear() {
         let _ = Command::new("ip").args(["netns", "del", n]).output();
     }
 }
+
+/// A record outlives its namespace (`ip netns del` leaves it behind), and the kernel gives the
+/// next namespace the freed inode at once: the old record must not speak for the new one.
+#[test]
+fn a_record_of_a_namespace_gone_never_speaks_for_the_next_one_with_its_inode() {
+    let _g = setup();
+    let (a, b, peer) = ("mpt-reuse-a", "mpt-reuse-b", "mpt-reuse-peer");
+    for n in [a, b, peer] {
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+    }
+    sh(&["ip", "netns", "add", peer]);
+    sh(&["ip", "netns", "add", a]);
+    sh(&["ip", "-n", a, "link", "add", "r1", "type", "veth", "peer", "name", "r1p", "netns", peer]);
+    sh(&["ip", "-n", a, "addr", "add", "10.79.1.1/24", "dev", "r1"]);
+    sh(&["ip", "-n", a, "link", "set", "r1", "up"]);
+    ok(&["paths", "--netns", a, "auto", "--dev", "r1", "--subflows", "4", "--add-addr-accepted", "3"]);
+    let inode = |n: &str| std::fs::metadata(format!("/run/netns/{n}")).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let old = inode(a).unwrap();
+    let record = std::path::Path::new("/run/mptcpify/paths").join(format!("netns-{old}.json"));
+    assert!(record.exists(), "auto wrote {}", record.display());
+    sh(&["ip", "netns", "del", a]);
+    // The namespace is freed by a kernel worker a little later: until then another inode.
+    let reused = wait_for(Duration::from_secs(20), || {
+        sh(&["ip", "netns", "add", b]);
+        if inode(b).ok() == Some(old) {
+            return Some(());
+        }
+        sh(&["ip", "netns", "del", b]);
+        std::thread::sleep(Duration::from_millis(200));
+        None
+    });
+    assert!(reused.is_some(), "the kernel never gave a new namespace inode {old}: nothing to check");
+    assert!(record.exists(), "the gone namespace's record is still there");
+    // In the new namespace someone else sets the same limits mptcpify had raised there.
+    sh(&["ip", "-n", b, "mptcp", "limits", "set", "subflow", "4", "add_addr_accepted", "3"]);
+    let view: serde_json::Value = serde_json::from_str(&ok(&["paths", "--netns", b, "--json"])).unwrap();
+    assert_eq!(view["limits_before_mptcpify"], serde_json::Value::Null, "not raised by mptcpify here: {view}");
+    ok(&["paths", "--netns", b, "clear"]);
+    let view: serde_json::Value = serde_json::from_str(&ok(&["paths", "--netns", b, "--json"])).unwrap();
+    assert_eq!(view["limits"], serde_json::json!({"subflows": 4, "add_addr_accepted": 3}), "someone else's: {view}");
+    for n in [b, peer] {
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+    }
+}
