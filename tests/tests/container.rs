@@ -39,9 +39,21 @@ fn load_image() {
 }
 
 fn daemonset() -> (DaemonSet, Container) {
-    let ds = manifest_daemonset();
+    with_container(manifest_daemonset())
+}
+
+fn with_container(ds: DaemonSet) -> (DaemonSet, Container) {
     let c = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].clone();
     (ds, c)
+}
+
+/// The chart's DaemonSet with podPaths and nodePaths on, as `cargo xtask test` rendered it.
+fn paths_chart_daemonset() -> (DaemonSet, Container) {
+    let dir = std::env::var("MPTCPIFY_RENDERED_CHART_PATHS")
+        .expect("MPTCPIFY_RENDERED_CHART_PATHS not set: run through `cargo xtask test` (it renders the chart)");
+    let docs = yaml_documents(&Path::new(&dir).join("daemonset.yaml"));
+    let ds = docs.into_iter().find(|d| d["kind"] == "DaemonSet").expect("a DaemonSet in the rendering");
+    with_container(serde_json::from_value(ds).expect("the DaemonSet parses"))
 }
 
 /// The manifest's ConfigMap text (`policy.toml`), and the ConfigMap's name.
@@ -64,6 +76,11 @@ struct AgentPod {
 
 impl AgentPod {
     fn new(net: u8, policy: &str) -> Self {
+        Self::of(daemonset(), net, policy)
+    }
+
+    /// The agent pod of `ds` (its first container), with `policy` in its ConfigMap.
+    fn of((ds, container): (DaemonSet, Container), net: u8, policy: &str) -> Self {
         load_image();
         let _ = podman_out(&["rm", "--force", "--time", "0", AGENT]);
         let net = PodNetwork::new("mptcpify-pod", net);
@@ -71,14 +88,14 @@ impl AgentPod {
         // The agent asks for this node's pods, and checks each one's node itself.
         api.ignore_field_selectors();
         let dir = tempfile::tempdir().unwrap();
-        let (cm_name, _) = manifest_policy();
+        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let cm_name = pod.volumes.iter().flatten().find_map(|v| Some(v.config_map.as_ref()?.name.clone()));
+        let cm_name = cm_name.expect("the DaemonSet mounts a ConfigMap");
         let config = ConfigMapDir::new(&dir.path().join("policy"), &[("policy.toml", policy)]);
         let kubeconfig = dir.path().join("kube");
         std::fs::create_dir(&kubeconfig).unwrap();
         name_a_ca(&api.kubeconfig(&kubeconfig));
-        let (ds, container) = daemonset();
         let node = Node { name: NODE, netns: &net.netns, config_maps: BTreeMap::from([(cm_name, config.dir.clone())]) };
-        let pod = ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let manifest = run_options(pod, &container, &node).unwrap_or_else(|e| panic!("the manifest: {e}"));
         let mut options = vec![
             "--name".to_owned(),
@@ -286,4 +303,87 @@ fn with_kernel_addresses_hidden_the_agent_loads_without_the_netns_check_and_says
     let doctor: serde_json::Value = serde_json::from_slice(&mptcpify(&["doctor", "--json"]).stdout).unwrap();
     let never_break = doctor["checks"].as_array().unwrap().iter().find(|c| c["name"] == "never-break").cloned();
     assert_eq!(never_break.as_ref().map(|c| c["level"].clone()), Some(json!("WARN")), "{doctor}");
+}
+
+/// `ip [-n NETNS] mptcp endpoint show`.
+fn endpoints(netns: Option<&str>) -> String {
+    let mut cmd = std::process::Command::new("ip");
+    if let Some(n) = netns {
+        cmd.args(["-n", n]);
+    }
+    let out = cmd.args(["mptcp", "endpoint", "show"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A process of pod `uid` on the pod's network, as its container's would be: put in the pod's
+/// cgroup first, then into the namespace (`ip netns exec` remounts /sys).
+fn pod_process(uid: &str, netns: &str) -> std::process::Child {
+    let procs = pod_cgroup(uid).join("cgroup.procs");
+    std::process::Command::new("/bin/sh")
+        .args(["-c", r#"echo $$ > "$0" && exec ip netns exec "$1" sleep 600"#])
+        .arg(&procs)
+        .arg(netns)
+        .spawn()
+        .unwrap()
+}
+
+/// The chart's paths settings (podPaths and nodePaths: hostPID, the grants, the records on the
+/// node) run `[paths]` in the node's namespace and `pod_paths` in a selected pod's, and a new
+/// agent container whose policy has neither clears what the earlier one made, from the records
+/// it left on the node.
+#[test]
+fn the_charts_paths_settings_keep_node_and_pod_paths_and_a_new_agent_clears_them() {
+    let _g = setup();
+    let node_link = "mpt-node0";
+    let _ = std::process::Command::new("ip").args(["link", "del", node_link]).output();
+    for args in [
+        &["link", "add", node_link, "type", "veth", "peer", "name", "mpt-node0p"][..],
+        &["addr", "add", "10.82.0.1/24", "dev", node_link],
+        &["link", "set", "mpt-node0p", "up"],
+        &["link", "set", node_link, "up"],
+    ] {
+        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    }
+    let policy = format!(
+        "[kubernetes]\ncgroup_driver = \"auto\"\npod_paths = true\n\n[paths]\nauto = true\ndevs = [\"{node_link}\"]\n"
+    );
+    let mut agent = AgentPod::of(paths_chart_daemonset(), 95, &policy);
+    let uid = "0c000000-0000-4000-8000-000000000003";
+    agent.api.put_namespace("shop", json!({}));
+    agent.api.put_pod(pod("shop", "multi", uid, NODE, "BestEffort", Some("true")));
+    let pod_net = PodNetwork::new("mpt-multi", 94);
+    let mut process = pod_process(uid, &pod_net.netns);
+    agent.start();
+    agent.wait_ready(Duration::from_secs(90));
+    let node_made = wait_for(Duration::from_secs(60), || endpoints(None).contains("10.82.0.1").then_some(()));
+    assert!(node_made.is_some(), "no endpoint on the node: {}\n{}", endpoints(None), agent.logs());
+    let pod_ip = pod_net.pod_ip.clone();
+    let pod_made =
+        wait_for(Duration::from_secs(60), || endpoints(Some(&pod_net.netns)).contains(&pod_ip).then_some(()));
+    assert!(pod_made.is_some(), "no endpoint in the pod: {}\n{}", endpoints(Some(&pod_net.netns)), agent.logs());
+
+    // Replaced (a rollout) by an agent whose policy has neither.
+    podman_ok(&["stop", "--time", "10", AGENT]);
+    podman_ok(&["rm", AGENT]);
+    assert!(endpoints(None).contains("10.82.0.1"), "a stopped agent leaves the paths");
+    agent.config.update(&[("policy.toml", "[kubernetes]\ncgroup_driver = \"auto\"\n")]);
+    agent.start();
+    agent.wait_ready(Duration::from_secs(90));
+    let cleared = wait_for(Duration::from_secs(60), || {
+        let (node, pod) = (endpoints(None), endpoints(Some(&pod_net.netns)));
+        (!node.contains("10.82.0.1") && !pod.contains(&pod_ip)).then_some(())
+    });
+    assert!(
+        cleared.is_some(),
+        "left: node {} pod {}\n{}",
+        endpoints(None),
+        endpoints(Some(&pod_net.netns)),
+        agent.logs()
+    );
+    let _ = process.kill();
+    let _ = process.wait();
+    let _ = std::process::Command::new("ip").args(["link", "del", node_link]).output();
+    remove_cgroup(&pod_cgroup(uid));
 }

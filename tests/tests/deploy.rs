@@ -191,9 +191,10 @@ fn the_chart_can_limit_who_scrapes_the_metrics() {
     );
 }
 
-/// `podPaths.enabled` adds exactly what entering pods' namespaces needs; off, nothing changes.
+/// `podPaths.enabled` and `nodePaths.enabled` add exactly what entering pods' and the node's
+/// namespaces needs, and the records' directory on the node; off, nothing changes.
 #[test]
-fn the_chart_grants_what_pod_paths_need_only_when_asked() {
+fn the_chart_grants_what_pod_and_node_paths_need_only_when_asked() {
     let caps = |o: &Objects| -> Vec<String> {
         let spec = o.daemonsets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         let sc = spec.containers[0].security_context.as_ref().unwrap();
@@ -203,11 +204,19 @@ fn the_chart_grants_what_pod_paths_need_only_when_asked() {
     let default = rendered("MPTCPIFY_RENDERED_CHART");
     assert_eq!(caps(&default), ["BPF", "PERFMON", "SYSLOG"]);
     assert_eq!(host_pid(&default), None);
-    let o = rendered("MPTCPIFY_RENDERED_CHART_POD_PATHS");
+    let records = |o: &Objects| {
+        let spec = o.daemonsets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let volume = spec.volumes.iter().flatten().find(|v| v.name == "records")?;
+        let mount = spec.containers[0].volume_mounts.iter().flatten().find(|m| m.name == "records")?;
+        Some((volume.host_path.as_ref()?.path.clone(), mount.mount_path.clone(), mount.read_only))
+    };
+    assert_eq!(records(&default), None);
+    let o = rendered("MPTCPIFY_RENDERED_CHART_PATHS");
     assert_eq!(caps(&o), ["BPF", "PERFMON", "SYSLOG", "SYS_PTRACE", "SYS_ADMIN", "NET_ADMIN"]);
     assert_eq!(host_pid(&o), Some(true));
+    assert_eq!(records(&o), Some(("/run/mptcpify".into(), "/run/mptcpify".into(), None)), "kept on the node");
     let policy = &o.configmaps[0].data.as_ref().unwrap()["policy.toml"];
-    assert!(policy.contains("pod_paths = true"), "{policy}");
+    assert!(policy.contains("pod_paths = true") && policy.contains("[paths]"), "{policy}");
 }
 
 /// The runtime options the container suite runs the agent with (`container::run_options`),
@@ -248,7 +257,9 @@ fn the_container_suite_runs_what_the_manifest_and_every_chart_rendering_say() {
         assert!(plain.contains(&expected.to_owned()), "{expected} missing from {plain:?}");
     }
     assert_eq!(runtime_options(&rendered("MPTCPIFY_RENDERED_CHART").daemonsets[0]), plain, "the chart's default");
-    let pod_paths = runtime_options(&rendered("MPTCPIFY_RENDERED_CHART_POD_PATHS").daemonsets[0]);
+    let pod_paths = runtime_options(&rendered("MPTCPIFY_RENDERED_CHART_PATHS").daemonsets[0]);
+    let records = "--mount=type=bind,source=/run/mptcpify,destination=/run/mptcpify,bind-propagation=rprivate";
+    assert!(pod_paths.contains(&records.to_owned()), "{pod_paths:?}");
     assert!(pod_paths.contains(&"--pid=host".to_owned()), "{pod_paths:?}");
     assert!(pod_paths.contains(&"--security-opt=apparmor=unconfined".to_owned()), "PID 1 readable: {pod_paths:?}");
     assert!(!plain.iter().any(|o| o.contains("apparmor")), "only podPaths needs it: {plain:?}");

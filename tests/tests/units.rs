@@ -202,6 +202,42 @@ fn run_puts_cmd_in_a_scope_of_the_callers_slice() {
     assert!(left.iter().all(|r| r["origin"]["kind"] != "run"), "a run's rule was left: {left:?}");
 }
 
+/// Where the agent's policy and binary are put for the shipped unit.
+const AGENT_DIR: &str = "/etc/mptcpify-t";
+const AGENT_UNIT: &str = "mptcpify-agent.service";
+const AGENT_PATH: &str = "/org/freedesktop/systemd1/unit/mptcpify_2dagent_2eservice";
+const DROP_IN_DIR: &str = "/etc/systemd/system/mptcpify-agent.service.d";
+
+/// The shipped agent unit (with its `paths.conf` drop-in when `paths`), pointed at this build
+/// and `policy`, installed and loaded. The binary is copied out of the build tree, which may sit
+/// in a /tmp that the unit's PrivateTmp= hides.
+fn install_shipped_agent(policy: &str, paths: bool) -> &'static Path {
+    let dir = Path::new(AGENT_DIR);
+    std::fs::create_dir_all(dir).unwrap();
+    let bin = dir.join("mptcpify");
+    let _ = std::fs::remove_file(&bin);
+    std::fs::copy(mptcpify_bin(), &bin).unwrap();
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    let shipped = std::fs::read_to_string(deploy_dir().join("systemd/mptcpify-agent.service")).unwrap();
+    let unit = shipped.replace(
+        "ExecStart=/usr/local/bin/mptcpify agent --config /etc/mptcpify/policy.toml",
+        &format!("ExecStart={AGENT_DIR}/mptcpify agent --config {AGENT_DIR}/policy.toml"),
+    );
+    assert_ne!(unit, shipped, "the shipped ExecStart line changed; update this test");
+    std::fs::write(format!("/etc/systemd/system/{AGENT_UNIT}"), unit).unwrap();
+    let _ = std::fs::remove_dir_all(DROP_IN_DIR);
+    if paths {
+        std::fs::create_dir_all(DROP_IN_DIR).unwrap();
+        std::fs::copy(
+            deploy_dir().join("systemd/mptcpify-agent.service.d/paths.conf"),
+            Path::new(DROP_IN_DIR).join("paths.conf"),
+        )
+        .unwrap();
+    }
+    manager("Reload", "", &[]).unwrap();
+    dir
+}
+
 fn unit_property(unit_path: &str, iface: &str, prop: &str) -> String {
     let out = busctl(&["get-property", "org.freedesktop.systemd1", unit_path, iface, prop]).unwrap_or_default();
     out.split_whitespace().nth(1).unwrap_or("").trim_matches('"').to_owned()
@@ -211,25 +247,9 @@ fn unit_property(unit_path: &str, iface: &str, prop: &str) -> String {
 fn the_agent_runs_from_its_shipped_unit_and_follows_a_unit_across_restarts() {
     let _g = setup();
     systemd();
-    // The shipped unit file, pointed at this build: the binary is copied out of the build tree,
-    // which may sit in a /tmp that the unit's PrivateTmp= hides.
-    let dir = Path::new("/etc/mptcpify-t");
-    std::fs::create_dir_all(dir).unwrap();
-    let bin = dir.join("mptcpify");
-    let _ = std::fs::remove_file(&bin);
-    std::fs::copy(mptcpify_bin(), &bin).unwrap();
-    std::fs::write(dir.join("policy.toml"), format!("[enable]\nunits = [\"{UNIT}\"]\n")).unwrap();
-    let shipped = std::fs::read_to_string(deploy_dir().join("systemd/mptcpify-agent.service")).unwrap();
-    let unit = shipped.replace(
-        "ExecStart=/usr/local/bin/mptcpify agent --config /etc/mptcpify/policy.toml",
-        "ExecStart=/etc/mptcpify-t/mptcpify agent --config /etc/mptcpify-t/policy.toml",
-    );
-    assert_ne!(unit, shipped, "the shipped ExecStart line changed; update this test");
-    std::fs::write("/etc/systemd/system/mptcpify-agent.service", unit).unwrap();
-    manager("Reload", "", &[]).unwrap();
+    let dir = install_shipped_agent(&format!("[enable]\nunits = [\"{UNIT}\"]\n"), false);
     manager("StartUnit", "ss", &[UNIT, "replace"]).unwrap();
-    manager("StartUnit", "ss", &["mptcpify-agent.service", "replace"]).unwrap();
-    const AGENT_PATH: &str = "/org/freedesktop/systemd1/unit/mptcpify_2dagent_2eservice";
+    manager("StartUnit", "ss", &[AGENT_UNIT, "replace"]).unwrap();
     let cgroup = control_group();
     let covered = wait_for(Duration::from_secs(60), || (proto_in_unit(&cgroup) == IPPROTO_MPTCP).then_some(()));
     let state = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Unit", "ActiveState");
@@ -279,4 +299,49 @@ fn the_agent_runs_from_its_shipped_unit_and_follows_a_unit_across_restarts() {
     assert_eq!(proto_in_unit(&cgroup), IPPROTO_MPTCP, "a stopped agent leaves its rules in force");
     let _ = std::fs::remove_file("/etc/systemd/system/mptcpify-agent.service");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `ip mptcp endpoint show`'s lines.
+fn endpoints() -> String {
+    let out = Command::new("ip").args(["mptcp", "endpoint", "show"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The shipped unit with its `paths.conf` drop-in keeps `[paths]` (CAP_NET_ADMIN, a writable
+/// `/run/mptcpify`), and its records outlive the agent: a new agent whose policy dropped
+/// `[paths]` clears what the earlier one made.
+#[test]
+fn the_shipped_unit_keeps_paths_and_a_new_agent_clears_what_an_earlier_one_made() {
+    let _g = setup();
+    systemd();
+    let _ = Command::new("ip").args(["link", "del", "mpt-u0"]).output();
+    for args in [
+        &["link", "add", "mpt-u0", "type", "veth", "peer", "name", "mpt-u0p"][..],
+        &["addr", "add", "10.81.0.1/24", "dev", "mpt-u0"],
+        &["link", "set", "mpt-u0p", "up"],
+        &["link", "set", "mpt-u0", "up"],
+    ] {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", text(&out));
+    }
+    let dir = install_shipped_agent("[paths]\nauto = true\ndevs = [\"mpt-u0\"]\n", true);
+    manager("StartUnit", "ss", &[AGENT_UNIT, "replace"]).unwrap();
+    let made = wait_for(Duration::from_secs(60), || endpoints().contains("10.81.0.1").then_some(()));
+    let state = unit_property(AGENT_PATH, "org.freedesktop.systemd1.Unit", "ActiveState");
+    assert!(made.is_some(), "the agent (unit {state}) made no endpoint: {}", endpoints());
+
+    manager("StopUnit", "ss", &[AGENT_UNIT, "replace"]).unwrap();
+    let stopped = wait_for(Duration::from_secs(30), || {
+        (unit_property(AGENT_PATH, "org.freedesktop.systemd1.Unit", "ActiveState") == "inactive").then_some(())
+    });
+    assert!(stopped.is_some(), "the agent did not stop");
+    assert!(endpoints().contains("10.81.0.1"), "a stopped agent leaves its paths: {}", endpoints());
+    std::fs::write(dir.join("policy.toml"), "[enable]\n").unwrap();
+    manager("StartUnit", "ss", &[AGENT_UNIT, "replace"]).unwrap();
+    let cleared = wait_for(Duration::from_secs(60), || (!endpoints().contains("10.81.0.1")).then_some(()));
+    assert!(cleared.is_some(), "the new agent left the earlier one's endpoint: {}", endpoints());
+    manager("StopUnit", "ss", &[AGENT_UNIT, "replace"]).unwrap();
+    let _ = std::fs::remove_dir_all(DROP_IN_DIR);
+    let _ = Command::new("ip").args(["link", "del", "mpt-u0"]).output();
 }

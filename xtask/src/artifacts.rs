@@ -77,6 +77,10 @@ impl Artifacts {
             ("MPTCPIFY_SOCKPROBE_STATIC".into(), self.static_probe.display().to_string()),
             ("MPTCPIFY_IMAGE_ARCHIVE".into(), crate::image::archive().display().to_string()),
             ("RUST_BACKTRACE".into(), "1".into()),
+            (
+                crate::test::PATHS_CHART_ENV.into(),
+                workspace_root().join("target").join(crate::test::PATHS_CHART_DIR).display().to_string(),
+            ),
         ]
     }
 }

@@ -85,25 +85,33 @@ fn host_tests() -> Result<()> {
     eprintln!("== deployment files: manifests, and the Helm chart as Helm renders it, as Kubernetes API types");
     let rendered = render_chart("helm-rendered", None)?;
     let limited = render_chart("helm-rendered-netpol", Some(r#"{"metrics": {"networkPolicy": {"enabled": true}}}"#))?;
-    let pod_paths = render_chart(
-        "helm-rendered-pod-paths",
-        Some(
-            r#"{"podPaths": {"enabled": true}, "policy": "[kubernetes]\ncgroup_driver = \"auto\"\npod_paths = true\n"}"#,
-        ),
-    )?;
-    // `pod_paths = true` only in a comment is not the policy saying it.
-    eprintln!("== the chart refuses podPaths without `pod_paths = true` in the policy (a render error follows)");
-    let commented = r#"{"podPaths": {"enabled": true}, "policy": "[kubernetes]\n# pod_paths = true\n"}"#;
-    if render_chart("helm-rendered-refused", Some(commented)).is_ok() {
-        bail!("the chart rendered podPaths.enabled with `pod_paths = true` only in a comment of the policy");
+    let paths = render_chart(PATHS_CHART_DIR, Some(PATHS_VALUES))?;
+    // A grant is asked for by the policy too: `pod_paths = true` only in a comment is not the
+    // policy saying it, and `[paths]` goes with nodePaths both ways.
+    let refused = [
+        r#"{"podPaths": {"enabled": true}, "policy": "[kubernetes]\n# pod_paths = true\n"}"#,
+        r#"{"nodePaths": {"enabled": true}, "policy": "[enable]\n# [paths]\n"}"#,
+        r#"{"policy": "[paths]\nauto = true\n"}"#,
+    ];
+    for values in refused {
+        eprintln!("== the chart refuses {values} (a render error follows)");
+        if render_chart("helm-rendered-refused", Some(values)).is_ok() {
+            bail!("the chart rendered {values}: a grant without the policy asking for it, or the policy without it");
+        }
     }
     run(Command::new("cargo")
         .args(["test", "-q", "-p", "mptcpify-tests", "--test", "deploy"])
         .env("MPTCPIFY_RENDERED_CHART", &rendered)
         .env("MPTCPIFY_RENDERED_CHART_NETPOL", &limited)
-        .env("MPTCPIFY_RENDERED_CHART_POD_PATHS", &pod_paths)
+        .env(PATHS_CHART_ENV, &paths)
         .current_dir(workspace_root()))
 }
+
+/// The chart with both paths features on, as the deploy tests and the container suite read it.
+const PATHS_VALUES: &str = r#"{"podPaths": {"enabled": true}, "nodePaths": {"enabled": true},
+    "policy": "[kubernetes]\ncgroup_driver = \"auto\"\npod_paths = true\n\n[paths]\nauto = true\n"}"#;
+pub const PATHS_CHART_ENV: &str = "MPTCPIFY_RENDERED_CHART_PATHS";
+pub const PATHS_CHART_DIR: &str = "helm-rendered-paths";
 
 /// Renders the chart with Helm into `target/DIR`, with `values` (JSON) over its defaults.
 fn render_chart(dir: &str, values: Option<&str>) -> Result<std::path::PathBuf> {

@@ -15,7 +15,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::desired::PodCoverage;
+use super::{desired::PodCoverage, namespaces::Namespaces};
 use crate::{
     connections::mib,
     state::{
@@ -46,6 +46,8 @@ pub struct Health {
     pub not_ready_reason: String,
     /// Present while the policy has `[paths]` (or had, until cleared).
     pub paths: Option<PathsHealth>,
+    /// The upgraded workloads' namespaces, as the last scan found them.
+    pub namespaces: Namespaces,
 }
 
 /// What the `[paths]` keeper found after its last pass.
@@ -113,14 +115,13 @@ struct Snapshot {
     health: Health,
     counters: Vec<(Counter, u64)>,
     rules: Vec<RuleRow>,
-    namespaces: Vec<mib::NamespaceCounters>,
     /// The compatibility guard, while loaded.
     guard: Option<GuardStatus>,
 }
 
 fn snapshot(health: &SharedHealth) -> Snapshot {
     let health = health.lock().expect("health lock").clone();
-    let mut snap = Snapshot { health, counters: Vec::new(), rules: Vec::new(), namespaces: Vec::new(), guard: None };
+    let mut snap = Snapshot { health, counters: Vec::new(), rules: Vec::new(), guard: None };
     if !pins::is_loaded() {
         snap.health.attached = false;
         return snap;
@@ -146,29 +147,8 @@ fn snapshot(health: &SharedHealth) -> Snapshot {
                 .then(|| outcomes.get(&key.rule_ref()).copied().unwrap_or_default()),
         });
     }
-    snap.namespaces = mib::upgraded_namespaces();
     snap.guard = crate::commands::guard::guard_status(&st).ok();
     snap
-}
-
-/// When each namespace's `Blackhole` counter last rose, as this agent saw it: the kernel does
-/// not say whether it still avoids MPTCP, only that it found a blackhole, and then avoids MPTCP
-/// for `net.mptcp.blackhole_timeout` seconds (doubling each time; the first period is counted).
-static BLACKHOLES: Mutex<std::collections::BTreeMap<u64, (u64, std::time::Instant)>> =
-    Mutex::new(std::collections::BTreeMap::new());
-
-fn blackhole_active(netns: u64, count: u64) -> bool {
-    let timeout = std::fs::read_to_string("/proc/sys/net/mptcp/blackhole_timeout")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(3600u64);
-    let mut seen = BLACKHOLES.lock().expect("blackhole lock");
-    let now = std::time::Instant::now();
-    let entry = seen.entry(netns).or_insert((0, now));
-    if count > entry.0 {
-        *entry = (count, now);
-    }
-    count > 0 && now.duration_since(entry.1).as_secs() < timeout
 }
 
 type EncodeResult = Result<(), std::fmt::Error>;
@@ -404,7 +384,8 @@ impl Snapshot {
             None,
             MetricType::Counter,
         )?;
-        for ns in &self.namespaces {
+        let rows = &self.health.namespaces.rows;
+        for ns in rows.iter().map(|r| &r.counters) {
             let (netns, pods) = (ns.netns.to_string(), ns.pods.join(","));
             for name in mib::SHOWN {
                 let Some(v) = ns.mptcp.get(name) else { continue };
@@ -414,17 +395,23 @@ impl Snapshot {
         }
         let mut m = e.encode_descriptor(
             "mptcpify_blackhole_active",
-            "1 while the kernel of this namespace avoids MPTCP after finding a blackhole (its Blackhole counter rose \
-             within net.mptcp.blackhole_timeout)",
+            "1 while the kernel of this namespace avoids MPTCP after finding a blackhole: its Blackhole counter rose, \
+             as this agent saw it, within the namespace's net.mptcp.blackhole_timeout",
             None,
             MetricType::Gauge,
         )?;
-        for ns in &self.namespaces {
-            let active = blackhole_active(ns.netns, ns.mptcp.get("Blackhole").copied().unwrap_or(0));
-            let (netns, pods) = (ns.netns.to_string(), ns.pods.join(","));
+        for row in rows {
+            let (netns, pods) = (row.counters.netns.to_string(), row.counters.pods.join(","));
             let labels = [("netns", netns.as_str()), ("pods", pods.as_str())];
-            ConstGauge::new(active as i64).encode(m.encode_family(&labels)?)?;
+            ConstGauge::new(row.blackhole_active as i64).encode(m.encode_family(&labels)?)?;
         }
+        gauge(
+            e,
+            "mptcpify_pods_unseen",
+            "Selected pods whose processes run where the agent cannot see them (it needs hostPID): their namespaces \
+             are missing from mptcpify_netns_mptcp and mptcpify_blackhole_active",
+            self.health.namespaces.unseen_pods as i64,
+        )?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ mod drift;
 pub mod http;
 pub mod kubernetes;
 pub mod metrics;
+mod namespaces;
 mod paths;
 mod pod_paths;
 pub mod policy;
@@ -41,11 +42,7 @@ use crate::{
         sys,
     },
     host::{preconditions, users::system_users},
-    paths::{
-        apply,
-        connection::{Netlink, Netns},
-        plan::AutoOptions,
-    },
+    paths::{apply, connection::Netlink, plan::AutoOptions},
     state::{
         maps::{self, State},
         origin::OriginKind,
@@ -121,6 +118,7 @@ pub async fn run(opts: Options) -> Result<()> {
     log::info!("metrics, /healthz and /readyz on http://{bound}");
     let root = wait_for_bpffs(&health).await?.cgroup2_root()?;
     let watches = Watches::new(&opts.config)?;
+    namespaces::spawn(health.clone(), root.clone());
     attach(opts.log_level)?;
     health.lock().expect("health lock").attached = true;
 
@@ -142,7 +140,8 @@ pub async fn run(opts: Options) -> Result<()> {
         shared
     });
     let (paths_tx, paths_rx) = tokio::sync::watch::channel(policy.paths.clone());
-    paths::spawn(paths_rx, health.clone());
+    let paths_netns = paths::netns(opts.kubernetes);
+    paths::spawn(paths_rx, health.clone(), paths_netns.clone());
     let agent = Agent {
         opts,
         root,
@@ -156,14 +155,14 @@ pub async fn run(opts: Options) -> Result<()> {
         settled: false,
         watcher: drift::Watcher::new(Instant::now()),
         paths: paths_tx,
-        pod_paths: Default::default(),
+        pod_paths: pod_paths::PodPaths::from_records(),
         guard_events,
     };
     let agent = serve(agent, watches, rx).await?;
     if agent.opts.cleanup_on_exit {
         cleanup()?;
         if agent.policy.paths.is_some() {
-            let plan = apply::clear(&Netlink::open(&Netns::Current).await?).await?;
+            let plan = apply::clear(&Netlink::open(&paths_netns).await?).await?;
             log::info!("cleanup: removed {} endpoint(s) mptcpify made", plan.remove_endpoints.len());
         }
     } else {

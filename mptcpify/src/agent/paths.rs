@@ -12,8 +12,9 @@ use tokio::{sync::watch, time::Instant};
 use super::metrics::{PathsHealth, SharedHealth};
 use crate::paths::{
     apply,
-    connection::{Netlink, Netns},
+    connection::{Netlink, Netns, in_netns},
     plan::{AutoOptions, Note, Plan, PlanError},
+    record::KeptBy,
     report::{self, Owner},
 };
 
@@ -30,19 +31,70 @@ const GROUPS: [MulticastGroup; 5] = [
     MulticastGroup::Ipv6Route,
 ];
 
-pub fn spawn(options: watch::Receiver<Option<AutoOptions>>, health: SharedHealth) {
+pub fn spawn(options: watch::Receiver<Option<AutoOptions>>, health: SharedHealth, netns: Netns) {
     tokio::spawn(async move {
-        if let Err(e) = keep(options, health).await {
-            log::error!("paths: stopped: {e:#}");
+        if let Err(e) = keep(options, health.clone(), netns).await {
+            let error = format!("{e:#}");
+            log::error!("paths: stopped: {error}");
+            health.lock().expect("health lock").paths = Some(PathsHealth { error: Some(error), ..Default::default() });
         }
     });
 }
 
-async fn keep(mut options: watch::Receiver<Option<AutoOptions>>, health: SharedHealth) -> anyhow::Result<()> {
-    let (connection, _, mut events) = rtnetlink::new_multicast_connection(&GROUPS)?;
-    tokio::spawn(connection);
-    let nl = Netlink::open(&Netns::Current).await?;
-    let mut keeper = Keeper { nl, kept: None, last_error: None, last_notes: Vec::new(), health };
+/// Where `[paths]` keeps paths: on a host the agent's own namespace; in a DaemonSet the node's
+/// (PID 1's, seen with hostPID: the chart's nodePaths), the agent's own being its pod's. (Run
+/// without hostPID, PID 1 is the pod's own and so are the paths: the chart refuses `[paths]`
+/// without nodePaths.)
+pub fn netns(kubernetes: bool) -> Netns {
+    if kubernetes { Netns::File(NODE_NETNS.into()) } else { Netns::Current }
+}
+
+const NODE_NETNS: &str = "/proc/1/ns/net";
+
+/// The namespace's netlink sockets and its change notifications. On a node the agent cannot
+/// enter (no hostPID or privileges) nothing is opened until the policy asks for `[paths]`.
+async fn open(
+    netns: &Netns,
+    options: &mut watch::Receiver<Option<AutoOptions>>,
+) -> anyhow::Result<Option<(Netlink, Events)>> {
+    loop {
+        let events = in_netns(netns, || Ok(rtnetlink::new_multicast_connection(&GROUPS)?));
+        let opened = match events {
+            Ok((connection, _, events)) => Netlink::open(netns).await.map(|nl| (nl, connection, events)),
+            Err(e) => Err(e),
+        };
+        match opened {
+            Ok((nl, connection, events)) => {
+                tokio::spawn(connection);
+                return Ok(Some((nl, events)));
+            }
+            Err(e) if options.borrow().is_none() => {
+                log::debug!("paths: {e:#}; nothing to keep until the policy has [paths]");
+                if options.wait_for(Option::is_some).await.is_err() {
+                    return Ok(None);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+type Events = futures::channel::mpsc::UnboundedReceiver<(
+    netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>,
+    netlink_sys::SocketAddr,
+)>;
+
+async fn keep(
+    mut options: watch::Receiver<Option<AutoOptions>>,
+    health: SharedHealth,
+    netns: Netns,
+) -> anyhow::Result<()> {
+    let Some((nl, mut events)) = open(&netns, &mut options).await? else { return Ok(()) };
+    // An earlier agent's [paths] (before a restart or a rollout) is cleared if the policy no
+    // longer has it.
+    let earlier = apply::current(&nl).await?.1.kept_by == Some(KeptBy::AgentPaths);
+    let kept = earlier.then(AutoOptions::default);
+    let mut keeper = Keeper { nl, kept, last_error: None, last_notes: Vec::new(), health };
     let mut recheck = tokio::time::interval_at(Instant::now() + RECHECK_EVERY, RECHECK_EVERY);
     let mut due = Some(Instant::now());
     loop {
@@ -78,7 +130,7 @@ impl Keeper {
     /// One pass; returns when to try again if it failed for a reason that may pass.
     async fn pass(&mut self, wanted: Option<AutoOptions>) -> Option<Instant> {
         let result = match (&wanted, &self.kept) {
-            (Some(opts), _) => apply::auto(&self.nl, opts, "the agent's [paths]").await,
+            (Some(opts), _) => apply::auto(&self.nl, opts, "the agent's [paths]", Some(KeptBy::AgentPaths)).await,
             (None, Some(_)) => apply::clear(&self.nl).await,
             (None, None) => return None,
         };

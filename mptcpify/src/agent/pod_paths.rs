@@ -28,7 +28,7 @@ use crate::{
         apply,
         connection::Netlink,
         plan::AutoOptions,
-        record::{Record, RecordFile, same_namespace},
+        record::{KeptBy, RECORD_DIR, Record, RecordFile, same_namespace},
     },
     state::rules::Action,
 };
@@ -170,6 +170,25 @@ fn netns_of(dir: &Path, pid: u32) -> Result<(File, u64)> {
 }
 
 impl PodPaths {
+    /// What earlier agents made in pods' namespaces, from the records on the node: kept while
+    /// its pod is still selected, cleared when it is not (a rollout or a restart forgets
+    /// nothing).
+    pub fn from_records() -> Self {
+        Self::from(RecordFile::all(Path::new(RECORD_DIR)))
+    }
+
+    fn from(records: Vec<(u64, Record)>) -> Self {
+        let made = records.into_iter().filter_map(|(inode, r)| match r.kept_by {
+            Some(KeptBy::Pod { name, cgroup }) => Some((name, Made { inode, cookie: r.netns_cookie, cgroup })),
+            _ => None,
+        });
+        let made: BTreeMap<String, Made> = made.collect();
+        for (label, m) in &made {
+            log::info!("pod {label}: paths an earlier agent made (netns inode {}), kept while it is selected", m.inode);
+        }
+        Self { made, ..Default::default() }
+    }
+
     /// Nothing made that a policy without `pod_paths` would still have to clear.
     pub fn is_idle(&self) -> bool {
         self.made.is_empty()
@@ -255,7 +274,8 @@ impl PodPaths {
     async fn make(&self, label: &str, cgroup: &str, root: &Path, opts: &AutoOptions) -> Result<Option<Made>> {
         let Some((ns, inode)) = pod_netns(root, cgroup)? else { return Ok(None) };
         let nl = Netlink::open_file(ns)?;
-        let plan = apply::auto(&nl, opts, &format!("pod {label}")).await?;
+        let kept_by = KeptBy::Pod { name: label.to_string(), cgroup: cgroup.to_string() };
+        let plan = apply::auto(&nl, opts, &format!("pod {label}"), Some(kept_by)).await?;
         for e in &plan.add_endpoints {
             log::info!("pod {label}: endpoint {} id {} {}", e.ip, e.id, e.flags.names().join(" "));
         }
@@ -298,6 +318,21 @@ pub fn options(paths: Option<&AutoOptions>) -> AutoOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agent_finds_the_pods_an_earlier_one_made_paths_for_in_their_records() {
+        let pod = |name: &str| KeptBy::Pod { name: name.into(), cgroup: format!("/kubepods/{name}") };
+        let record = |kept_by, cookie| Record { kept_by, netns_cookie: cookie, ..Default::default() };
+        let p = PodPaths::from(vec![
+            (11, record(Some(pod("shop/web")), Some(5))),
+            (12, record(Some(KeptBy::AgentPaths), Some(6))),
+            (13, record(None, None)),
+        ]);
+        assert_eq!(p.made.keys().collect::<Vec<_>>(), ["shop/web"]);
+        let m = &p.made["shop/web"];
+        assert_eq!((m.inode, m.cookie, m.cgroup.as_str()), (11, Some(5), "/kubepods/shop/web"));
+        assert!(!p.is_idle(), "what it lists is cleared by a policy without pod_paths");
+    }
 
     #[test]
     fn a_pods_process_is_found_in_its_containers_cgroups() {

@@ -42,7 +42,7 @@ pub async fn auto(netns: &Netns, opts: &AutoOptions, json: bool) -> Result<()> {
         Netns::Current => "the caller's network namespace".to_string(),
         Netns::File(p) => p.display().to_string(),
     };
-    let plan = apply::auto(&nl, opts, &label).await?;
+    let plan = apply::auto(&nl, opts, &label, None).await?;
     say("auto", &plan, json)
 }
 

@@ -11,7 +11,7 @@ use super::{
     model::{Endpoint, Link, Snapshot, SourceRule, TableRoute},
     plan::{self, AutoOptions, Plan},
     read,
-    record::{self, RECORD_DIR, RaisedLimits, Record, RecordFile},
+    record::{self, KeptBy, RECORD_DIR, RaisedLimits, Record, RecordFile},
     routing,
 };
 use crate::state::pins::Lock;
@@ -38,12 +38,14 @@ pub async fn current(nl: &Netlink) -> Result<(Snapshot, Record, RecordFile)> {
     Ok((snap, record, file))
 }
 
-/// `paths auto`: plans from the namespace as it is now and carries the plan out.
-pub async fn auto(nl: &Netlink, opts: &AutoOptions, label: &str) -> Result<Plan> {
+/// `paths auto`: plans from the namespace as it is now and carries the plan out. The record
+/// says `label` for people, and `kept_by` which of the agent's duties (if any) made it.
+pub async fn auto(nl: &Netlink, opts: &AutoOptions, label: &str, kept_by: Option<KeptBy>) -> Result<Plan> {
     let _lock = lock().await?;
     let (snap, mut record, file) = current(nl).await?;
     let plan = plan::auto(&snap, opts, &record)?;
     record.label = label.to_string();
+    record.kept_by = kept_by;
     execute(nl, &snap, &plan, &mut record, &file).await?;
     Ok(plan)
 }

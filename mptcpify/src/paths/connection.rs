@@ -60,30 +60,13 @@ impl Netlink {
         let inode = std::fs::metadata(netns.path())
             .with_context(|| format!("the network namespace {}", netns.path().display()))?
             .ino();
-        match netns {
-            Netns::Current => Self::open_here(inode),
-            Netns::File(path) => {
-                let ns = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-                Self::open_in(ns, inode)
-            }
-        }
+        in_netns(netns, move || Self::open_here(inode))
     }
 
     /// Sockets into the namespace `ns` names, already open: what was opened is what is entered.
     pub fn open_file(ns: File) -> Result<Self> {
         let inode = ns.metadata().context("the network namespace's file")?.ino();
-        Self::open_in(ns, inode)
-    }
-
-    fn open_in(ns: File, inode: u64) -> Result<Self> {
-        let runtime = tokio::runtime::Handle::current();
-        let entered = std::thread::spawn(move || -> Result<Self> {
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| anyhow!("entering the network namespace: {e} (needs CAP_SYS_ADMIN)"))?;
-            let _in_runtime = runtime.enter();
-            Self::open_here(inode)
-        });
-        entered.join().map_err(|_| anyhow!("the thread entering the network namespace panicked"))?
+        in_file(ns, move || Self::open_here(inode))
     }
 
     fn open_here(inode: u64) -> Result<Self> {
@@ -102,6 +85,26 @@ fn netns_cookie_here() -> Option<u64> {
     let mut cookie = [0u8; 8];
     let len = sys::getsockopt(socket.as_fd(), libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, &mut cookie).ok()?;
     (len == cookie.len()).then(|| u64::from_ne_bytes(cookie))
+}
+
+/// `make` run in `netns`, inside the current tokio runtime: what it makes (sockets, and the
+/// connections it spawns) belongs to that namespace.
+pub fn in_netns<T: Send + 'static>(netns: &Netns, make: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    match netns {
+        Netns::Current => make(),
+        Netns::File(path) => in_file(File::open(path).with_context(|| format!("opening {}", path.display()))?, make),
+    }
+}
+
+fn in_file<T: Send + 'static>(ns: File, make: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let runtime = tokio::runtime::Handle::current();
+    let entered = std::thread::spawn(move || -> Result<T> {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| anyhow!("entering the network namespace: {e} (needs CAP_SYS_ADMIN)"))?;
+        let _in_runtime = runtime.enter();
+        make()
+    });
+    entered.join().map_err(|_| anyhow!("the thread entering the network namespace panicked"))?
 }
 
 /// Read in the calling thread's namespace: `/proc/sys/net` shows the reader's own.

@@ -58,6 +58,20 @@ pub struct Record {
     /// that did not write it, or a kernel without cookies: then the inode alone.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns_cookie: Option<u64>,
+    /// Which of the agent's duties keeps the namespace's paths (none: a command, an operator's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_by: Option<KeptBy>,
+}
+
+/// The agent's duty a record was written for: records live on the node (tmpfs `/run`), so a
+/// new agent, after a restart or a rollout, finds what an earlier one made, to keep or clear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeptBy {
+    /// The policy's `[paths]`.
+    AgentPaths,
+    /// `pod_paths`: the pod (`namespace/name`) and its cgroup then.
+    Pod { name: String, cgroup: String },
 }
 
 impl Record {
@@ -152,6 +166,27 @@ impl RecordFile {
         Self::at(Path::new(RECORD_DIR), inode)
     }
 
+    /// Every record in `dir` with its namespace's inode; one that cannot be read is logged and
+    /// left out (and left alone).
+    pub fn all(dir: &Path) -> Vec<(u64, Record)> {
+        let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+        let inodes = entries.flatten().filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_prefix("netns-")?.strip_suffix(".json")?.parse::<u64>().ok()
+        });
+        let mut out: Vec<(u64, Record)> = inodes
+            .filter_map(|inode| match Self::at(dir, inode).load() {
+                Ok(record) => Some((inode, record)),
+                Err(e) => {
+                    log::warn!("{e:#}");
+                    None
+                }
+            })
+            .collect();
+        out.sort_by_key(|(inode, _)| *inode);
+        out
+    }
+
     pub fn at(dir: &Path, inode: u64) -> Self {
         Self { path: dir.join(format!("netns-{inode}.json")) }
     }
@@ -219,6 +254,7 @@ mod tests {
             limits: Some(RaisedLimits::new(limits, Limits { subflows: 4, add_addr_accepted: 4 })),
             links: [(3, "02aabbccddee".to_string())].into(),
             netns_cookie: Some(4096),
+            kept_by: Some(KeptBy::AgentPaths),
         };
         file.save(&record).unwrap();
         assert_eq!(file.load().unwrap(), record);
@@ -230,6 +266,22 @@ mod tests {
 
     fn link(index: u32, hardware: &str) -> Link {
         Link { index, name: format!("eth{index}"), up: true, loopback: false, hardware: hardware.into() }
+    }
+
+    #[test]
+    fn every_record_of_a_directory_is_found_again_with_whose_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let pod = KeptBy::Pod { name: "shop/web".into(), cgroup: "/kubepods/pod1".into() };
+        let record = |kept_by| Record { endpoints: vec![endpoint(7, "10.0.0.1")], kept_by, ..Default::default() };
+        RecordFile::at(dir.path(), 11).save(&record(Some(pod.clone()))).unwrap();
+        RecordFile::at(dir.path(), 12).save(&record(Some(KeptBy::AgentPaths))).unwrap();
+        RecordFile::at(dir.path(), 13).save(&record(None)).unwrap();
+        std::fs::write(dir.path().join("netns-14.json"), "{ torn").unwrap();
+        std::fs::write(dir.path().join("netns-15.json.tmp99"), "{}").unwrap();
+        let found: Vec<(u64, Option<KeptBy>)> =
+            RecordFile::all(dir.path()).into_iter().map(|(i, r)| (i, r.kept_by)).collect();
+        assert_eq!(found, [(11, Some(pod)), (12, Some(KeptBy::AgentPaths)), (13, None)]);
+        assert!(RecordFile::all(&dir.path().join("none")).is_empty());
     }
 
     #[test]

@@ -91,7 +91,16 @@ fn main() {
                 transfer(&mut s, send, bytes);
             }
             let proto = protocol(s.as_raw_fd());
-            let (subflows, accepted, flags) = mptcp_info(s.as_raw_fd()).unwrap_or((0, 0, 1));
+            // The path manager opens joins from a worker once the connection is established:
+            // give it a second to start one before saying how many there are.
+            let info = || mptcp_info(s.as_raw_fd()).unwrap_or((0, 0, 1));
+            let since = std::time::Instant::now();
+            let mut got = info();
+            while proto == 262 && got.0 == 0 && got.2 & 1 == 0 && since.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(20));
+                got = info();
+            }
+            let (subflows, accepted, flags) = got;
             println!("proto={proto} subflows={subflows} add_addr_accepted={accepted} fallback={}", flags & 1);
             std::io::stdout().flush().expect("flushing");
             std::thread::sleep(Duration::from_millis(hold_ms(1)));

@@ -324,7 +324,7 @@ fn a_pods_connections_are_counted_per_pod_and_an_audited_pod_stays_tcp() {
     let mut server = command_in(Some(&web_cg), ip, &serve).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(server.stdout.take().unwrap()));
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    let connect = ["netns", "exec", ns, &probe, "connect", "127.0.0.1:5201", "hold", "65536", "0", "4000"];
+    let connect = ["netns", "exec", ns, &probe, "connect", "127.0.0.1:5201", "hold", "65536", "0", "15000"];
     let mut client = command_in(Some(&web_cg), ip, &connect).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let said = std::io::BufRead::lines(std::io::BufReader::new(client.stdout.take().unwrap())).next().unwrap().unwrap();
     assert!(said.starts_with("proto=262 ") && said.contains("fallback=0"), "{said}");
@@ -332,15 +332,20 @@ fn a_pods_connections_are_counted_per_pod_and_an_audited_pod_stays_tcp() {
     let conns = live["connections"].as_array().unwrap();
     assert_eq!(conns.len(), 2, "client and server: {live}");
     assert!(conns.iter().all(|c| c["pod"] == "shop/web" && c["outcome"] == "mptcp"), "{live}");
-    let m = agent.metrics();
     let netns = format!("netns=\"{}\"", conns[0]["netns"]);
-    let syns = m.lines().find(|l| {
-        l.starts_with("mptcpify_netns_mptcp_total{")
-            && l.contains(&netns)
-            && l.contains("pods=\"shop/web\"")
-            && l.contains("counter=\"MPCapableSYNTX\"")
-    });
-    assert!(syns.is_some_and(|l| l.ends_with(" 1")), "the pod's namespace, named by its pod: {m}");
+    let syns = |m: &str| {
+        m.lines().any(|l| {
+            l.starts_with("mptcpify_netns_mptcp_total{")
+                && l.contains(&netns)
+                && l.contains("pods=\"shop/web\"")
+                && l.contains("counter=\"MPCapableSYNTX\"")
+                && l.ends_with(" 1")
+        })
+    };
+    // The agent scans for namespaces every 5 s, not at each scrape.
+    let seen = wait_for(Duration::from_secs(12), || syns(&agent.metrics()).then_some(()));
+    assert!(seen.is_some(), "the pod's namespace, named by its pod: {}", agent.metrics());
+    assert!(agent.metrics().contains("mptcpify_pods_unseen 0"), "the agent sees the pod's processes");
     assert!(client.wait().unwrap().success() && server.wait().unwrap().success());
     let counted = |m: &str| {
         metric(m, "mptcpify_pod_connections_total{namespace=\"shop\",pod=\"web\",outcome=\"mptcp\",reason=\"\"}")

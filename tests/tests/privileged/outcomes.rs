@@ -131,8 +131,12 @@ fn an_mptcp_connection_over_two_paths_is_counted_shown_live_and_exported() {
     assert!(ns["mptcp"]["MPJoinSynTx"].as_u64() >= Some(1), "{ns}");
     assert!(ns["mptcp"]["MPCapableSYNACKRX"].as_u64() >= Some(1), "{ns}");
     let netns = format!("netns=\"{}\"", client["netns"]);
-    let joins = series(&agent.metrics(), "mptcpify_netns_mptcp_total", &[&netns, "counter=\"MPJoinSynTx\""]);
-    assert!(joins >= Some(1.0), "{}", agent.metrics());
+    // The agent scans for namespaces every 5 s, not at each scrape.
+    let joins = wait_for(Duration::from_secs(12), || {
+        series(&agent.metrics(), "mptcpify_netns_mptcp_total", &[&netns, "counter=\"MPJoinSynTx\""])
+            .filter(|j| *j >= 1.0)
+    });
+    assert!(joins.is_some(), "{}", agent.metrics());
     held.finish();
 
     let outcomes = rule_of(&cg)["outcomes"].clone();
