@@ -32,7 +32,7 @@ use mptcpify_common::{
     Decision, IPPROTO_TCP, Outcomes, RuleKind, RuleRef, SockOffsets, TRACKED_LISTENERS, TRACKED_SOCKETS,
 };
 
-use crate::{CONFIG, OUTCOMES, report_event};
+use crate::{CGROUP_RULES, CONFIG, OUTCOMES, PID_RULES, UID_RULES, report_event};
 
 /// Per CPU: the thread whose `socket()` call was just upgraded, and by which rule.
 #[map]
@@ -271,12 +271,32 @@ fn count(sk: *const u8, rule: &RuleRef, decision: Decision) {
     report_event(cfg, kind, rule.key, family.into(), decision, local, remote, false);
 }
 
-/// Adds one to the counter `field` picks in `rule`'s entry, making the entry if needed.
+/// Whether `rule` is still in force: a socket or listener noted by a rule since removed must
+/// not make its entry again (the removal dropped it; it would come back with counts of a rule
+/// that is gone, and fill the map). Command rules share one entry, kept while any is in force.
+#[inline(always)]
+fn in_force(rule: &RuleRef) -> bool {
+    // SAFETY: lookups only; each value is read as a plain `Rule` and not kept.
+    unsafe {
+        match RuleKind::from_u8(rule.kind as u8) {
+            Some(RuleKind::Cgroup) => CGROUP_RULES.get(rule.key).is_some(),
+            Some(RuleKind::Pid) => PID_RULES.get(rule.key as u32).is_some(),
+            Some(RuleKind::Uid) => UID_RULES.get(rule.key as u32).is_some(),
+            Some(RuleKind::Comm) => true,
+            Some(RuleKind::All) => CONFIG.get(0).is_some_and(|c| c.all != 0),
+            None => false,
+        }
+    }
+}
+
+/// Adds one to the counter `field` picks in `rule`'s entry, making the entry if needed (and
+/// the rule is still in force).
 #[inline(always)]
 fn add(rule: &RuleRef, field: impl Fn(&mut Outcomes) -> *mut u64) {
     use core::intrinsics::{AtomicOrdering::Relaxed, atomic_xadd};
     let entry = match OUTCOMES.get_ptr_mut(rule) {
         Some(e) => e,
+        None if !in_force(rule) => return,
         None => {
             // BPF_NOEXIST: a concurrent first outcome of the same rule already made it.
             let _ = OUTCOMES.insert(rule, Outcomes::default(), 1);

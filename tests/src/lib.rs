@@ -160,6 +160,11 @@ impl TestCgroup {
     pub fn procs(&self) -> PathBuf {
         self.path.join("cgroup.procs")
     }
+
+    /// The cgroup's id, as rules key it: its inode in cgroup2.
+    pub fn id(&self) -> u64 {
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&self.path).unwrap())
+    }
 }
 
 fn remove_tree(path: &Path) -> std::io::Result<()> {

@@ -409,7 +409,11 @@ fn profile_program(env: &Env, n: u64, deep_cg: &str) -> Result<Value> {
 
 /// Resident memory of `mptcpify agent` holding a policy of `paths` cgroup rules, after it is
 /// ready and has served a few scrapes: `(VmRSS, VmHWM)` in MiB.
-fn agent_memory(env: &Env, paths: usize) -> Result<(f64, f64)> {
+/// The agent with `paths` cgroup rules: its memory once ready and scraped, and what a scrape
+/// costs (p50 of 50) with few processes and with `crowd` more idle ones on the host, since
+/// nothing a scrape does may grow with the processes (the namespace scan is the agent's own,
+/// every 5 s).
+fn agent_run(env: &Env, paths: usize, crowd: usize) -> Result<Value> {
     let dir = Path::new("/tmp/mptcpify-bench-agent");
     std::fs::create_dir_all(dir)?;
     let mut list = Vec::new();
@@ -442,9 +446,25 @@ fn agent_memory(env: &Env, paths: usize) -> Result<(f64, f64)> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    for _ in 0..5 {
-        get("/metrics").ok_or_else(|| anyhow!("scraping the agent"))?;
+    let scrapes = || -> Result<f64> {
+        let mut t: Vec<f64> = (0..50)
+            .map(|_| timed(|| get("/metrics").map(|_| String::new()).ok_or_else(|| anyhow!("scraping the agent"))))
+            .collect::<Result<_>>()?;
+        Ok(percentile(&mut t, 0.5))
+    };
+    let few = scrapes()?;
+    let mut idle = Vec::new();
+    for _ in 0..crowd {
+        idle.push(Command::new("sleep").arg("600").spawn()?);
     }
+    // Past a scan of the crowd (every 5 s), so that a scrape would see what it costs.
+    std::thread::sleep(Duration::from_secs(6));
+    let crowded = scrapes();
+    for mut c in idle {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let crowded = crowded?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
     let kib = |field: &str| -> f64 {
         status
@@ -453,10 +473,13 @@ fn agent_memory(env: &Env, paths: usize) -> Result<(f64, f64)> {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(f64::NAN)
     };
-    let mem = (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0);
+    let (rss, hwm) = (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0);
     let _ = child.kill();
     let _ = child.wait();
-    Ok(mem)
+    Ok(json!({
+        "cgroup_rules": paths, "rss_mib": rss, "peak_rss_mib": hwm, "goal_rss_mib": 30.0,
+        "scrape_ms": { "p50": few, "crowded_p50": crowded, "crowd": crowd, "ratio": crowded / few, "goal_ratio": 1.5 },
+    }))
 }
 
 /// Two namespaces joined by two veth pairs, each path shaped as `shapes` say, the client's
@@ -632,7 +655,7 @@ fn control_plane(env: &Env, size: Size) -> Result<Value> {
         .collect::<Result<_>>()?;
     env.mptcpify("reset >/dev/null")?;
     let agent_paths = if size.control_ops >= 1000 { 1000 } else { 10 };
-    let (rss, hwm) = agent_memory(env, agent_paths)?;
+    let agent = agent_run(env, agent_paths, if size.control_ops >= 1000 { 2000 } else { 200 })?;
     env.mptcpify("reset >/dev/null")?;
     Ok(json!({
         "process_start_ms": { "p50": percentile(&mut baseline, 0.5) },
@@ -645,7 +668,7 @@ fn control_plane(env: &Env, size: Size) -> Result<Value> {
         "enable_own_ms": { "p50": percentile(&mut en_own, 0.5), "p99": percentile(&mut en_own, 0.99), "goal_p50": 20.0 },
         "disable_own_ms": { "p50": percentile(&mut dis_own, 0.5), "p99": percentile(&mut dis_own, 0.99), "goal_p50": 20.0 },
         "cold_load_attach_ms": { "median": median(&mut cold), "samples": cold, "goal": 500.0 },
-        "agent": { "cgroup_rules": agent_paths, "rss_mib": rss, "peak_rss_mib": hwm, "goal_rss_mib": 30.0 },
+        "agent": agent,
     }))
 }
 
@@ -895,6 +918,16 @@ fn control_markdown(r: &Value) -> String {
         a["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
         goal_mark(rss, &a["goal_rss_mib"], false).replace(" ✅", " MiB ✅").replace(" ❌", " MiB ❌")
     ));
+    let sc = &a["scrape_ms"];
+    if let Some(ratio) = sc["ratio"].as_f64() {
+        md.push_str(&format!(
+            "| agent `/metrics` scrape p50, then with {} idle processes more (ratio) | {:.1} ms, {:.1} ms ({ratio:.2}) | ≤ {} |\n",
+            sc["crowd"],
+            sc["p50"].as_f64().unwrap_or(f64::NAN),
+            sc["crowded_p50"].as_f64().unwrap_or(f64::NAN),
+            goal_mark(ratio, &sc["goal_ratio"], false)
+        ));
+    }
     md
 }
 

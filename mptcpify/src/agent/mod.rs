@@ -479,19 +479,21 @@ impl Agent {
     fn cluster_view(&self) -> (Vec<pods::PodInfo>, Vec<String>, bool) {
         let Some(c) = &self.cluster else { return (Vec::new(), Vec::new(), true) };
         let c = c.lock().expect("cluster lock");
-        let mut selected = Vec::new();
+        let mut here = Vec::new();
         let mut refused = Vec::new();
         for pod in c.pods.values() {
             match pod {
-                Ok(p) if p.node.as_deref() != Some(c.node.as_str()) => {}
-                Ok(p) => {
-                    if let Some(action) = pods::selection(p, &c.namespaces) {
-                        selected.push(pods::PodInfo { action, ..p.clone() });
-                    }
-                }
+                Ok(p) if p.node.as_deref() == Some(c.node.as_str()) => here.push(p.clone()),
+                Ok(_) => {}
                 Err((name, reason)) => refused.push(format!("pod {name}: {reason}")),
             }
         }
+        let (here, aliases) = pods::refuse_aliases(here);
+        refused.extend(aliases.into_iter().map(|(name, reason)| format!("pod {name}: {reason}")));
+        let selected = here
+            .into_iter()
+            .filter_map(|p| Some(pods::PodInfo { action: pods::selection(&p, &c.namespaces)?, ..p }))
+            .collect();
         (selected, refused, c.synced())
     }
 

@@ -14,6 +14,7 @@ use crate::paths::{
     apply,
     connection::{Netlink, Netns, in_netns},
     plan::{AutoOptions, Note, Plan, PlanError},
+    read,
     record::KeptBy,
     report::{self, Owner},
 };
@@ -106,13 +107,27 @@ async fn keep(
                 }
                 due = Some(Instant::now());
             }
-            Some(_) = events.next() => { due.get_or_insert(Instant::now() + DEBOUNCE); }
+            Some((event, _)) = events.next() => {
+                if matters(&event) {
+                    due.get_or_insert(Instant::now() + DEBOUNCE);
+                }
+            }
             _ = recheck.tick() => { due.get_or_insert(Instant::now()); }
             _ = tokio::time::sleep_until(wake), if due.is_some() => {
                 let wanted = options.borrow_and_update().clone();
                 due = keeper.pass(wanted).await;
             }
         }
+    }
+}
+
+/// Links and addresses always; routes only where `paths` reads them (a BGP host's churn
+/// through its full tables wakes nothing).
+fn matters(event: &netlink_packet_core::NetlinkMessage<netlink_packet_route::RouteNetlinkMessage>) -> bool {
+    use netlink_packet_route::RouteNetlinkMessage::{DelRoute, NewRoute};
+    match &event.payload {
+        netlink_packet_core::NetlinkPayload::InnerMessage(NewRoute(m) | DelRoute(m)) => read::route_matters(m),
+        _ => true,
     }
 }
 

@@ -40,13 +40,14 @@ pub async fn snapshot(nl: &Netlink) -> Result<Snapshot> {
     for family in [IpVersion::V4, IpVersion::V6] {
         let mut dump = RouteMessage::default();
         dump.header.address_family = if family == IpVersion::V4 { AddressFamily::Inet } else { AddressFamily::Inet6 };
-        routes.extend(nl.route.route().get(dump).execute().try_collect::<Vec<_>>().await.context("listing routes")?);
+        // Only what paths reads is kept: a host with full BGP tables dumps a million routes.
+        let kept = nl.route.route().get(dump).execute().try_filter(|m| std::future::ready(route_matters(m)));
+        routes.extend(kept.try_collect::<Vec<_>>().await.context("listing routes")?);
     }
     let mut rules = Vec::new();
     for family in [IpVersion::V4, IpVersion::V6] {
         rules.extend(nl.route.rule().get(family).execute().try_collect::<Vec<_>>().await.context("listing rules")?);
     }
-    let in_range = |t: u32| (TABLE_BASE..TABLE_END).contains(&t);
     let ours = |m: &RouteMessage| m.header.protocol == RouteProtocol::Other(ROUTING_PROTOCOL) && in_range(table(m));
     Ok(Snapshot {
         path_manager: nl.path_manager.clone(),
@@ -132,6 +133,17 @@ fn parts(m: &RouteMessage) -> RouteParts {
         }
     }
     p
+}
+
+fn in_range(table: u32) -> bool {
+    (TABLE_BASE..TABLE_END).contains(&table)
+}
+
+/// Whether `paths` reads this route: a default route of the main table, or any route of
+/// mptcpify's table range. Others (a full BGP table) neither change a plan nor are kept.
+pub fn route_matters(m: &RouteMessage) -> bool {
+    let t = table(m);
+    in_range(t) || (t == MAIN_TABLE && m.header.destination_prefix_length == 0)
 }
 
 fn default_route(m: &RouteMessage) -> Option<DefaultRoute> {
@@ -226,5 +238,20 @@ mod tests {
         assert!(!usable(LinkFlags::Up), "no carrier");
         assert!(!usable(LinkFlags::LowerUp | LinkFlags::Running), "administratively down");
         assert!(!usable(LinkFlags::Up | LinkFlags::LowerUp | LinkFlags::Dormant), "dormant");
+    }
+
+    #[test]
+    fn only_default_routes_of_main_and_routes_of_mptcpifys_tables_matter() {
+        let route = |table: u32, prefix: u8| {
+            let mut m = RouteMessage::default();
+            m.header.destination_prefix_length = prefix;
+            m.attributes.push(RouteAttribute::Table(table));
+            m
+        };
+        assert!(route_matters(&route(MAIN_TABLE, 0)), "a default route");
+        assert!(!route_matters(&route(MAIN_TABLE, 24)), "a BGP prefix in main");
+        assert!(!route_matters(&route(100, 0)), "another table's default");
+        assert!(route_matters(&route(TABLE_BASE + 3, 24)), "mptcpify's table");
+        assert!(!route_matters(&route(TABLE_END, 0)));
     }
 }

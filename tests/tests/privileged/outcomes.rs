@@ -331,3 +331,55 @@ fn the_agents_audit_table_makes_audit_rules_that_leave_sockets_tcp_and_export_wh
     assert_eq!(rule_of(&cg)["action"], "audit", "nothing changed");
     assert_eq!(proto_of(Some(&cg), "tcp4"), IPPROTO_TCP);
 }
+
+const LISTEN_ONCE_PER_LINE: &str = r#"
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", 5302))
+s.listen()
+print(s.getsockopt(socket.SOL_SOCKET, 38), flush=True)
+for line in sys.stdin:
+    c, _ = s.accept()
+    c.close()
+    print("accepted", flush=True)
+"#;
+
+/// A listener upgraded by a rule since removed is still noted (its note lives in an LRU map
+/// until evicted): what it accepts later must not bring back the outcome entry that the
+/// removal dropped, with counts of a rule that is gone, filling the map.
+#[test]
+fn a_removed_rules_outcomes_never_come_back_from_the_sockets_it_upgraded() {
+    let _g = setup();
+    let cg = TestCgroup::new("mptcpify-t-removed");
+    ok(&["enable", "--cgroup", &cg.relative]);
+    let monitor = Monitor::start();
+    let mut server = command_in(Some(&cg), Path::new("/usr/bin/python3"), &["-c", LISTEN_ONCE_PER_LINE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = BufReader::new(server.stdout.take().unwrap()).lines();
+    assert_eq!(said.next().unwrap().unwrap(), "262", "an upgraded listener");
+    let mut input = server.stdin.take().unwrap();
+    let accept_one = |input: &mut std::process::ChildStdin, said: &mut std::io::Lines<_>| {
+        use std::io::Write as _;
+        writeln!(input).unwrap();
+        std::net::TcpStream::connect("127.0.0.1:5302").unwrap();
+        assert_eq!(said.next().unwrap().unwrap(), "accepted");
+    };
+    let rule = mptcpify_common::RuleRef { kind: mptcpify_common::RuleKind::Cgroup as u32, _pad: 0, key: cg.id() };
+    let entry = || mptcpify::state::maps::State::open().unwrap().outcomes().unwrap().get(&rule).copied();
+    // In force: a plain client's connection is counted (a fallback of the client).
+    accept_one(&mut input, &mut said);
+    monitor.until("fallback-client");
+    assert_eq!(entry().map(|o| o.fallback_client), Some(1));
+    // Removed: its entry goes, and the listener's next connection, which the program still
+    // sees (the monitor reports it), does not make it again.
+    ok(&["disable", "--cgroup", &cg.relative]);
+    assert_eq!(entry(), None, "the removal drops the entry");
+    accept_one(&mut input, &mut said);
+    monitor.until("fallback-client");
+    assert_eq!(entry(), None, "made again by a socket of the removed rule");
+    drop(input);
+    assert!(server.wait().unwrap().success());
+}

@@ -48,6 +48,11 @@ pub struct PodInfo {
 pub enum PodRefused {
     #[error("it has no UID")]
     NoUid,
+    #[error(
+        "its mirror annotation names the cgroup of UID {0}, which another pod of this node names too and which is \
+         not its own: anyone who may create pods can write that annotation"
+    )]
+    Alias(String),
     #[error("its {field} {value:?} is not a UID kubelet names cgroups after (a UUID or a static pod's config hash)")]
     BadUid {
         field: &'static str,
@@ -101,6 +106,22 @@ impl PodInfo {
     pub fn label(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+}
+
+/// `pods` (of one node) less those that take another pod's cgroup: when several name the same
+/// cgroup UID, only a pod whose own API UID it is keeps it (a static pod's mirror annotation is
+/// the pod's word, which anyone who may create pods can write), and when none is, none does.
+pub fn refuse_aliases(pods: Vec<PodInfo>) -> (Vec<PodInfo>, Vec<(String, PodRefused)>) {
+    let mut claims: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &pods {
+        *claims.entry(p.cgroup_uid.as_str()).or_default() += 1;
+    }
+    let shared: Vec<String> = claims.into_iter().filter(|(_, n)| *n > 1).map(|(uid, _)| uid.to_string()).collect();
+    let (kept, aliases): (Vec<PodInfo>, Vec<PodInfo>) = pods
+        .into_iter()
+        .partition(|p| !shared.contains(&p.cgroup_uid) || p.uid.as_deref() == Some(p.cgroup_uid.as_str()));
+    let refused = aliases.into_iter().map(|p| (p.label(), PodRefused::Alias(p.cgroup_uid))).collect();
+    (kept, refused)
 }
 
 /// kubelet's QoS rule, for a pod whose status does not say yet: every container with equal
@@ -323,6 +344,28 @@ mod tests {
             Qos::Burstable
         );
         assert_eq!(PodInfo::from_pod(&pod(None, vec![container(&[], &[])])).unwrap().qos, Qos::BestEffort);
+    }
+
+    #[test]
+    fn a_mirror_annotation_naming_another_pods_cgroup_is_refused_and_the_owner_keeps_it() {
+        let pod = |name: &str, uid: &str, cgroup_uid: &str| PodInfo {
+            name: name.into(),
+            uid: Some(uid.into()),
+            cgroup_uid: cgroup_uid.into(),
+            ..info(None, "shop")
+        };
+        const OTHER: &str = "1f9e8a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b";
+        let victim = pod("victim", UID, UID);
+        let forged = pod("forged", OTHER, UID);
+        let (kept, refused) = refuse_aliases(vec![forged.clone(), victim.clone()]);
+        assert_eq!(kept, std::slice::from_ref(&victim));
+        assert_eq!(refused, [("shop/forged".to_string(), PodRefused::Alias(UID.into()))]);
+        // A static pod's mirror alone keeps its hash; two mirrors of one hash, neither its own: none.
+        let mirror = pod("etcd", OTHER, HASH);
+        assert_eq!(refuse_aliases(vec![mirror.clone(), victim.clone()]).0.len(), 2);
+        let copy = pod("copy", "2f9e8a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b", HASH);
+        let (kept, refused) = refuse_aliases(vec![mirror, copy, victim.clone()]);
+        assert_eq!((kept, refused.len()), (vec![victim], 2));
     }
 
     #[test]
