@@ -282,7 +282,7 @@ fn in_force(rule: &RuleRef) -> bool {
             Some(RuleKind::Cgroup) => CGROUP_RULES.get(rule.key).is_some(),
             Some(RuleKind::Pid) => PID_RULES.get(rule.key as u32).is_some(),
             Some(RuleKind::Uid) => UID_RULES.get(rule.key as u32).is_some(),
-            Some(RuleKind::Comm) => true,
+            Some(RuleKind::Comm) => CONFIG.get(0).is_some_and(|c| c.comm_rules != 0),
             Some(RuleKind::All) => CONFIG.get(0).is_some_and(|c| c.all != 0),
             None => false,
         }

@@ -364,6 +364,23 @@ fn the_charts_paths_settings_keep_node_and_pod_paths_and_a_new_agent_clears_them
         wait_for(Duration::from_secs(60), || endpoints(Some(&pod_net.netns)).contains(&pod_ip).then_some(()));
     assert!(pod_made.is_some(), "no endpoint in the pod: {}\n{}", endpoints(Some(&pod_net.netns)), agent.logs());
 
+    // Replaced by an agent with the same policy: the pod's endpoint stays throughout, also
+    // before the new agent has the pod list (until then no pod is known to be gone).
+    podman_ok(&["stop", "--time", "10", AGENT]);
+    podman_ok(&["rm", AGENT]);
+    agent.start();
+    let until = Instant::now() + Duration::from_secs(90);
+    let mut ready_since = None;
+    while ready_since.is_none_or(|t: Instant| t.elapsed() < Duration::from_secs(10)) {
+        let pod_now = endpoints(Some(&pod_net.netns));
+        assert!(pod_now.contains(&pod_ip), "removed while the agent restarted: {pod_now}\n{}", agent.logs());
+        if ready_since.is_none() && agent.probe("readiness").is_ok_and(|(code, _)| code == 200) {
+            ready_since = Some(Instant::now());
+        }
+        assert!(Instant::now() < until, "not ready after a restart: {}", agent.logs());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Replaced (a rollout) by an agent whose policy has neither.
     podman_ok(&["stop", "--time", "10", AGENT]);
     podman_ok(&["rm", AGENT]);

@@ -343,5 +343,7 @@ fn the_shipped_unit_keeps_paths_and_a_new_agent_clears_what_an_earlier_one_made(
     assert!(cleared.is_some(), "the new agent left the earlier one's endpoint: {}", endpoints());
     manager("StopUnit", "ss", &[AGENT_UNIT, "replace"]).unwrap();
     let _ = std::fs::remove_dir_all(DROP_IN_DIR);
+    let _ = std::fs::remove_file(format!("/etc/systemd/system/{AGENT_UNIT}"));
+    let _ = std::fs::remove_dir_all(dir);
     let _ = Command::new("ip").args(["link", "del", "mpt-u0"]).output();
 }

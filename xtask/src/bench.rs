@@ -409,6 +409,9 @@ fn profile_program(env: &Env, n: u64, deep_cg: &str) -> Result<Value> {
 
 /// Resident memory of `mptcpify agent` holding a policy of `paths` cgroup rules, after it is
 /// ready and has served a few scrapes: `(VmRSS, VmHWM)` in MiB.
+/// Python forking `argv[1]` children that wait, all in a process group of its own (killed as one).
+const IDLE_FORKS: &str = "import os, signal, sys\nos.setsid()\nfor _ in range(int(sys.argv[1])):\n    if os.fork() == 0:\n        signal.pause()\n        os._exit(0)\nsignal.pause()\n";
+
 /// The agent with `paths` cgroup rules: its memory once ready and scraped, and what a scrape
 /// costs (p50 of 50) with few processes and with `crowd` more idle ones on the host, since
 /// nothing a scrape does may grow with the processes (the namespace scan is the agent's own,
@@ -452,19 +455,37 @@ fn agent_run(env: &Env, paths: usize, crowd: usize) -> Result<Value> {
             .collect::<Result<_>>()?;
         Ok(percentile(&mut t, 0.5))
     };
-    let few = scrapes()?;
-    let mut idle = Vec::new();
-    for _ in 0..crowd {
-        idle.push(Command::new("sleep").arg("600").spawn()?);
+    let mut idle = None;
+    let measured = (|| -> Result<(f64, f64)> {
+        let few = scrapes()?;
+        // Forked, not exec'd: thousands of execs take minutes under TCG.
+        let forks = Command::new("python3").args(["-c", IDLE_FORKS, &crowd.to_string()]).spawn()?;
+        let leader = forks.id();
+        idle = Some(forks);
+        let processes = || {
+            std::fs::read_dir("/proc")
+                .map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok()).count())
+        };
+        let start = Instant::now();
+        while processes() < crowd {
+            if start.elapsed() > Duration::from_secs(300) {
+                bail!("{} processes after 5 min, not {crowd}", processes());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        // Past a scan of the crowd (every 5 s), so that a scrape would see what it costs.
+        std::thread::sleep(Duration::from_secs(6));
+        let crowded = scrapes()?;
+        eprintln!(
+            "bench: agent scrape p50 {few:.1} ms, with {} processes {crowded:.1} ms (pgid {leader})",
+            processes()
+        );
+        Ok((few, crowded))
+    })();
+    if let Some(mut forks) = idle {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", forks.id())]).status();
+        let _ = forks.wait();
     }
-    // Past a scan of the crowd (every 5 s), so that a scrape would see what it costs.
-    std::thread::sleep(Duration::from_secs(6));
-    let crowded = scrapes();
-    for mut c in idle {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    let crowded = crowded?;
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))?;
     let kib = |field: &str| -> f64 {
         status
@@ -476,6 +497,7 @@ fn agent_run(env: &Env, paths: usize, crowd: usize) -> Result<Value> {
     let (rss, hwm) = (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0);
     let _ = child.kill();
     let _ = child.wait();
+    let (few, crowded) = measured.context("measuring the agent's scrapes")?;
     Ok(json!({
         "cgroup_rules": paths, "rss_mib": rss, "peak_rss_mib": hwm, "goal_rss_mib": 30.0,
         "scrape_ms": { "p50": few, "crowded_p50": crowded, "crowd": crowd, "ratio": crowded / few, "goal_ratio": 1.5 },

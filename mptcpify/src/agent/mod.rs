@@ -413,8 +413,16 @@ impl Agent {
         if !self.policy.pod_paths && self.pod_paths.is_idle() {
             return;
         }
-        let pods =
-            if self.policy.pod_paths { self.health.lock().expect("health lock").pods.clone() } else { Vec::new() };
+        let (pods, synced) = {
+            let h = self.health.lock().expect("health lock");
+            (h.pods.clone(), h.kubernetes_synced != Some(false))
+        };
+        // Until a pass has seen the whole pod list, a pod missing from it is not known to be
+        // gone: a restarted agent would clear the paths of pods still selected.
+        if !synced {
+            return;
+        }
+        let pods = if self.policy.pod_paths { pods } else { Vec::new() };
         let opts = pod_paths::options(self.policy.paths.as_ref());
         self.pod_paths.sync(&pods, &self.root, &opts).await;
     }

@@ -41,24 +41,26 @@ pub struct Namespaces {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Blackholes {
     count: u64,
-    /// When this agent saw it rise.
-    rose: Option<Instant>,
+    /// When this agent saw it rise, and the namespace's timeout then.
+    rose: Option<(Instant, Duration)>,
 }
 
 impl Blackholes {
     /// The counter seen now after `before`. A first sight is a baseline, not a rise (a
     /// restarted agent would report an old blackhole as new); a counter lower than before is
-    /// another namespace that got the inode, a baseline too.
-    fn seen(before: Option<Blackholes>, count: u64, now: Instant) -> Self {
+    /// another namespace that got the inode, a baseline too. `timeout` is asked at a rise only.
+    fn seen(before: Option<Blackholes>, count: u64, now: Instant, timeout: impl FnOnce() -> Duration) -> Self {
         match before {
             Some(b) if count == b.count => b,
-            Some(b) if count > b.count => Self { count, rose: Some(now) },
+            Some(b) if count > b.count => Self { count, rose: Some((now, timeout())) },
             _ => Self { count, rose: None },
         }
     }
 
-    fn active(&self, timeout: Duration, now: Instant) -> bool {
-        self.rose.is_some_and(|r| now.duration_since(r) < timeout)
+    /// Within the first avoidance period after the rise (the kernel doubles the period for a
+    /// blackhole found again soon after; that is not followed).
+    fn active(&self, now: Instant) -> bool {
+        self.rose.is_some_and(|(at, timeout)| now.duration_since(at) < timeout)
     }
 }
 
@@ -77,10 +79,13 @@ pub fn spawn(health: SharedHealth, root: PathBuf) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let pods = health.lock().expect("health lock").pods.clone();
+            let (pods, last) = {
+                let h = health.lock().expect("health lock");
+                (h.pods.clone(), h.namespaces.clone())
+            };
             let cgroups =
                 pods.iter().filter_map(|p| Some(root.join(p.path.as_ref()?.trim_start_matches('/')))).collect();
-            let found = watch.refresh(cgroups).await;
+            let found = watch.refresh(cgroups, last).await;
             health.lock().expect("health lock").namespaces = found;
         }
     });
@@ -88,7 +93,7 @@ pub fn spawn(health: SharedHealth, root: PathBuf) {
 
 impl NamespaceWatch {
     /// Turns a scan into rows; namespaces no longer listed are forgotten. `timeout_of` is asked
-    /// only for a namespace whose blackholes rose.
+    /// once per rise of a namespace's blackholes.
     fn note(
         &mut self,
         scan: Vec<NamespaceCounters>,
@@ -99,24 +104,32 @@ impl NamespaceWatch {
         scan.into_iter()
             .map(|counters| {
                 let count = counters.mptcp.get("Blackhole").copied().unwrap_or(0);
-                let b = Blackholes::seen(before.get(&counters.netns).copied(), count, now);
+                let b = Blackholes::seen(before.get(&counters.netns).copied(), count, now, || timeout_of(&counters));
                 self.blackholes.insert(counters.netns, b);
-                let blackhole_active = b.rose.is_some() && b.active(timeout_of(&counters), now);
-                NamespaceRow { blackhole_active, counters }
+                NamespaceRow { blackhole_active: b.active(now), counters }
             })
             .collect()
     }
 
     /// Scans `/proc` on a blocking thread; `pod_cgroups` are the selected pods' cgroup
-    /// directories, to tell which of them the agent cannot see into.
-    async fn refresh(&mut self, pod_cgroups: Vec<PathBuf>) -> Namespaces {
+    /// directories, to tell which of them the agent cannot see into. A scan that fails keeps
+    /// what the last one found.
+    async fn refresh(&mut self, pod_cgroups: Vec<PathBuf>, last: Namespaces) -> Namespaces {
         let scanned = tokio::task::spawn_blocking(move || {
             (mib::upgraded_namespaces(), pod_cgroups.iter().filter(|d| runs_unseen(d)).count())
         })
         .await;
-        let Ok((scan, unseen_pods)) = scanned else { return Namespaces::default() };
-        let rows = self.note(scan, Instant::now(), |c| blackhole_timeout(c.pid));
-        Namespaces { rows, unseen_pods }
+        match scanned {
+            Ok((Ok(scan), unseen_pods)) => {
+                let rows = self.note(scan, Instant::now(), |c| blackhole_timeout(c.pid));
+                Namespaces { rows, unseen_pods }
+            }
+            Ok((Err(e), _)) => {
+                log::debug!("namespaces: {e:#}; the last scan's stand");
+                last
+            }
+            Err(_) => last,
+        }
     }
 }
 
@@ -162,15 +175,16 @@ mod tests {
     #[test]
     fn a_blackhole_is_active_only_after_a_rise_this_agent_saw_and_for_the_namespaces_timeout() {
         let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let timeout = |c: &NamespaceCounters| if c.netns == 7 { Duration::from_secs(60) } else { HOUR };
         let mut w = NamespaceWatch::default();
-        let rows = w.note(vec![counters(7, 3)], t0, |_| HOUR);
-        assert!(!rows[0].blackhole_active, "first sight (a restarted agent): a baseline");
-        let rows = w.note(vec![counters(7, 4)], t0 + Duration::from_secs(5), |_| HOUR);
-        assert!(rows[0].blackhole_active, "risen");
-        let rows = w.note(vec![counters(7, 4)], t0 + Duration::from_secs(70), |_| Duration::from_secs(60));
-        assert!(!rows[0].blackhole_active, "the namespace's own timeout (60 s) has passed");
-        let rows = w.note(vec![counters(7, 4)], t0 + Duration::from_secs(70), |_| HOUR);
-        assert!(rows[0].blackhole_active, "within an hour");
+        let rows = w.note(vec![counters(7, 3), counters(8, 0)], t0, timeout);
+        assert!(rows.iter().all(|r| !r.blackhole_active), "first sight (a restarted agent): a baseline");
+        let rows = w.note(vec![counters(7, 4), counters(8, 1)], at(5), timeout);
+        assert!(rows.iter().all(|r| r.blackhole_active), "risen");
+        let rows = w.note(vec![counters(7, 4), counters(8, 1)], at(70), |_| panic!("asked at a rise only"));
+        assert!(!rows[0].blackhole_active, "namespace 7's own timeout (60 s) has passed");
+        assert!(rows[1].blackhole_active, "namespace 8's (an hour) has not");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! change (no polling: a new address has its endpoint a [`DEBOUNCE`] later), and every
 //! [`RECHECK_EVERY`] for endpoints others removed. When `[paths]` leaves the policy, what the
 //! agent made is cleared.
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use futures::StreamExt as _;
 use rtnetlink::MulticastGroup;
@@ -15,7 +15,7 @@ use crate::paths::{
     connection::{Netlink, Netns, in_netns},
     plan::{AutoOptions, Note, Plan, PlanError},
     read,
-    record::KeptBy,
+    record::{KeptBy, RECORD_DIR, RecordFile},
     report::{self, Owner},
 };
 
@@ -52,30 +52,38 @@ pub fn netns(kubernetes: bool) -> Netns {
 
 const NODE_NETNS: &str = "/proc/1/ns/net";
 
-/// The namespace's netlink sockets and its change notifications. On a node the agent cannot
-/// enter (no hostPID or privileges) nothing is opened until the policy asks for `[paths]`.
+/// The namespace's netlink sockets and its change notifications, opened once there is
+/// something to keep: `[paths]` in the policy, or a record saying an earlier agent's `[paths]`
+/// made something (on a node with podPaths alone, nothing of the node's is watched). A failure
+/// to open is reported and tried again, later and later.
 async fn open(
     netns: &Netns,
     options: &mut watch::Receiver<Option<AutoOptions>>,
-) -> anyhow::Result<Option<(Netlink, Events)>> {
+    health: &SharedHealth,
+) -> Option<(Netlink, Events)> {
+    let earlier = RecordFile::all(Path::new(RECORD_DIR)).iter().any(|(_, r)| r.kept_by == Some(KeptBy::AgentPaths));
+    let mut wait = RETRY_AFTER;
     loop {
-        let events = in_netns(netns, || Ok(rtnetlink::new_multicast_connection(&GROUPS)?));
-        let opened = match events {
+        if !earlier && options.borrow().is_none() && options.wait_for(Option::is_some).await.is_err() {
+            return None;
+        }
+        let opened = match in_netns(netns, || Ok(rtnetlink::new_multicast_connection(&GROUPS)?)) {
             Ok((connection, _, events)) => Netlink::open(netns).await.map(|nl| (nl, connection, events)),
             Err(e) => Err(e),
         };
         match opened {
             Ok((nl, connection, events)) => {
                 tokio::spawn(connection);
-                return Ok(Some((nl, events)));
+                return Some((nl, events));
             }
-            Err(e) if options.borrow().is_none() => {
-                log::debug!("paths: {e:#}; nothing to keep until the policy has [paths]");
-                if options.wait_for(Option::is_some).await.is_err() {
-                    return Ok(None);
-                }
+            Err(e) => {
+                let error = format!("{e:#} (tried again in {} s)", wait.as_secs());
+                log::warn!("paths: {error}");
+                health.lock().expect("health lock").paths =
+                    Some(PathsHealth { error: Some(error), ..Default::default() });
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(RECHECK_EVERY);
             }
-            Err(e) => return Err(e),
         }
     }
 }
@@ -90,10 +98,11 @@ async fn keep(
     health: SharedHealth,
     netns: Netns,
 ) -> anyhow::Result<()> {
-    let Some((nl, mut events)) = open(&netns, &mut options).await? else { return Ok(()) };
+    let Some((nl, mut events)) = open(&netns, &mut options, &health).await else { return Ok(()) };
     // An earlier agent's [paths] (before a restart or a rollout) is cleared if the policy no
-    // longer has it.
-    let earlier = apply::current(&nl).await?.1.kept_by == Some(KeptBy::AgentPaths);
+    // longer has it; a record that cannot be read is taken for one (the pass says why).
+    let record = RecordFile::for_netns(nl.inode).load().map(|r| r.for_namespace(nl.cookie));
+    let earlier = record.is_err() || record.is_ok_and(|r| r.kept_by == Some(KeptBy::AgentPaths));
     let kept = earlier.then(AutoOptions::default);
     let mut keeper = Keeper { nl, kept, last_error: None, last_notes: Vec::new(), health };
     let mut recheck = tokio::time::interval_at(Instant::now() + RECHECK_EVERY, RECHECK_EVERY);

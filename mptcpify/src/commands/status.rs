@@ -213,7 +213,7 @@ pub async fn status_data() -> Result<Status> {
         }
         status.rules.push(r);
     }
-    status.namespaces = mib::upgraded_namespaces();
+    status.namespaces = mib::upgraded_namespaces().unwrap_or_default();
     status.guard = Some(super::guard::guard_status(&st)?);
     Ok(status)
 }

@@ -35,10 +35,11 @@ pub struct NamespaceCounters {
     pub mptcp: BTreeMap<String, u64>,
 }
 
-/// The namespaces upgraded processes are in; one that cannot be read (gone meanwhile) is left out.
-pub fn upgraded_namespaces() -> Vec<NamespaceCounters> {
-    let Ok((namespaces, _)) = collect::workload_namespaces(&Scope::Upgraded) else { return Vec::new() };
-    namespaces
+/// The namespaces upgraded processes are in; one that cannot be read (gone meanwhile) is left
+/// out. An error when the rules or processes cannot be read at all.
+pub fn upgraded_namespaces() -> Result<Vec<NamespaceCounters>> {
+    let (namespaces, _) = collect::workload_namespaces(&Scope::Upgraded)?;
+    Ok(namespaces
         .iter()
         .filter_map(|ns| {
             let all = read(ns.pid()).ok()?;
@@ -49,7 +50,7 @@ pub fn upgraded_namespaces() -> Vec<NamespaceCounters> {
                 mptcp: all.into_iter().filter(|(name, _)| SHOWN.contains(&name.as_str())).collect(),
             })
         })
-        .collect()
+        .collect())
 }
 
 /// `MPTcpExt` of the namespace `pid` is in.

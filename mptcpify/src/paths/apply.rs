@@ -45,7 +45,12 @@ pub async fn auto(nl: &Netlink, opts: &AutoOptions, label: &str, kept_by: Option
     let (snap, mut record, file) = current(nl).await?;
     let plan = plan::auto(&snap, opts, &record)?;
     record.label = label.to_string();
-    record.kept_by = kept_by;
+    if record.kept_by != kept_by {
+        // Said before anything is made: a new agent learns from it what to clear (rules and
+        // routes are made without touching the record otherwise).
+        record.kept_by = kept_by;
+        file.save(&record)?;
+    }
     execute(nl, &snap, &plan, &mut record, &file).await?;
     Ok(plan)
 }

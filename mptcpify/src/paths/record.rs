@@ -87,8 +87,11 @@ impl Record {
         same_namespace(self.netns_cookie, cookie)
     }
 
+    /// Nothing to keep: no endpoint or limits, and no agent duty that may have made rules and
+    /// routes (they carry their own mark, but a new agent learns from the record whether to
+    /// clear them).
     pub fn is_empty(&self) -> bool {
-        self.endpoints.is_empty() && self.limits.is_none()
+        self.endpoints.is_empty() && self.limits.is_none() && self.kept_by.is_none()
     }
 
     /// Whether `e`, seen in the kernel, is one this record says mptcpify made.

@@ -382,9 +382,10 @@ impl RuleStore for State {
                 let mut config = self.config()?;
                 config.all = 0;
                 config.all_action = 0;
+                // The switch off first: an outcome counted between would make the entry again.
+                self.set_config(config)?;
                 let _ = self.outcomes.remove(&key.rule_ref());
-                self.guard.forget_counts(key)?;
-                return self.set_config(config);
+                return self.guard.forget_counts(key);
             }
         };
         result.with_context(|| format!("removing the rule of {key}"))?;
