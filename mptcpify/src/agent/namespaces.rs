@@ -149,17 +149,7 @@ fn blackhole_timeout(pid: u32) -> Duration {
 fn runs_unseen(dir: &std::path::Path) -> bool {
     let populated =
         std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.lines().any(|l| l == "populated 1"));
-    populated && !any_process_below(dir, 0)
-}
-
-fn any_process_below(dir: &std::path::Path, depth: u32) -> bool {
-    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-    if procs.lines().any(|l| l.trim().parse::<u32>().is_ok_and(|p| p > 0)) {
-        return true;
-    }
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
-    depth < mptcpify_common::MAX_CGROUP_DEPTH
-        && entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()).any(|p| any_process_below(&p, depth + 1))
+    populated && super::pod_paths::pids_below(dir).is_empty()
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ impl Failing {
 /// The processes in `dir` and below (a pod's cgroup holds its containers' cgroups), those of
 /// `dir` first, then of each subdirectory in name order; at most [`PIDS_LOOKED_AT`], and no
 /// deeper than [`MAX_CGROUP_DEPTH`] levels (a pod may make cgroups of its own below).
-fn pids_below(dir: &Path) -> Vec<u32> {
+pub(super) fn pids_below(dir: &Path) -> Vec<u32> {
     let mut out = Vec::new();
     collect_pids(dir, 0, &mut out);
     out
